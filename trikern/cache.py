@@ -1,0 +1,55 @@
+"""The one static KV cache shared by every decoding mode.
+
+Preallocated [layers, kv_heads, slots, head_dim] for K and V, written by index. `length` is a
+0-dim int64 tensor on the cache's device, so a decode step can append, truncate or compact without
+a host synchronisation (and can be captured as a CUDA graph). Slots past `length` are scratch: a
+pass that writes the cache puts its chunk there first; the decode loop then commits a prefix
+(`commit`), or gathers the accepted entries into place (`keep`). A pass that does not write the
+cache (draft, denoise) only reads it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, num_layers, kv_heads, head_dim, capacity, dtype, device, scratch=0):
+        """`capacity` committed tokens plus `scratch` slots for the widest uncommitted chunk."""
+        self.capacity = int(capacity)
+        self.slots = int(capacity) + int(scratch)
+        shape = (num_layers, kv_heads, self.slots, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+
+    @classmethod
+    def for_model(cls, cfg, capacity, dtype, device, scratch=0):
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype, device, scratch)
+
+    def layer(self, i):
+        return self.k[i], self.v[i]
+
+    def write(self, i, k, v):
+        """Write chunk K/V ([T, Hkv, D]) of layer i to the scratch slots [length, length + T)."""
+        idx = self.length + torch.arange(k.shape[0], device=k.device)
+        self.k[i].index_copy_(1, idx, k.transpose(0, 1).to(self.k.dtype))
+        self.v[i].index_copy_(1, idx, v.transpose(0, 1).to(self.v.dtype))
+
+    def commit(self, count):
+        """Make the first `count` scratch entries part of the cache (append / truncate-to-accepted)."""
+        self.length += count
+
+    def keep(self, offsets, count):
+        """Compact: scratch entries at `offsets` ([K] long, relative to length) move to
+        [length, length + K), then the first `count` of them are committed."""
+        src = self.length + offsets
+        dst = self.length + torch.arange(offsets.shape[0], device=offsets.device)
+        self.k[:, :, dst] = self.k[:, :, src]
+        self.v[:, :, dst] = self.v[:, :, src]
+        self.length += count
+
+    def truncate(self, length):
+        self.length.fill_(length) if not torch.is_tensor(length) else self.length.copy_(length)
+
+    def reset(self):
+        self.length.zero_()

@@ -1,0 +1,1 @@
+"""Decoding loops: AR, block diffusion, linear and quadratic self-speculation on one KV cache."""

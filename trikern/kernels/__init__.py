@@ -1,0 +1,14 @@
+"""trikern's kernels: each op is a Triton kernel plus the PyTorch reference that specifies it.
+
+Call the ops through this package with a `backend` ("auto" | "triton" | "torch"); see dispatch.py.
+"""
+from .attention import BIDIRECTIONAL, CAUSAL, MODES, QUADRATIC, attention
+from .dispatch import BACKENDS, check_backend, use_triton
+from .rmsnorm import rmsnorm
+from .rope import rope
+from .swiglu import swiglu
+
+__all__ = [
+    "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "MODES", "QUADRATIC",
+    "attention", "check_backend", "rmsnorm", "rope", "swiglu", "use_triton",
+]

@@ -1,0 +1,42 @@
+"""AR decoding (SPEC §4.1): causal prefill, then one token per causal forward."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..kernels import CAUSAL
+from ..sampling import sample
+from .common import DecodeContext, finish
+
+
+def ar_step(ctx: DecodeContext, token: torch.Tensor, logits_prev=None) -> torch.Tensor:
+    """Feed one token [1] at the cache end, commit its K/V, return the next token [1] (no sync)."""
+    pos = ctx.cache.length.reshape(1)
+    logits = ctx.model(token, pos, ctx.cache, CAUSAL, write_cache=True)
+    ctx.cache.commit(1)
+    g = ctx.gen
+    return sample(logits, g.temperature, g.top_k, g.top_p, ctx.generator)
+
+
+def decode_ar(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
+    g = ctx.gen
+    if ctx.max_new_tokens == 0:
+        return
+    logits = ctx.prefill(prompt_ids)
+    token = sample(logits[None], g.temperature, g.top_k, g.top_p, ctx.generator)
+    emitted, thinking = 0, g.thinking_budget is not None
+    t0 = ctx.sync_time()
+    while True:
+        if thinking and emitted >= g.thinking_budget:
+            token = torch.full_like(token, g.end_think_id)
+        out, done = finish(token.tolist(), ctx, emitted)
+        thinking = thinking and g.end_think_id not in out
+        emitted += len(out)
+        ctx.stats.generated_tokens = emitted
+        ctx.stats.decode_s = ctx.sync_time() - t0
+        yield out
+        if done:
+            return
+        token = ar_step(ctx, token)
+        ctx.stats.forwards += 1

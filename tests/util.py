@@ -1,0 +1,43 @@
+"""Tiny in-memory models for tests: the real NLD config keys, scaled down."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from trikern.config import ModelConfig
+from trikern.model import Transformer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "configs"
+if not SHARED.is_dir():  # CI clones main with shared/ beside it
+    SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "configs"
+
+
+def nld_config_dict(**overrides) -> dict:
+    """The published 3B config.json with tiny dimensions (real keys, YaRN rope, llama-4 scaling)."""
+    d = json.loads((SHARED / "nld-3b.config.json").read_text())
+    d.update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, vocab_size=160, mask_token_id=100, eos_token_id=11,
+             max_position_embeddings=512, block_size=8)
+    d.update(overrides)
+    return d
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig.from_dict(nld_config_dict(**overrides))
+
+
+def random_model(cfg: ModelConfig | None = None, seed: int = 0, dtype=torch.float32, backend="torch",
+                 std: float = 0.2) -> Transformer:
+    """A randomly initialised model; std large enough that logits are far from uniform."""
+    cfg = cfg or tiny_config()
+    g = torch.Generator().manual_seed(seed)
+    m = Transformer(cfg, backend=backend)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return m.to(dtype).eval()

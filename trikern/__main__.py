@@ -1,0 +1,6 @@
+"""`python -m trikern` = the `trikern` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

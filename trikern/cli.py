@@ -1,0 +1,156 @@
+"""The `trikern` command: generate, chat, tune, check-kernels."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .decode.common import MODES
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", metavar="PATH", default=None,
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json); default: the embedded model")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="compute dtype (default: bfloat16)")
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
+                   help="kernels: Triton on CUDA and PyTorch references on CPU (auto), or force one")
+
+
+def _sampling_args(p: argparse.ArgumentParser):
+    p.add_argument("--mode", default="ar", choices=MODES, help="decoding mode (default: ar)")
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="token budget (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="RNG seed for reproducible sampling")
+    p.add_argument("--block-size", type=int, default=None, metavar="B",
+                   help="diffusion / speculation block (default: the checkpoint's block_size)")
+    p.add_argument("--threshold", type=float, default=0.9, help="diffusion reveal confidence (default: 0.9)")
+    p.add_argument("--no-draft-lora", action="store_true", help="don't apply the draft LoRA on draft passes")
+    p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
+                   help="force </think> after N generated tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable)")
+
+
+def _gen_kwargs(a) -> dict:
+    return dict(mode=a.mode, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                top_p=a.top_p, seed=a.seed, block_size=a.block_size, threshold=a.threshold,
+                draft_lora=not a.no_draft_lora, thinking_budget=a.thinking_budget, stop=a.stop)
+
+
+def _load(a):
+    import torch  # noqa: PLC0415
+
+    from . import load  # noqa: PLC0415
+    dtype = getattr(torch, a.dtype) if a.dtype else None
+    return load(a.model, device=a.device, dtype=dtype, backend=a.backend)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trikern", description="Tri-mode (AR / diffusion / self-speculation) decoding "
+                                "with Triton kernels.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="complete a raw-text prompt (no chat template)",
+                       description="Complete PROMPT (raw text, no chat template) and stream the text to stdout; "
+                       "stats go to stderr. Use '-' to read the prompt from stdin.")
+    _model_args(g)
+    _sampling_args(g)
+    g.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats, finish_reason")
+    g.add_argument("prompt", metavar="PROMPT", help="prompt text, or '-' for stdin")
+
+    c = sub.add_parser("chat", help="interactive chat with the model's chat template",
+                       description="Chat in the terminal. Commands: /reset clears the history, /exit quits. "
+                       "Stats of each reply go to stderr.")
+    _model_args(c)
+    _sampling_args(c)
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--thinking", action="store_true", help="render the template with enable_thinking=True")
+
+    t = sub.add_parser("tune", help="autotune every kernel on the local GPU and write the cache",
+                       description="Benchmark every kernel config on this GPU over representative shapes and write "
+                       "autotune_cache/<gpu>/<triton version>/<op>.json (TRIKERN_AUTOTUNE_DIR overrides).")
+    t.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    k = sub.add_parser("check-kernels", help="AOT-compile every kernel x config for GPU archs (no GPU needed)",
+                       description="Compile each kernel and shipped config for the given archs, print registers, "
+                       "spills, shared memory and instruction family; exit 1 on spills or shared memory over limit.")
+    k.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    k.add_argument("--arch", default=None, help="comma-separated: sm_80,sm_90,sm_121 (default: all)")
+    return p
+
+
+def cmd_generate(a) -> int:
+    m = _load(a)
+    prompt = sys.stdin.read() if a.prompt == "-" else a.prompt
+    kw = _gen_kwargs(a)
+    if a.json:
+        r = m.generate(prompt, **kw)
+        print(json.dumps({"text": r.text, "token_ids": r.token_ids, "finish_reason": r.finish_reason,
+                          "stats": r.stats}, ensure_ascii=False))
+        return 0
+    for piece in m.stream(prompt, **kw):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    _print_stats(m.last_result.stats)
+    return 0
+
+
+def _print_stats(s: dict):
+    acc = f" mean_accept={s['mean_acceptance_length']:.2f}" if s.get("acceptance_lengths") else ""
+    print(f"[{s['mode']}] {s['generated_tokens']} tokens, {s['forwards']} forwards, "
+          f"{s['tokens_per_forward']:.2f} tok/fwd{acc}, {s['tokens_per_second']:.1f} tok/s, "
+          f"prefill {s['prefill_tokens_per_second']:.1f} tok/s", file=sys.stderr)
+
+
+def cmd_chat(a, stdin=sys.stdin) -> int:
+    m = _load(a)
+    kw = _gen_kwargs(a)
+    tpl = {"enable_thinking": True} if a.thinking else {}
+    history = [{"role": "system", "content": a.system}] if a.system else []
+    base = len(history)
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = stdin.readline()
+        if not line:
+            return 0
+        line = line.rstrip("\n")
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            del history[base:]
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        for piece in m.chat_stream(history, template_kwargs=tpl, **kw):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": m.last_result.text})
+        _print_stats(m.last_result.stats)
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "tune":
+        from .kernels.autotune import tune_main  # noqa: PLC0415
+        return tune_main(a.args)
+    if a.command == "check-kernels":
+        from .kernels.aot import main as aot_main  # noqa: PLC0415
+        return aot_main((["--arch", a.arch] if a.arch else []) + a.args)
+    try:
+        return cmd_generate(a) if a.command == "generate" else cmd_chat(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"trikern {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`make demo`: a short completion in every mode on the embedded model, stats side by side."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .decode.common import MODES
+
+PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trikern.demo", description=__doc__)
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the embedded model)")
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=8)
+    a = p.parse_args(argv)
+
+    from . import load  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    m = load(a.model)
+    print(f"model: {m.path} ({sum(t.numel() for t in m.model.parameters()) / 1e6:.1f}M parameters, "
+          f"{m.model.embed_tokens.weight.dtype}, {m.model.embed_tokens.weight.device}), "
+          f"loaded in {time.perf_counter() - t0:.1f}s")
+    print(f"prompt: {a.prompt!r}\n")
+    rows = []
+    for mode in MODES:
+        r = m.generate(a.prompt, mode=mode, max_new_tokens=a.max_new_tokens, block_size=a.block_size)
+        print(f"--- {mode} ---\n{r.text}\n")
+        rows.append((mode, r.stats))
+    head = f"{'mode':<15}{'tokens':>8}{'forwards':>10}{'tok/fwd':>9}{'mean acc':>10}{'tok/s':>9}"
+    print(head + "\n" + "-" * len(head))
+    for mode, s in rows:
+        acc = f"{s['mean_acceptance_length']:.2f}" if s["acceptance_lengths"] else "-"
+        print(f"{mode:<15}{s['generated_tokens']:>8}{s['forwards']:>10}{s['tokens_per_forward']:>9.2f}"
+              f"{acc:>10}{s['tokens_per_second']:>9.1f}")
+    print(f"\nblock size {a.block_size}, greedy; forwards exclude the prefill (counted separately).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

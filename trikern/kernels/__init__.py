@@ -4,11 +4,15 @@ Call the ops through this package with a `backend` ("auto" | "triton" | "torch")
 """
 from .attention import BIDIRECTIONAL, CAUSAL, MODES, QUADRATIC, attention
 from .dispatch import BACKENDS, check_backend, use_triton
+from .draft_tree import draft_tree
 from .rmsnorm import rmsnorm
+from .reveal import reveal
 from .rope import rope
 from .swiglu import swiglu
+from .verify import verify
 
 __all__ = [
     "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "MODES", "QUADRATIC",
-    "attention", "check_backend", "rmsnorm", "rope", "swiglu", "use_triton",
+    "attention", "check_backend", "draft_tree", "reveal", "rmsnorm", "rope", "swiglu", "use_triton",
+    "verify",
 ]

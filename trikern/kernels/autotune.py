@@ -129,6 +129,14 @@ def prune(configs: list[dict], arch: int, smem_estimate: Callable[[dict], int]) 
     return kept
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dtype_key(t: torch.Tensor) -> str:
+    """A tensor's dtype as a key part: 'float16', 'bfloat16', ..."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _key_str(op: str, key: tuple) -> str:
     if not isinstance(key, tuple):
         raise TypeError(f"autotune.choose({op!r}): key must be a tuple, got {type(key).__name__}")

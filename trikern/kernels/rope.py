@@ -4,12 +4,31 @@ q: [T, Hq, D], k: [T, Hkv, D], positions: [T] int64 absolute positions, inv_freq
 (computed once on the host by `trikern.config.inv_freq`). `attn_factor` multiplies cos/sin (YaRN's
 mscale ratio, 1 for NLD). With `llama4_beta`, q is scaled by 1 + beta * ln(1 + floor(pos / L))
 after rotation (an exact no-op below L).
+
+The Triton kernel gives each program BLOCK_T tokens x BLOCK_H heads of either q or k (the second
+grid axis covers q's head blocks, then k's), computes cos/sin once per token block and shares them
+across its heads. q and k may be strided views (e.g. of a projection output); the outputs are new
+contiguous tensors.
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from . import autotune
 from .dispatch import use_triton
+
+# Chosen so that none spills on sm_80 / sm_90 / sm_121 (`trikern check-kernels`): cos/sin of large
+# angles take libdevice's slow argument-reduction path, whose registers some tile shapes run out of.
+CONFIGS = [
+    {"BLOCK_T": 1, "BLOCK_H": 4, "num_warps": 2},
+    {"BLOCK_T": 2, "BLOCK_H": 8, "num_warps": 4},
+    {"BLOCK_T": 4, "BLOCK_H": 8, "num_warps": 4},
+    {"BLOCK_T": 8, "BLOCK_H": 8, "num_warps": 4},
+    {"BLOCK_T": 4, "BLOCK_H": 16, "num_warps": 8},
+    {"BLOCK_T": 16, "BLOCK_H": 4, "num_warps": 8},
+]
 
 
 def rope_ref(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1):
@@ -35,5 +54,128 @@ def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_le
     return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
 
 
-def rope_triton(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len):
-    raise NotImplementedError("rope: Triton kernel not written yet")
+@triton.jit
+def _rotate(x_ptr, o_ptr, t, h, d, H, HALF, sx_t, sx_h, so_t, so_h, c, s, scale, tmask, dmask,
+            SCALE: tl.constexpr):
+    """Rotate one [BLOCK_T, BLOCK_H, BLOCK_D] tile of halves (x1 at d, x2 at d + HALF)."""
+    m = tmask[:, None, None] & (h < H)[None, :, None] & dmask[None, None, :]
+    src = x_ptr + t[:, None, None] * sx_t + h[None, :, None] * sx_h + d[None, None, :]
+    x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
+    c3, s3 = c[:, None, :], s[:, None, :]
+    y1 = x1 * c3 - x2 * s3
+    y2 = x2 * c3 + x1 * s3
+    if SCALE:
+        y1 = y1 * scale[:, None, None]
+        y2 = y2 * scale[:, None, None]
+    dst = o_ptr + t[:, None, None] * so_t + h[None, :, None] * so_h + d[None, None, :]
+    tl.store(dst, y1.to(o_ptr.dtype.element_ty), mask=m)
+    tl.store(dst + HALF, y2.to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, pos_ptr, f_ptr, T, HQ, HKV, HALF,
+                 sq_t, sq_h, sk_t, sk_h, sqo_t, sqo_h, sko_t, sko_h, attn_factor, beta, L,
+                 SCALE_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    pid_h = tl.program_id(1)
+    d = tl.arange(0, BLOCK_D)
+    tmask = t < T
+    dmask = d < HALF
+    pos = tl.load(pos_ptr + t, mask=tmask, other=0)
+    f = tl.load(f_ptr + d, mask=dmask, other=0.0)
+    ang = pos.to(tl.float32)[:, None] * f[None, :]  # the same fp32 product the reference takes cos of
+    c = tl.cos(ang) * attn_factor
+    s = tl.sin(ang) * attn_factor
+    scale = tl.full([BLOCK_T], 1.0, tl.float32)
+    if SCALE_Q:
+        # integer floor(pos / L): exact where an fp32 quotient could round up to the next integer
+        scale = 1.0 + beta * tl.log(1.0 + (pos // L).to(tl.float32))
+    n_qb = tl.cdiv(HQ, BLOCK_H)
+    if pid_h < n_qb:
+        h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+        _rotate(q_ptr, qo_ptr, t, h, d, HQ, HALF, sq_t, sq_h, sqo_t, sqo_h, c, s, scale, tmask, dmask,
+                SCALE_Q)
+    else:
+        h = (pid_h - n_qb) * BLOCK_H + tl.arange(0, BLOCK_H)
+        _rotate(k_ptr, ko_ptr, t, h, d, HKV, HALF, sk_t, sk_h, sko_t, sko_h, c, s, scale, tmask, dmask,
+                False)
+
+
+def _check(q, k, positions, inv_freq):
+    for name, x in (("q", q), ("k", k)):
+        if x.dim() != 3:
+            raise ValueError(f"rope: {name} must be [T, H, D]; got {tuple(x.shape)}")
+        if x.dtype not in autotune.FLOAT_DTYPES:
+            raise TypeError(f"rope: {name} has dtype {x.dtype}; expected float32, float16 or bfloat16")
+    T, _, D = q.shape
+    if k.shape[0] != T or k.shape[2] != D:
+        raise ValueError(f"rope: k {tuple(k.shape)} does not match q {tuple(q.shape)} in T or head_dim")
+    if D % 2:
+        raise ValueError(f"rope: head_dim {D} must be even")
+    if positions.dim() != 1 or positions.shape[0] != T or positions.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"rope: positions ({tuple(positions.shape)}, {positions.dtype}) must be [{T}] int64")
+    if inv_freq.dim() != 1 or inv_freq.shape[0] != D // 2:
+        raise ValueError(f"rope: inv_freq {tuple(inv_freq.shape)} must be [{D // 2}] (head_dim / 2)")
+    for name, x in (("k", k), ("positions", positions), ("inv_freq", inv_freq)):
+        if x.device != q.device:
+            raise ValueError(f"rope: {name} is on {x.device}, q on {q.device}")
+
+
+def rope_triton(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, config=None):
+    """Triton launcher; `config` forces one launch config (tests), else autotune chooses."""
+    _check(q, k, positions, inv_freq)
+    T, Hq, D = q.shape
+    Hkv = k.shape[1]
+    qo, ko = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if T == 0 or Hq == 0:
+        return qo, ko
+    if llama4_beta is not None and int(llama4_len) < 1:
+        raise ValueError(f"rope: llama4_len={llama4_len} must be a positive integer")
+    q = q if q.stride(2) == 1 else q.contiguous()
+    k = k if k.stride(2) == 1 else k.contiguous()
+    positions = positions.contiguous()
+    f = inv_freq.to(torch.float32).contiguous()
+    half = D // 2
+    scale_q = llama4_beta is not None
+
+    def run(cfg):
+        bh = cfg["BLOCK_H"]
+        grid = (triton.cdiv(T, cfg["BLOCK_T"]), triton.cdiv(Hq, bh) + triton.cdiv(Hkv, bh))
+        _rope_kernel[grid](q, k, qo, ko, positions, f, T, Hq, Hkv, half,
+                           q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                           qo.stride(0), qo.stride(1), ko.stride(0), ko.stride(1),
+                           float(attn_factor), float(llama4_beta or 0.0), int(llama4_len),
+                           SCALE_Q=scale_q, BLOCK_D=triton.next_power_of_2(half), **cfg)
+
+    if config is not None:
+        run(config)
+    else:
+        key = (autotune.bucket(T), Hq, Hkv, D, autotune.dtype_key(q), scale_q)
+        autotune.launch("rope", key, CONFIGS, run)
+    return qo, ko
+
+
+def tune_shapes(device):
+    """Representative launches for `trikern tune`: NLD heads (32 q / 8 kv, head_dim 128)."""
+    def thunk(T):
+        def go():
+            q = torch.randn(T, 32, 128, device=device, dtype=torch.bfloat16)
+            k = torch.randn(T, 8, 128, device=device, dtype=torch.bfloat16)
+            pos = torch.arange(T, device=device)
+            f = 1.0 / (1e6 ** (torch.arange(0, 128, 2, device=device, dtype=torch.float32) / 128))
+            rope_triton(q, k, pos, f, 1.0, 0.1, 16384)
+        return go
+    return [(f"T={T} Hq=32 Hkv=8 D=128", thunk(T)) for T in (1, 16, 64, 512, 4096)]
+
+
+def aot_variants(arch: int):
+    """Every config at head_dim 128, bf16, with the llama-4 query scaling on."""
+    from .aot import AotVariant
+    sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "qo_ptr": "*bf16", "ko_ptr": "*bf16", "pos_ptr": "*i64",
+           "f_ptr": "*fp32", "T": "i32", "HQ": "i32", "HKV": "i32", "HALF": "i32",
+           "sq_t": "i64", "sq_h": "i64", "sk_t": "i64", "sk_h": "i64", "sqo_t": "i64", "sqo_h": "i64",
+           "sko_t": "i64", "sko_h": "i64", "attn_factor": "fp32", "beta": "fp32", "L": "i64"}
+    return [AotVariant("rope", _rope_kernel, sig,
+                       {"SCALE_Q": True, "BLOCK_T": c["BLOCK_T"], "BLOCK_H": c["BLOCK_H"], "BLOCK_D": 64}, c)
+            for c in CONFIGS]

@@ -78,7 +78,7 @@ class Model:
     def _pieces(self, prompt, mode, stop, **kw) -> Iterator[str]:
         """Stream text pieces; the finished result lands in self.last_result."""
         from .decode import decode as run_decoder  # noqa: PLC0415
-        from .tokenizer import IncrementalDetokenizer, StopStrings  # noqa: PLC0415
+        from .tokenizer import StopStrings  # noqa: PLC0415
 
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
@@ -89,7 +89,7 @@ class Model:
         device = self.model.embed_tokens.weight.device
         ctx = DecodeContext(self.model, gen, len(ids), mode)
         prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
-        detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=True) if self.tokenizer else None
+        detok = self.tokenizer.detokenizer(skip_special_tokens=True, context_ids=ids) if self.tokenizer else None
         stops = StopStrings(stop) if stop else None
         eos = set(gen.stop_token_ids)
         out_ids: list[int] = []
@@ -104,10 +104,10 @@ class Model:
                         reason = "stop"
                     if detok is None:
                         continue
-                    piece = detok.add(chunk)
+                    piece = detok.feed(chunk)
                     if stops is not None:
-                        piece, hit = stops.feed(piece)
-                        if hit:
+                        piece = stops.feed(piece)
+                        if stops.stopped:
                             reason = "stop"
                     if piece:
                         text.append(piece)
@@ -119,7 +119,7 @@ class Model:
             if detok is not None and not (stops is not None and stops.stopped):
                 tail = detok.flush()
                 if stops is not None:
-                    tail = stops.feed(tail)[0] + stops.flush()
+                    tail = stops.feed(tail) + stops.flush()
                 if tail:
                     text.append(tail)
                     yield tail

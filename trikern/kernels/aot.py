@@ -125,14 +125,20 @@ def compile_variant(v: AotVariant, arch: int) -> Row:
     return row
 
 
-def kernel_variants(arch: int, ops: set[str]):
-    """(module name, variant) for every kernel module that defines aot_variants."""
+def kernel_variants(arch: int, ops: set[str], extra_modules: list[str] = ()):
+    """(module name, variant) for every kernel module that defines aot_variants.
+
+    trikern.kernels' own modules (filtered by `ops` when given; skipped when only extra modules are
+    named), then each importable module named in `extra_modules`.
+    """
     from .autotune import kernel_modules
-    for mod in kernel_modules():
-        name = mod.__name__.rsplit(".", 1)[-1]
-        if hasattr(mod, "aot_variants") and (not ops or name in ops):
+    mods = [] if extra_modules and not ops else [
+        m for m in kernel_modules() if not ops or m.__name__.rsplit(".", 1)[-1] in ops]
+    mods += [importlib.import_module(name) for name in extra_modules]
+    for mod in mods:
+        if hasattr(mod, "aot_variants"):
             for v in mod.aot_variants(arch):
-                yield name, v
+                yield mod.__name__.rsplit(".", 1)[-1], v
 
 
 def format_table(rows: list[Row]) -> str:
@@ -157,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
                    help="comma-separated targets (default: sm_80,sm_90,sm_121)")
     p.add_argument("--ops", default="", help="comma-separated kernel modules to check (default: all)")
+    p.add_argument("--module", action="append", default=[],
+                   help="also check this importable module's aot_variants (repeatable); with --module and "
+                        "no --ops, only the named modules are checked")
     args = p.parse_args(argv)
     archs = parse_archs(args.arch)
     if interpreting():
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = {s.strip() for s in args.ops.split(",") if s.strip()}
     rows = []
     for arch in archs:
-        for _, v in kernel_variants(arch, ops):
+        for _, v in kernel_variants(arch, ops, args.module):
             rows.append(compile_variant(v, arch))
     print(format_table(rows))
     bad = [r for r in rows if r.problem]

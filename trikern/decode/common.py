@@ -36,6 +36,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()  # EOS ids; emitted, then decoding stops
     thinking_budget: int | None = None  # force `end_think_id` once this many tokens were generated
     end_think_id: int | None = None
+    cuda_graphs: bool | None = None  # capture block-mode steps as CUDA graphs (None: on when on CUDA)
 
     def validate(self):
         if self.max_new_tokens < 0:

@@ -1,0 +1,108 @@
+"""Quadratic self-speculation (SPEC §4.4): one forward verifies the draft and drafts the next block
+for every possible acceptance length.
+
+State between steps: the draft d_0 .. d_{A-1} (A = B, or A = 1 right after the prompt or a forced
+token) and, when sampling, q [A-1, V], the distributions d_1 .. d_{A-1} were drawn from. d_0 is
+verified and already emitted; its K/V are not in the cache yet; it sits at n = cache length.
+A step (`QuadraticSpec.step`, host-sync free):
+
+1. kernels.draft_tree: A sub-blocks of B+1 tokens, sub-block i = `[d_i, M x B]`, d_i at n+i and
+   its masks at n+i+1 .. n+i+B; one forward under the QUADRATIC mask (d_i sees the cache and
+   d_0 .. d_i; a mask sees the cache, d_0 .. d_i and its own sub-block), writing A(B+1) scratch
+   entries.
+2. kernels.verify on the anchors' AR logits (row i predicts n+i+1) with stride B+1: c drafts
+   match, emits d_1 .. d_c and the bonus ar_c, keeps the K/V of d_0 .. d_c (compacted to
+   n .. n+c).
+3. Next draft = sub-block c's masks (offsets 1 .. B, positions n+c+1 .. n+c+B), the first
+   replaced by the bonus: `[ar_c, draft(offset 2) .. draft(offset B)]`, mask id excluded.
+
+Emission: SPEC §4.4 emits d_0 .. d_c per step; trikern emits each token as soon as it is verified
+(d_1 .. d_c and the bonus now, the bonus being the next d_0), the same sequence one step earlier.
+
+First step: SPEC drafts from `[prompt, M x B]` with the prompt causal. trikern runs the prompt
+minus its last token as the usual causal prefill, then the A = 1 step on `[p_last, M x B]`: p_last
+is causal over the prompt (its K/V are the prefill's), the masks see the prompt and each other, its
+AR logit gives d_0 and its masks d_1 .. d_{B-1}. Both calls are the prefill of SPEC's one pass and
+count as `prefill_forwards` (2, or 1 for a one-token prompt); like AR's prefill it yields the first
+token. Every later step costs one forward; `acceptance_lengths[c + 1]` counts tokens produced per
+step (before the EOS / budget cut). After a forced end-think token the state restarts with the A = 1
+step on `[end_think, M x B]` (one forward, produces 1 token).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .. import kernels as K
+from .common import DecodeContext
+from .loop import (Emitter, PhaseTimer, StepRunner, check_room, choose, produced, require_mask_id,
+                   verifier_inputs, without_mask)
+
+
+class QuadraticSpec:
+    def __init__(self, ctx: DecodeContext):
+        self.ctx = ctx
+        self.B = ctx.block_size
+        self.S = self.B + 1
+        self.mask_id, self.mask_index = require_mask_id(ctx, "spec-quadratic")
+        self.backend = ctx.model.backend
+
+    def start_state(self, anchor: torch.Tensor):
+        """A = 1 state: only d_0 (no drafts yet), q an empty [0, V] under sampling."""
+        q = None if self.ctx.gen.temperature <= 0 else torch.empty(0, self.ctx.cfg.vocab_size, device=anchor.device)
+        return anchor.reshape(1), q
+
+    def step(self, draft, q):
+        """draft [A], q [A-1, V] or None -> (tokens [A] padded with -1, count [], next draft [B],
+        next q [B-1, V] or None)."""
+        ctx, cache, B, S = self.ctx, self.ctx.cache, self.B, self.S
+        A = draft.shape[0]
+        tokens, pos = K.draft_tree(draft, cache.length, S, self.mask_id, backend=self.backend)
+        logits = ctx.model(tokens, pos, cache, K.QUADRATIC, write_cache=True, sub_block=S)
+        logits = logits.view(A, S, -1)
+        target, u, e = verifier_inputs(ctx, logits[:, 0], A - 1)
+        out, count = K.verify(draft[1:], target, q, u, e, cache.k, cache.v, cache.length, stride=S,
+                              backend=self.backend)
+        c = (count - 1).reshape(1)
+        bonus = out.gather(0, c)
+        masks = logits.index_select(0, c)[0, 2:]  # offsets 2 .. B of sub-block c
+        nxt, nq = choose(ctx, without_mask(masks, self.mask_index))
+        return out, count, torch.cat([bonus, nxt]), nq
+
+
+def decode_spec_quadratic(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
+    g = ctx.gen
+    if ctx.max_new_tokens == 0:
+        return
+    spec = QuadraticSpec(ctx)
+    B, run, timer = spec.B, StepRunner(ctx), PhaseTimer(ctx)
+    n = prompt_ids.shape[0]
+    if n > 1:
+        ctx.prefill(prompt_ids[:-1])
+    # the rest of the prefill: [p_last, M x B]
+    t0 = ctx.sync_time()
+    check_room(ctx, n - 1, spec.S)
+    tokens, _, draft, q = run(("quadratic", 1), spec.step, *spec.start_state(prompt_ids[-1:]))
+    host = produced(tokens.tolist())
+    ctx.stats.prefill_forwards += 1
+    ctx.stats.prefill_s += ctx.sync_time() - t0
+    em = Emitter(ctx)
+    out, done, forced = em.take(host)
+    yield out
+    while not done:
+        if forced:
+            ctx.cache.truncate(em.cache_length())
+            draft, q = spec.start_state(torch.full((1,), g.end_think_id, device=ctx.device))
+        A = draft.shape[0]
+        check_room(ctx, em.cache_length(), A * spec.S)
+        timer.start()
+        tokens, _, draft, q = run(("quadratic", A), spec.step, draft, q)
+        timer.mark("step")
+        host = produced(tokens.tolist())  # the step's one host sync
+        timer.flush()
+        draft, q = draft.clone(), None if q is None else q.clone()  # outlive the next replay
+        ctx.stats.forwards += 1
+        ctx.stats.acceptance_lengths[len(host)] += 1
+        out, done, forced = em.take(host)
+        yield out

@@ -14,7 +14,9 @@ process without it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import re
 import subprocess
@@ -107,11 +109,16 @@ def compile_variant(v: AotVariant, arch: int) -> Row:
         return row
     opts = {k: v.config[k] for k in _LAUNCH_OPTIONS if k in v.config}
     opts["enable_fp_fusion"] = True  # the runtime default in triton 3.9
+    chatter = io.StringIO()  # triton prints the whole PTX when ptxas fails; the row says why instead
     try:
-        c = triton.compile(ASTSource(v.fn, sig, dict(v.constexprs)), target=GPUTarget("cuda", arch, 32),
-                           options=opts)
+        with contextlib.redirect_stdout(chatter):
+            c = triton.compile(ASTSource(v.fn, sig, dict(v.constexprs)), target=GPUTarget("cuda", arch, 32),
+                               options=opts)
     except Exception as e:  # noqa: BLE001 -- any compile failure is a row of the report, not a crash
-        row.problem = f"compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "fatal" in ln or "error" in ln.lower()), lines[0] if lines else "")
+        fatal = next((ln for ln in lines if "fatal" in ln), None)
+        row.problem = f"compile failed: {type(e).__name__}: {fatal or why}"
         return row
     row.shared = int(c.metadata.shared)
     row.family = instruction_family(c.asm["ptx"])

@@ -175,3 +175,37 @@ def write_lora(folder, cfg: ModelConfig, r: int = 4, alpha: float = 16, seed: in
         tensors[lora_key(cfg.prefix, i, "B", adapter)] = (0.2 * torch.randn(cfg.hidden_size, r, generator=g)).to(dtype)
     write_safetensors(folder / "adapter_model.safetensors", tensors)
     return folder
+
+
+# -- a chat-capable checkpoint (weights + trained byte-level BPE + ChatML template) ---------------
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|mask|>"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n{% endif %}{% endif %}"
+)
+_CORPUS = [
+    "def add(a, b):\n    return a + b\n", "Hello, world! Ça va? 中文 😀 ünïcödé",
+    "for i in range(10):\n    print(i)\n", "The quick brown fox jumps over the lazy dog.",
+] * 4
+
+
+def write_chat_checkpoint(folder, vocab_size: int = 320, seed: int = 0, **cfg_overrides) -> Path:
+    """A tiny NLD checkpoint whose tokenizer.json really encodes text: special tokens take ids
+    0..5 (mask = 5, eos = <|im_end|> = 2 and <|endoftext|> = 0)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = Path(folder)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    _atomic(folder / "tokenizer.json", tok.save)
+    write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "chat_template": CHATML})
+    overrides = dict(vocab_size=vocab_size, mask_token_id=5, eos_token_id=[2, 0], bos_token_id=None)
+    overrides.update(cfg_overrides)
+    return write_nld_checkpoint(folder, overrides, dtype=torch.float32, seed=seed)

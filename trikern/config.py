@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,14 @@ class ModelConfig:
         tri = model_type in TRI_MODE_TYPES
         if tri:
             need("mask_token_id")
+        max_pos = int(d.get("max_position_embeddings", 4096))
+        window = d.get("sliding_window")
+        if window and int(window) < max_pos:
+            # Full attention equals sliding-window attention only inside the window: cap the context
+            # there rather than silently diverging from the reference past it.
+            warnings.warn(f"{source}: sliding_window={window} < max_position_embeddings={max_pos}; "
+                          f"trikern attends fully, so the context is limited to {window} tokens")
+            max_pos = int(window)
         return cls(
             model_type=model_type,
             vocab_size=int(need("vocab_size")),
@@ -115,7 +124,7 @@ class ModelConfig:
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            max_position_embeddings=max_pos,
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             rope=_parse_rope(d, source),
             eos_token_ids=tuple(int(e) for e in eos_ids),

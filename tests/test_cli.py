@@ -1,0 +1,62 @@
+"""The `trikern` console script, run as a real subprocess on an on-disk checkpoint."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from synth import write_chat_checkpoint
+
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def trikern(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "trikern", *args], input=stdin, capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return str(write_chat_checkpoint(tmp_path_factory.mktemp("cli")))
+
+
+def test_help_lists_every_command_and_option():
+    top = trikern("--help")
+    assert top.returncode == 0
+    for cmd in ("generate", "chat", "tune", "check-kernels"):
+        assert cmd in top.stdout
+    gen = trikern("generate", "--help").stdout
+    for opt in ("--model", "--mode", "--max-new-tokens", "--temperature", "--top-p", "--seed", "--json", "--stop",
+                "spec-quadratic"):
+        assert opt in gen
+    assert "/reset" in trikern("chat", "--help").stdout
+
+
+def test_generate_json(ckpt):
+    r = trikern("generate", "--model", ckpt, "--max-new-tokens", "6", "--dtype", "float32", "--json", "def f(")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) >= {"text", "token_ids", "stats", "finish_reason"}
+    assert out["stats"]["generated_tokens"] == len(out["token_ids"]) <= 6
+
+
+def test_generate_streams_text_and_stats(ckpt):
+    j = json.loads(trikern("generate", "--model", ckpt, "--max-new-tokens", "6", "--dtype", "float32", "--json",
+                           "hi").stdout)
+    r = trikern("generate", "--model", ckpt, "--max-new-tokens", "6", "--dtype", "float32", "hi")
+    assert r.returncode == 0 and r.stdout == j["text"] + "\n"
+    assert "tok/fwd" in r.stderr
+
+
+def test_bad_input_is_one_clear_error(ckpt, tmp_path):
+    r = trikern("generate", "--model", str(tmp_path / "missing"), "x")
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+    r = trikern("generate", "--model", ckpt, "--top-p", "0", "x")
+    assert r.returncode == 2 and "top_p" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_reads_turns_from_stdin(ckpt):
+    r = trikern("chat", "--model", ckpt, "--max-new-tokens", "4", "--dtype", "float32",
+                stdin="hello\n/reset\nagain\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("tok/fwd") == 2  # one stats line per reply

@@ -64,6 +64,7 @@ class Diffusion:
         return sample(without_mask(logits, self.mask_index), g.temperature, g.top_k, g.top_p, ctx.generator)
 
 
+@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
 def decode_diffusion(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
     g = ctx.gen
     if ctx.max_new_tokens == 0:

@@ -73,6 +73,7 @@ class LinearSpec:
         return self.verify(seed, drafts, q)
 
 
+@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
 def decode_spec_linear(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
     g = ctx.gen
     if ctx.max_new_tokens == 0:

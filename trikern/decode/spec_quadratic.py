@@ -71,6 +71,7 @@ class QuadraticSpec:
         return out, count, torch.cat([bonus, nxt]), nq
 
 
+@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
 def decode_spec_quadratic(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
     g = ctx.gen
     if ctx.max_new_tokens == 0:

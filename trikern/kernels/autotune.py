@@ -380,6 +380,8 @@ def tune_main(argv: list[str] | None = None) -> int:
         os.environ["TRIKERN_AUTOTUNE_DIR"] = args.out
     wanted = {s for s in args.ops.split(",") if s}
     device = torch.device("cuda", torch.cuda.current_device())
+    if os.environ.pop("TRIKERN_AUTOTUNE", "1").strip() in ("0", "false", "no", "off"):
+        print("trikern tune: ignoring TRIKERN_AUTOTUNE=0 for this run", file=sys.stderr)
     clear_memo()
     enable()
     _force = not args.keep

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -50,7 +51,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # trikern/
 _CHECKOUT_ROOT = _PACKAGE_DIR.parent
 
 _lock = threading.RLock()
-_memo: dict[tuple[str, str, str], dict] = {}
+_memo: dict[tuple[str, str, str], dict] = {}  # (op, gpu name, str(key)) -> config
+_fast: dict[tuple, dict] = {}  # (op, key, device index) -> config: the lookup every launch makes
 _tables: dict[tuple[str, str], dict[str, dict]] = {}
 _disabled = False
 _force = False  # tune_main: ignore persisted results, benchmark again
@@ -78,6 +80,7 @@ def clear_memo() -> None:
     """Forget in-process choices and loaded files (the next choose re-reads the directories)."""
     with _lock:
         _memo.clear()
+        _fast.clear()
         _tables.clear()
 
 
@@ -100,9 +103,19 @@ def triton_version() -> str:
 
 def gpu_name(device=None) -> str:
     """Directory name of the device the kernels run on ('interpreter' under TRITON_INTERPRET)."""
-    if interpreting() or not torch.cuda.is_available():
+    if _interp_or_cpu():
         return INTERPRETER_GPU
-    return sanitize(torch.cuda.get_device_name(device))
+    index = torch.cuda.current_device() if device is None else torch.device("cuda", device).index
+    return _cuda_name(index)
+
+
+def _interp_or_cpu() -> bool:
+    return interpreting() or not torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return sanitize(torch.cuda.get_device_name(index))
 
 
 def arch_of(device=None) -> int:
@@ -305,19 +318,27 @@ def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], objec
     """
     if not configs:
         raise ValueError(f"autotune.choose({op!r}): empty config list")
-    ks = _key_str(op, key)
     _filled.value = False
     if not enabled() or len(configs) == 1:
         return configs[0]
+    device = -1 if _interp_or_cpu() else torch.cuda.current_device()
+    try:
+        hit = _fast.get((op, key, device))  # the per-launch path: one dict lookup
+    except TypeError:  # unhashable key: _key_str below says what is wrong
+        hit = None
+    if hit is not None:
+        return hit
+    ks = _key_str(op, key)
     gpu = gpu_name()
+    memo_key = (op, gpu, ks)
     with _lock:
-        hit = _memo.get((op, gpu, ks))
+        hit = _memo.get(memo_key)
         if hit is not None:
             return hit
         if not _force:
             stored = _table(op, gpu).get(ks)
             if stored is not None and stored in configs:  # a stale entry from another config space re-tunes
-                _memo[(op, gpu, ks)] = stored
+                _memo[memo_key] = _fast[(op, key, device)] = stored
                 return stored
         if _capturing():  # no benchmarking inside a CUDA graph capture
             return configs[0]
@@ -328,7 +349,7 @@ def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], objec
             best = _bench_cuda(op, configs, run)
             persist = True
         _filled.value = True
-        _memo[(op, gpu, ks)] = best
+        _memo[memo_key] = _fast[(op, key, device)] = best
         _table(op, gpu)[ks] = best
         if persist:
             try:

@@ -60,3 +60,9 @@ def test_chat_reads_turns_from_stdin(ckpt):
                 stdin="hello\n/reset\nagain\n/exit\n")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("tok/fwd") == 2  # one stats line per reply
+
+
+def test_check_kernels_passes_its_options_through():
+    r = trikern("check-kernels", "--ops", "swiglu", "--arch", "sm_80")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "swiglu" in r.stdout and "sm_80" in r.stdout and "rope" not in r.stdout

@@ -72,13 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="autotune every kernel on the local GPU and write the cache",
                        description="Benchmark every kernel config on this GPU over representative shapes and write "
                        "autotune_cache/<gpu>/<triton version>/<op>.json (TRIKERN_AUTOTUNE_DIR overrides).")
-    t.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     k = sub.add_parser("check-kernels", help="AOT-compile every kernel x config for GPU archs (no GPU needed)",
                        description="Compile each kernel and shipped config for the given archs, print registers, "
                        "spills, shared memory and instruction family; exit 1 on spills or shared memory over limit.")
-    k.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    k.add_argument("--arch", default=None, help="comma-separated: sm_80,sm_90,sm_121 (default: all)")
     return p
 
 
@@ -138,13 +135,15 @@ def cmd_chat(a, stdin=sys.stdin) -> int:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.command == "tune":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # tune and check-kernels own their options (and --help): hand them everything after the name.
+    if argv and argv[0] == "tune":
         from .kernels.autotune import tune_main  # noqa: PLC0415
-        return tune_main(a.args)
-    if a.command == "check-kernels":
+        return tune_main(argv[1:])
+    if argv and argv[0] == "check-kernels":
         from .kernels.aot import main as aot_main  # noqa: PLC0415
-        return aot_main((["--arch", a.arch] if a.arch else []) + a.args)
+        return aot_main(argv[1:])
+    a = build_parser().parse_args(argv)
     try:
         return cmd_generate(a) if a.command == "generate" else cmd_chat(a)
     except (ValueError, FileNotFoundError) as e:

@@ -2,6 +2,11 @@
 
 Call the ops through this package with a `backend` ("auto" | "triton" | "torch"); see dispatch.py.
 """
+import os
+
+# Triton 3.9 warns on every compile unless the FP-fusion default is explicit; keep today's default (on).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
 from .attention import BIDIRECTIONAL, CAUSAL, MODES, QUADRATIC, attention
 from .dispatch import BACKENDS, check_backend, use_triton
 from .draft_tree import draft_tree

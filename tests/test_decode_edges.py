@@ -180,3 +180,18 @@ def test_bad_mode_and_missing_mask_token():
     llama = random_model(tiny_config(model_type="llama", mask_token_id=None), seed=0)
     with pytest.raises(ValueError, match="mask_token_id"):
         run(llama, [1, 2], "spec-quadratic", max_new_tokens=3, block_size=2)
+
+
+def test_cuda_graphs_flag_needs_cuda(model):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.raises(ValueError, match="cuda_graphs=True"):
+        run(model, [1, 2], "spec-linear", max_new_tokens=3, block_size=2, cuda_graphs=True)
+    out, _, _ = run(model, [1, 2], "spec-linear", max_new_tokens=3, block_size=2, cuda_graphs=False)
+    assert len(out) == 3
+
+
+def test_registry_covers_every_mode():
+    from trikern.decode import DECODERS
+    from trikern.decode.common import MODES
+    assert tuple(DECODERS) == MODES

@@ -67,3 +67,28 @@ def test_bf16_model_runs_every_block_mode():
     for mode in ["diffusion", "spec-linear", "spec-quadratic"]:
         out, stats, _ = run(m, [1, 2, 3], mode, max_new_tokens=9, block_size=4)
         assert len(out) == 9 and all(0 <= t < m.cfg.vocab_size for t in out)
+
+
+def test_draft_lora_changes_drafts_only():
+    """The draft adapter is on for linear draft passes only: drafts change, the output stays AR's."""
+    from trikern.decode.common import DecodeContext, GenerationConfig
+
+    m = random_model(seed=5)
+    g = torch.Generator().manual_seed(1)
+    cfg = m.cfg
+    for layer in m.layers:
+        a = 0.5 * torch.randn(4, cfg.num_attention_heads * cfg.head_dim, generator=g)
+        b = 0.5 * torch.randn(cfg.hidden_size, 4, generator=g)
+        layer.self_attn.lora = (a, b, 4.0)
+    prompt = [2, 7, 1, 8, 2, 8]
+    ar, _, _ = run(m, prompt, "ar", max_new_tokens=20)
+    drafts = {}
+    for on in (True, False):
+        out, _, _ = run(m, prompt, "spec-linear", max_new_tokens=20, block_size=8, draft_lora=on)
+        assert out == ar
+        ctx = DecodeContext(m, GenerationConfig(max_new_tokens=20, block_size=8, draft_lora=on), len(prompt),
+                            "spec-linear")
+        with torch.inference_mode():
+            ctx.prefill(torch.tensor(prompt))
+            drafts[on] = spec_linear.LinearSpec(ctx).draft(torch.tensor([ar[0]]))[0].tolist()
+    assert drafts[True] != drafts[False]

@@ -21,12 +21,25 @@ Inputs:  anchors [A] int64 (A >= 1), cache_len int or 0-dim int64 tensor (n), su
          mask_id int.
 Outputs: tokens [A*S] int64, positions [A*S] int64, both on anchors.device. No host sync: n may
          stay on the device.
+
+The Triton kernel is one elementwise pass over the A*S entries (BLOCK per program); a tensor n is
+read by the kernel itself, an int n is passed as an argument.
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from . import autotune
 from .dispatch import use_triton
+
+# One program writes BLOCK consecutive chunk entries; chunks are at most a few hundred tokens (B*(B+1)).
+CONFIGS = [
+    {"BLOCK": 128, "num_warps": 1},
+    {"BLOCK": 512, "num_warps": 4},
+    {"BLOCK": 1024, "num_warps": 4},
+]
 
 
 def _check(anchors, sub_block):
@@ -52,5 +65,66 @@ def draft_tree(anchors, cache_len, sub_block, mask_id, backend="auto"):
     return draft_tree_ref(anchors, cache_len, sub_block, mask_id)
 
 
-def draft_tree_triton(anchors, cache_len, sub_block, mask_id):
-    raise NotImplementedError("draft_tree: Triton kernel not written yet")
+@triton.jit
+def _draft_tree_kernel(anchor_ptr, n_ptr, tok_ptr, pos_ptr, N, S, n_add, mask_id,
+                       LOAD_N: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = idx < N
+    i = idx // S
+    a = idx - i * S
+    n = n_add
+    if LOAD_N:  # the committed length stays on the device: read it here, never on the host
+        n = tl.load(n_ptr).to(tl.int64) + n_add
+    anchor = tl.load(anchor_ptr + i, mask=valid & (a == 0), other=0)
+    tok = tl.where(a == 0, anchor, mask_id)
+    tl.store(tok_ptr + idx, tok, mask=valid)
+    tl.store(pos_ptr + idx, n + i + a, mask=valid)
+
+
+def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
+    """Triton launcher; `config` forces one launch config (tests), else autotune chooses."""
+    _check(anchors, sub_block)
+    if torch.is_tensor(cache_len):
+        if cache_len.dim() != 0 or cache_len.dtype.is_floating_point or cache_len.dtype == torch.bool:
+            raise ValueError(f"draft_tree: cache_len must be an int or a 0-dim integer tensor; got "
+                             f"{tuple(cache_len.shape)} {cache_len.dtype}")
+        if cache_len.device != anchors.device:
+            raise ValueError(f"draft_tree: cache_len is on {cache_len.device}, anchors on {anchors.device}")
+    A, S = anchors.shape[0], int(sub_block)
+    N = A * S
+    tokens = torch.empty(N, dtype=torch.long, device=anchors.device)
+    positions = torch.empty(N, dtype=torch.long, device=anchors.device)
+    anchors = anchors.contiguous()
+    load_n = torch.is_tensor(cache_len)
+    n_ptr = cache_len if load_n else anchors  # unread when LOAD_N is off
+    n_add = 0 if load_n else int(cache_len)
+
+    def run(cfg):
+        _draft_tree_kernel[(triton.cdiv(N, cfg["BLOCK"]),)](anchors, n_ptr, tokens, positions, N, S, n_add,
+                                                          int(mask_id), LOAD_N=load_n, **cfg)
+
+    if config is not None:
+        run(config)
+    else:
+        autotune.launch("draft_tree", (autotune.bucket(N),), CONFIGS, run)
+    return tokens, positions
+
+
+def tune_shapes(device):
+    """Representative launches for `trikern tune`: linear blocks and quadratic steps, B = 8 .. 32."""
+    def thunk(A, S):
+        def go():
+            draft_tree_triton(torch.zeros(A, dtype=torch.long, device=device),
+                              torch.zeros((), dtype=torch.long, device=device), S, 0)
+        return go
+    return ([(f"linear B={B}", thunk(1, B)) for B in (8, 32)]
+            + [(f"quadratic B={B}", thunk(B, B + 1)) for B in (8, 16, 32)])
+
+
+def aot_variants(arch: int):
+    """Every config, cache length read from the device."""
+    from .aot import AotVariant
+    sig = {"anchor_ptr": "*i64", "n_ptr": "*i64", "tok_ptr": "*i64", "pos_ptr": "*i64", "N": "i32", "S": "i32",
+           "n_add": "i32", "mask_id": "i32"}
+    return [AotVariant("draft_tree", _draft_tree_kernel, sig, {"LOAD_N": True, "BLOCK": c["BLOCK"]}, c)
+            for c in CONFIGS]

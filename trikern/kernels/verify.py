@@ -35,12 +35,43 @@ Outputs
   Cache (in place, when k_cache is given): for j = 0 .. L, slot n + j*stride is copied to slot
   n + j (all L+1, whatever count is; a no-op for stride 1), then cache_len += count. So the cache
   keeps d_0 .. d_c, whose K/V are exactly what AR would have written.
+
+Triton path: up to three launches back to back, no host sync between them.
+  1. a vocabulary scan, each row's V columns split over SPLIT programs looping over BLOCK_V tiles:
+     greedy -- per (row, split) the max logit and its lowest index; sampled -- every program
+     recomputes c (L scalar gathers) and scans its columns of row c for argmax(r / noise),
+     argmax(p[c] / noise) and whether r has mass. This is the autotuned launch (pure, so
+     benchmarking may repeat it).
+  2. the cache compaction (stride > 1 only): per (layer, head, D tile), chain chunks of BLOCK_J
+     slots are loaded, a CTA barrier, then stored -- the reference's gather-then-scatter although
+     source and destination slots overlap (a later chunk never reads a slot an earlier one wrote).
+  3. one program combines the partials (ties -> the lowest index, as torch.argmax), writes tokens
+     and count, then cache_len += count, after step 2 has read the old length.
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
+from . import autotune
 from .dispatch import use_triton
+
+# Vocabulary-scan configs (also reveal's): SPLIT programs per row, capped by the number of BLOCK_V
+# tiles in V (`scan_split`).
+CONFIGS = [
+    {"BLOCK_V": 1024, "SPLIT": 1, "num_warps": 4},
+    {"BLOCK_V": 1024, "SPLIT": 8, "num_warps": 4},
+    {"BLOCK_V": 2048, "SPLIT": 4, "num_warps": 8},
+    {"BLOCK_V": 2048, "SPLIT": 16, "num_warps": 4},
+    {"BLOCK_V": 4096, "SPLIT": 8, "num_warps": 8},
+    {"BLOCK_V": 4096, "SPLIT": 32, "num_warps": 8},
+]
+# The compaction is in place and not idempotent (a second run would read overwritten slots), so it
+# cannot be benchmarked by re-running: one fixed config, sized by head_dim.
+COMPACT_BLOCK_J = 16
+COMPACT_WARPS = 4
+MAX_CHAIN = 256  # the L + 1 rows are combined by one program (B is at most a few dozen)
 
 
 def _check(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride):
@@ -121,5 +152,308 @@ def verify(draft, target, draft_probs=None, uniforms=None, noise=None,
     return verify_ref(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
 
 
-def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride):
-    raise NotImplementedError("verify: Triton kernel not written yet")
+@triton.jit
+def _argmax_partial_kernel(x_ptr, pm_ptr, pi_ptr, V, sx, chunk, SPLIT, BLOCK_V: tl.constexpr):
+    """Greedy scan: max and lowest argmax of row `pid0` over the columns of split `pid1`."""
+    row = tl.program_id(0)
+    s = tl.program_id(1)
+    start = s * chunk
+    end = tl.minimum(start + chunk, V)
+    base = x_ptr + row.to(tl.int64) * sx
+    best_v = tl.full([], float("-inf"), tl.float32)
+    best_i = start
+    for off in range(start, end, BLOCK_V):
+        cols = off + tl.arange(0, BLOCK_V)
+        x = tl.load(base + cols, mask=cols < end, other=float("-inf")).to(tl.float32)
+        tv, ti = tl.max(x, axis=0, return_indices=True)
+        better = tv > best_v  # strict: an earlier tile keeps a tie
+        best_i = tl.where(better, off + ti, best_i)
+        best_v = tl.where(better, tv, best_v)
+    tl.store(pm_ptr + row * SPLIT + s, best_v)
+    tl.store(pi_ptr + row * SPLIT + s, best_i)
+
+
+@triton.jit
+def _first_rejection(draft_ptr, p_ptr, q_ptr, u_ptr, L, sp, sq, BLOCK_L: tl.constexpr):
+    """Sampled rule: c = index of the first draft with not (u * q[d] < p[d]), L if none."""
+    j = tl.arange(0, BLOCK_L)
+    jm = j < L
+    d = tl.load(draft_ptr + j, mask=jm, other=0)
+    pd = tl.load(p_ptr + j.to(tl.int64) * sp + d, mask=jm, other=0.0).to(tl.float32)
+    qd = tl.load(q_ptr + j.to(tl.int64) * sq + d, mask=jm, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + j, mask=jm, other=0.0).to(tl.float32)
+    rejected = jm & ~(u * qd < pd)
+    return tl.min(tl.where(rejected, j, L), axis=0)
+
+
+@triton.jit
+def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, rv_ptr, ri_ptr, pv_ptr, pix_ptr, rmax_ptr,
+                             L, V, sp, sq, chunk, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Sampled scan over the columns of split `pid0` of row c: the exponential race on
+    r = max(p[c] - q[c], 0) (q = 0 when c == L) and on p[c] itself, and the largest r."""
+    s = tl.program_id(0)
+    c = _first_rejection(draft_ptr, p_ptr, q_ptr, u_ptr, L, sp, sq, BLOCK_L)
+    p_row = p_ptr + c.to(tl.int64) * sp
+    q_row = q_ptr + c.to(tl.int64) * sq
+    start = s * chunk
+    end = tl.minimum(start + chunk, V)
+    q_end = tl.where(c < L, end, start)  # row L has no q: r = p[L]
+    best_r = tl.full([], float("-inf"), tl.float32)
+    best_p = tl.full([], float("-inf"), tl.float32)
+    idx_r = start
+    idx_p = start
+    rmax = tl.full([], 0.0, tl.float32)
+    for off in range(start, end, BLOCK_V):
+        cols = off + tl.arange(0, BLOCK_V)
+        m = cols < end
+        pc = tl.load(p_row + cols, mask=m, other=0.0).to(tl.float32)
+        qc = tl.load(q_row + cols, mask=cols < q_end, other=0.0).to(tl.float32)
+        e = tl.load(e_ptr + cols, mask=m, other=1.0).to(tl.float32)
+        r = tl.maximum(pc - qc, 0.0)
+        rmax = tl.maximum(rmax, tl.max(r, axis=0))
+        # IEEE division, as torch's: the race is decided by exact quotients
+        sr = tl.where(m, tl.div_rn(r, e), float("-inf"))
+        spp = tl.where(m, tl.div_rn(pc, e), float("-inf"))
+        tv, ti = tl.max(sr, axis=0, return_indices=True)
+        better = tv > best_r
+        idx_r = tl.where(better, off + ti, idx_r)
+        best_r = tl.where(better, tv, best_r)
+        tv, ti = tl.max(spp, axis=0, return_indices=True)
+        better = tv > best_p
+        idx_p = tl.where(better, off + ti, idx_p)
+        best_p = tl.where(better, tv, best_p)
+    tl.store(rv_ptr + s, best_r)
+    tl.store(ri_ptr + s, idx_r)
+    tl.store(pv_ptr + s, best_p)
+    tl.store(pix_ptr + s, idx_p)
+    tl.store(rmax_ptr + s, rmax)
+
+
+@triton.jit
+def pick_split(v_ptr, i_ptr, rows, row_mask, SPLIT, BLOCK_S: tl.constexpr):
+    """Per row, the index of the best split's winner (max value, ties -> the lowest split)."""
+    sidx = tl.arange(0, BLOCK_S)
+    off = rows[:, None] * SPLIT + sidx[None, :]
+    m = row_mask[:, None] & (sidx < SPLIT)[None, :]
+    v = tl.load(v_ptr + off, mask=m, other=float("-inf"))
+    i = tl.load(i_ptr + off, mask=m, other=0)
+    _, best = tl.max(v, axis=1, return_indices=True)
+    return tl.sum(tl.where(sidx[None, :] == best[:, None], i, 0), axis=1)
+
+
+@triton.jit
+def _accept_kernel(draft_ptr, pm_ptr, pi_ptr, pv_ptr, pix_ptr, rmax_ptr, p_ptr, q_ptr, u_ptr,
+                   tok_ptr, count_ptr, len_ptr, L, sp, sq, SPLIT,
+                   SAMPLED: tl.constexpr, UPDATE_LEN: tl.constexpr, BLOCK_L: tl.constexpr,
+                   BLOCK_S: tl.constexpr):
+    """One program: c, tokens, count from the scan's partials, then cache_len += count."""
+    j = tl.arange(0, BLOCK_L)
+    rows = j < L + 1
+    d = tl.load(draft_ptr + j, mask=j < L, other=-1)
+    if SAMPLED:
+        c = _first_rejection(draft_ptr, p_ptr, q_ptr, u_ptr, L, sp, sq, BLOCK_L)
+        first = tl.arange(0, 1)
+        has_mass = tl.max(tl.load(rmax_ptr + tl.arange(0, BLOCK_S), mask=tl.arange(0, BLOCK_S) < SPLIT,
+                                  other=0.0), axis=0) > 0.0
+        extra_r = tl.sum(pick_split(pm_ptr, pi_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
+        extra_p = tl.sum(pick_split(pv_ptr, pix_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
+        extra = tl.where(has_mass, extra_r, extra_p).to(tl.int64)
+        tokens = tl.where(j < c, d, extra)
+    else:
+        a = pick_split(pm_ptr, pi_ptr, j, rows, SPLIT, BLOCK_S).to(tl.int64)
+        c = tl.min(tl.where((j < L) & (a != d), j, L), axis=0)
+        tokens = a
+    tl.store(tok_ptr + j, tl.where(j <= c, tokens, -1), mask=rows)
+    count = c.to(tl.int64) + 1
+    tl.store(count_ptr, count)
+    if UPDATE_LEN:
+        n = tl.load(len_ptr)
+        tl.store(len_ptr, n + count.to(n.dtype))
+
+
+@triton.jit
+def _compact_kernel(k_ptr, v_ptr, n_ptr, CHAIN, STRIDE, H, SLOTS, D,
+                    sk0, sk1, sk2, sk3, sv0, sv1, sv2, sv3,
+                    BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Slot n + j*STRIDE -> n + j for j < CHAIN, one (layer, head, D tile) per program."""
+    lh = tl.program_id(0)
+    layer = (lh // H).to(tl.int64)
+    head = (lh % H).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dm = d < D
+    n = tl.load(n_ptr).to(tl.int64)
+    kb = k_ptr + layer * sk0 + head * sk1 + d[None, :].to(tl.int64) * sk3
+    vb = v_ptr + layer * sv0 + head * sv1 + d[None, :].to(tl.int64) * sv3
+    for j0 in range(0, CHAIN, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J).to(tl.int64)
+        src = n + j * STRIDE
+        dst = n + j
+        # slots past the cache are never touched (the reference would raise an index error)
+        m = ((j < CHAIN) & (src < SLOTS))[:, None] & dm[None, :]
+        kk = tl.load(kb + src[:, None] * sk2, mask=m)
+        vv = tl.load(vb + src[:, None] * sv2, mask=m)
+        # every read of this chunk before any write: a destination slot may be another row's source
+        tl.debug_barrier()
+        tl.store(kb + dst[:, None] * sk2, kk, mask=m)
+        tl.store(vb + dst[:, None] * sv2, vv, mask=m)
+
+
+def scan_split(V: int, cfg: dict) -> tuple[int, int]:
+    """(programs per row, columns per program): SPLIT capped so that no program is empty."""
+    tiles = triton.cdiv(V, cfg["BLOCK_V"])
+    per = triton.cdiv(tiles, min(cfg["SPLIT"], tiles)) * cfg["BLOCK_V"]
+    return triton.cdiv(V, per), per
+
+
+def _check_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len):
+    dev = target.device
+    L, V = draft.shape[0], target.shape[1]
+    if V == 0:
+        raise ValueError("verify: target has an empty vocabulary dimension (V = 0)")
+    if L + 1 > MAX_CHAIN:
+        raise ValueError(f"verify: {L} drafts; the Triton kernel takes at most {MAX_CHAIN - 1}")
+    named = [("draft", draft), ("draft_probs", draft_probs), ("uniforms", uniforms), ("noise", noise),
+             ("k_cache", k_cache), ("v_cache", v_cache), ("cache_len", cache_len)]
+    for name, t in named:
+        if t is not None and t.device != dev:
+            raise ValueError(f"verify: {name} is on {t.device}, target on {dev}")
+    for name, t in [("target", target), ("draft_probs", draft_probs), ("uniforms", uniforms), ("noise", noise)]:
+        if t is not None and t.dtype not in autotune.FLOAT_DTYPES:
+            raise TypeError(f"verify: {name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
+    if k_cache is not None:
+        if k_cache.dtype != v_cache.dtype:
+            raise TypeError(f"verify: k_cache ({k_cache.dtype}) and v_cache ({v_cache.dtype}) differ in dtype")
+        if cache_len.dtype.is_floating_point or cache_len.dtype == torch.bool:
+            raise TypeError(f"verify: cache_len has dtype {cache_len.dtype}; expected an integer tensor")
+
+
+def _rows(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride, config=None):
+    """Triton launcher; `config` forces the vocabulary-scan config (tests), else autotune chooses."""
+    _check(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
+    _check_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len)
+    L, V, dev = draft.shape[0], target.shape[1], target.device
+    sampled = draft_probs is not None
+    draft = draft.contiguous()
+    target = _rows(target)
+    tokens = torch.empty(L + 1, dtype=torch.long, device=dev)
+    count = torch.empty((), dtype=torch.long, device=dev)
+    block_l = triton.next_power_of_2(L + 1)
+    if sampled:
+        q = _rows(draft_probs) if L else target  # an empty q is never read: any valid pointer will do
+        u = uniforms.contiguous() if L else target
+        e = noise.contiguous()
+        sq = q.stride(0) if L else 0
+    else:
+        q = u = e = target
+        sq = 0
+    # empty tensors (L = 0) may have no storage: hand the kernels any live pointer, they read nothing
+    draft_arg = draft if L else tokens
+    partial = {}
+
+    def run(cfg):
+        split, per = scan_split(V, cfg)
+        vals = torch.empty(L + 1 if not sampled else 1, split, dtype=torch.float32, device=dev)
+        idx = torch.empty(vals.shape, dtype=torch.int32, device=dev)
+        if sampled:
+            pv, pix = torch.empty_like(vals), torch.empty_like(idx)
+            rmax = torch.empty(split, dtype=torch.float32, device=dev)
+            _residual_partial_kernel[(split,)](draft_arg, target, q, u, e, vals, idx, pv, pix, rmax, L, V,
+                                               target.stride(0), sq, per, BLOCK_L=block_l,
+                                               BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
+        else:
+            pv, pix, rmax = vals, idx, vals
+            _argmax_partial_kernel[(L + 1, split)](target, vals, idx, V, target.stride(0), per, split,
+                                                   BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
+        partial.update(vals=vals, idx=idx, pv=pv, pix=pix, rmax=rmax, split=split)
+
+    if config is None:
+        key = ("sampled" if sampled else "greedy", autotune.bucket(L + 1), V, autotune.dtype_key(target))
+        config = autotune.choose("verify", key, CONFIGS, run)
+    # always run the chosen config: a benchmark sweep may have left another config's partials
+    run(config)
+
+    update = k_cache is not None
+    if update and stride > 1:
+        _compact(k_cache, v_cache, cache_len, L + 1, int(stride))
+    split = partial["split"]
+    block_s = triton.next_power_of_2(split)
+    _accept_kernel[(1,)](draft_arg, partial["vals"], partial["idx"], partial["pv"], partial["pix"], partial["rmax"],
+                         target, q, u, tokens, count, cache_len if update else count, L,
+                         target.stride(0), sq, split, SAMPLED=sampled, UPDATE_LEN=update,
+                         BLOCK_L=block_l, BLOCK_S=block_s, num_warps=_accept_warps(block_l, block_s))
+    return tokens, count
+
+
+def _accept_warps(block_l: int, block_s: int) -> int:
+    """Enough threads that the [BLOCK_L, BLOCK_S] partials stay in registers (16 per thread)."""
+    return max(4, min(16, block_l * block_s // 16 // 32))
+
+
+def _compact_block_d(D: int) -> int:
+    return min(triton.next_power_of_2(D), 128)
+
+
+def _compact(k, v, n, chain, stride):
+    layers, H, slots, D = k.shape
+    if k.numel() == 0:
+        return
+    bd = _compact_block_d(D)
+    _compact_kernel[(layers * H, triton.cdiv(D, bd))](k, v, n, chain, stride, H, slots, D, *k.stride(), *v.stride(),
+                                                      BLOCK_J=COMPACT_BLOCK_J, BLOCK_D=bd, num_warps=COMPACT_WARPS)
+
+
+def tune_shapes(device):
+    """Representative launches for `trikern tune`: NLD-sized vocabularies, B = 8 .. 32, both rules."""
+    def thunk(L, V, sampled):
+        def go():
+            g = torch.Generator(device=device).manual_seed(0)
+            target = torch.randn(L + 1, V, device=device, generator=g)
+            draft = torch.randint(0, V, (L,), device=device, generator=g)
+            if sampled:
+                p = torch.softmax(target, -1)
+                verify_triton(draft, p, torch.softmax(torch.randn_like(target[:L]), -1),
+                              torch.rand(L, device=device, generator=g), torch.ones(V, device=device),
+                              None, None, None, 1)
+            else:
+                verify_triton(draft, target.bfloat16(), None, None, None, None, None, None, 1)
+        return go
+    return [(f"{'sampled' if s else 'greedy'} L={L} V={V}", thunk(L, V, s))
+            for V in (32000, 131072) for L in (7, 15, 31) for s in (False, True)]
+
+
+def aot_variants(arch: int):
+    """Every scan config (greedy on bf16 logits, sampled on fp32 probabilities), the accept
+    kernel for both rules and the bf16 cache compaction at head_dim 128."""
+    from .aot import AotVariant
+    out = []
+    for c in CONFIGS:
+        launch = {"num_warps": c["num_warps"]}
+        sig = {"x_ptr": "*bf16", "pm_ptr": "*fp32", "pi_ptr": "*i32", "V": "i32", "sx": "i64", "chunk": "i32",
+               "SPLIT": "i32"}
+        out.append(AotVariant("verify_argmax", _argmax_partial_kernel, sig, {"BLOCK_V": c["BLOCK_V"]},
+                              {**c, **launch}))
+        sig = {"draft_ptr": "*i64", "p_ptr": "*fp32", "q_ptr": "*fp32", "u_ptr": "*fp32", "e_ptr": "*fp32",
+               "rv_ptr": "*fp32", "ri_ptr": "*i32", "pv_ptr": "*fp32", "pix_ptr": "*i32", "rmax_ptr": "*fp32",
+               "L": "i32", "V": "i32", "sp": "i64", "sq": "i64", "chunk": "i32"}
+        out.append(AotVariant("verify_residual", _residual_partial_kernel, sig,
+                              {"BLOCK_L": MAX_CHAIN, "BLOCK_V": c["BLOCK_V"]}, {**c, **launch}))
+    sig = {"draft_ptr": "*i64", "pm_ptr": "*fp32", "pi_ptr": "*i32", "pv_ptr": "*fp32", "pix_ptr": "*i32",
+           "rmax_ptr": "*fp32", "p_ptr": "*fp32", "q_ptr": "*fp32", "u_ptr": "*fp32", "tok_ptr": "*i64",
+           "count_ptr": "*i64", "len_ptr": "*i64", "L": "i32", "sp": "i64", "sq": "i64", "SPLIT": "i32"}
+    for sampled in (False, True):
+        for block_l in (32, MAX_CHAIN):  # a typical block and the largest chain
+            block_s = 32  # the widest split of CONFIGS
+            out.append(AotVariant(f"verify_accept{'+sampled' if sampled else ''}", _accept_kernel, sig,
+                                  {"SAMPLED": sampled, "UPDATE_LEN": True, "BLOCK_L": block_l, "BLOCK_S": block_s},
+                                  {"BLOCK_L": block_l, "num_warps": _accept_warps(block_l, block_s)}))
+    sig = {"k_ptr": "*bf16", "v_ptr": "*bf16", "n_ptr": "*i64", "CHAIN": "i32", "STRIDE": "i32", "H": "i32",
+           "SLOTS": "i32", "D": "i32", "sk0": "i64", "sk1": "i64", "sk2": "i64", "sk3": "i32",
+           "sv0": "i64", "sv1": "i64", "sv2": "i64", "sv3": "i32"}
+    out.append(AotVariant("verify_compact", _compact_kernel, sig,
+                          {"BLOCK_J": COMPACT_BLOCK_J, "BLOCK_D": _compact_block_d(128)},
+                          {"BLOCK_J": COMPACT_BLOCK_J, "num_warps": COMPACT_WARPS}))
+    return out

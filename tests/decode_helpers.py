@@ -6,9 +6,6 @@ import torch
 from trikern.decode import decode
 from trikern.decode.common import DecodeContext, GenerationConfig
 
-# 2 shared CPU cores: one intra-op thread is faster than oversubscribing them
-torch.set_num_threads(1)
-
 
 def run(model, prompt, mode, **kw):
     """(tokens, stats, per-step chunks) of one generation."""

@@ -75,3 +75,21 @@ def test_bad_requests_name_the_parameter(model):
 def test_missing_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         trikern.load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "spec-linear", "spec-quadratic"])
+def test_every_mode_through_the_api(model, mode):
+    ar = model.generate("def add(a, b):", max_new_tokens=20, block_size=4)
+    r = model.generate("def add(a, b):", mode=mode, max_new_tokens=20, block_size=4)
+    assert r.stats["mode"] == mode and r.stats["forwards"] >= 1 and r.stats["tokens_per_forward"] > 0
+    if mode != "diffusion":  # greedy self-speculation is lossless
+        assert r.token_ids == ar.token_ids and r.text == ar.text
+        assert sum(r.stats["acceptance_lengths"].values()) >= 1
+
+
+def test_ar_only_checkpoint_rejects_block_modes(tmp_path):
+    from synth import write_llama_checkpoint
+    m = trikern.load(write_llama_checkpoint(tmp_path / "llama"), device="cpu", dtype=torch.float32)
+    assert len(m.generate([1, 2, 3], max_new_tokens=3).token_ids) == 3
+    with pytest.raises(ValueError, match="mode='spec-linear' needs a tri-mode checkpoint"):
+        m.generate([1, 2, 3], mode="spec-linear")

@@ -53,14 +53,14 @@ class Model:
         return tuple(sorted(ids))
 
     def _gen_config(self, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=None, block_size=None,
-                    threshold=0.9, draft_lora=True, thinking_budget=None) -> GenerationConfig:
+                    threshold=0.9, draft_lora=True, thinking_budget=None, cuda_graphs=None) -> GenerationConfig:
         end_think = None
         if thinking_budget is not None and self.tokenizer is not None:
             end_think = self.tokenizer.token_id("</think>")
         return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 seed=seed, block_size=block_size, threshold=threshold, draft_lora=draft_lora,
                                 stop_token_ids=self._eos_ids(), thinking_budget=thinking_budget,
-                                end_think_id=end_think)
+                                end_think_id=end_think, cuda_graphs=cuda_graphs)
 
     def _encode(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -95,34 +95,33 @@ class Model:
         out_ids: list[int] = []
         text: list[str] = []
         reason = "length"
-        with torch.inference_mode():
-            steps = run_decoder(ctx, prompt_ids, mode)
-            try:
-                for chunk in steps:
-                    out_ids.extend(chunk)
-                    if chunk and chunk[-1] in eos:
-                        reason = "stop"
-                    if detok is None:
-                        continue
-                    piece = detok.feed(chunk)
-                    if stops is not None:
-                        piece = stops.feed(piece)
-                        if stops.stopped:
-                            reason = "stop"
-                    if piece:
-                        text.append(piece)
-                        yield piece
-                    if stops is not None and stops.stopped:
-                        break
-            finally:
-                steps.close()
-            if detok is not None and not (stops is not None and stops.stopped):
-                tail = detok.flush()
+        steps = run_decoder(ctx, prompt_ids, mode)
+        try:
+            for chunk in steps:
+                out_ids.extend(chunk)
+                if chunk and chunk[-1] in eos:
+                    reason = "stop"
+                if detok is None:
+                    continue
+                piece = detok.feed(chunk)
                 if stops is not None:
-                    tail = stops.feed(tail) + stops.flush()
-                if tail:
-                    text.append(tail)
-                    yield tail
+                    piece = stops.feed(piece)
+                    if stops.stopped:
+                        reason = "stop"
+                if piece:
+                    text.append(piece)
+                    yield piece
+                if stops is not None and stops.stopped:
+                    break
+        finally:
+            steps.close()
+        if detok is not None and not (stops is not None and stops.stopped):
+            tail = detok.flush()
+            if stops is not None:
+                tail = stops.feed(tail) + stops.flush()
+            if tail:
+                text.append(tail)
+                yield tail
         self.last_result = GenerationResult("".join(text), out_ids, ctx.stats.as_dict(), reason)
 
     def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> Iterator[str]:

@@ -31,13 +31,15 @@ def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--no-draft-lora", action="store_true", help="don't apply the draft LoRA on draft passes")
     p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
                    help="force </think> after N generated tokens")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run block-mode steps eagerly on CUDA")
     p.add_argument("--stop", action="append", default=None, metavar="STR", help="stop string (repeatable)")
 
 
 def _gen_kwargs(a) -> dict:
     return dict(mode=a.mode, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                 top_p=a.top_p, seed=a.seed, block_size=a.block_size, threshold=a.threshold,
-                draft_lora=not a.no_draft_lora, thinking_budget=a.thinking_budget, stop=a.stop)
+                draft_lora=not a.no_draft_lora, thinking_budget=a.thinking_budget, stop=a.stop,
+                cuda_graphs=False if a.no_cuda_graphs else None)
 
 
 def _load(a):

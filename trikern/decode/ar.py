@@ -19,6 +19,7 @@ def ar_step(ctx: DecodeContext, token: torch.Tensor, logits_prev=None) -> torch.
     return sample(logits, g.temperature, g.top_k, g.top_p, ctx.generator)
 
 
+@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
 def decode_ar(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
     g = ctx.gen
     if ctx.max_new_tokens == 0:

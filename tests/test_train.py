@@ -253,3 +253,26 @@ def test_export_layout(tmp_path):
     assert tmpl.render(messages=msgs, add_generation_prompt=True, enable_thinking=False) == \
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert tmpl.render(messages=msgs, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+def test_causal_nll_matches_plain_forward():
+    from trikern.train.distill import causal_nll  # noqa: PLC0415
+
+    cfg = tiny_config()
+    model = random_model(cfg, std=0.05)
+    w = torch.randint(0, 90, (3, 10), generator=torch.Generator().manual_seed(5))
+    nll, count = causal_nll(model, w)
+    expect = sum(F.cross_entropy(model(w[r], torch.arange(10))[:-1], w[r, 1:], reduction="sum").item() for r in range(3))
+    assert count == 27 and nll == pytest.approx(expect, rel=1e-4)
+
+
+def test_heldout_prompts_fixed_order_and_length():
+    from trikern.train.evaluate import heldout_prompts  # noqa: PLC0415
+
+    files = [D.SourceFile(f"m{i}.py", "x = 1\n" * (i + 1)) for i in range(8)]
+    tok = train_bpe([f.text for f in files], vocab_size=270)
+    got = heldout_prompts(tok, files, 3, 4)
+    assert got == heldout_prompts(tok, list(reversed(files)), 3, 4)  # independent of listing order
+    assert all(len(ids) == 4 for _, ids in got)
+    with pytest.raises(ValueError, match="only"):
+        heldout_prompts(tok, files, 8, 10**6)

@@ -193,7 +193,9 @@ class Trainer:
         meta = self.run_dir / "meta.json"
         if meta.is_file():
             old = json.loads(meta.read_text())
-            keep = {"steps", "ckpt_every", "eval_every", "threads"}  # safe to change on resume
+            # Safe to change on resume (the schedule follows `steps`; distillation settings only matter
+            # from their start step on).
+            keep = {"steps", "ckpt_every", "eval_every", "threads", "distill_start", "distill_frac", "distill_every"}
             diff = {k for k in old if k not in keep and old[k] != asdict(tc).get(k)}
             if diff:
                 raise ValueError(f"{meta}: run folder was made with different settings ({', '.join(sorted(diff))}); "

@@ -276,3 +276,16 @@ def test_heldout_prompts_fixed_order_and_length():
     assert all(len(ids) == 4 for _, ids in got)
     with pytest.raises(ValueError, match="only"):
         heldout_prompts(tok, files, 8, 10**6)
+
+
+def test_init_from_starts_at_the_source_weights(tmp_path):
+    src = Trainer(_tiny_train_config(tmp_path, steps=2, distill_start=-1), tmp_path / "a", progress=False)
+    src.run()
+    tr = Trainer(_tiny_train_config(tmp_path, steps=2, distill_start=-1, init_from=str(tmp_path / "a")), tmp_path / "b",
+                 progress=False)
+    assert tr.step == 0
+    for (n, p1), (_, p2) in zip(src.model.state_dict().items(), tr.model.state_dict().items()):
+        assert torch.equal(p1, p2), n
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == (tmp_path / "a" / "tokenizer.json").read_text()
+    with pytest.raises(D.DataError, match="no ckpt.pt"):
+        Trainer(_tiny_train_config(tmp_path, init_from=str(tmp_path / "nothing")), tmp_path / "c", progress=False)

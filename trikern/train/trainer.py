@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -48,6 +49,7 @@ class TrainConfig:
     diff_weight: float = 0.3
     heldout_percent: float = 3.0
     data_root: str | None = None  # None: the running interpreter's stdlib
+    init_from: str | None = None  # another run folder: start from its latest weights (fresh optimiser)
     # self-distillation: from `distill_start` on, `distill_frac` of each batch is real prefixes
     # continued greedily by the current model (pool regenerated every `distill_every` steps)
     distill_start: int = -1  # -1: off
@@ -201,6 +203,13 @@ class Trainer:
                 raise ValueError(f"{meta}: run folder was made with different settings ({', '.join(sorted(diff))}); "
                                  "use a new folder or the same settings")
         atomic_write_json(meta, asdict(tc))
+        src = Path(tc.init_from) if tc.init_from else None
+        if src is not None:
+            if not (src / "ckpt.pt").is_file():
+                raise D.DataError(f"init_from={src}: no ckpt.pt in that run folder")
+            for name in ("tokenizer.json", "tokens.pt"):  # same tokenizer and streams as the source run
+                if not (self.run_dir / name).is_file():
+                    shutil.copyfile(src / name, self.run_dir / name)
         self.tok, self.streams = prepare(tc, self.run_dir)
         self.ids = special_ids(self.tok)
         self.model = build_model(tc, self.ids)
@@ -208,6 +217,8 @@ class Trainer:
         self.step = 0
         self.pool: torch.Tensor | None = None
         ckpt = self.run_dir / "ckpt.pt"
+        if src is not None and not ckpt.is_file():
+            self.model.load_state_dict(torch.load(src / "ckpt.pt")["model"])
         if ckpt.is_file():
             state = torch.load(ckpt)
             self.model.load_state_dict(state["model"])

@@ -13,6 +13,13 @@ Every query sees all committed cache entries; the MODE decides what it sees of t
 
 GQA is handled by index arithmetic (no repeated K/V). The PyTorch reference below builds the dense
 mask and is the spec the Triton kernel is tested against.
+
+The Triton kernel (`attention_triton`) is flash attention with an fp32 online softmax: one program
+per (tile of packed query rows, kv head, cache split); the mask is computed from indices under a
+`tl.constexpr` MODE; decode-shaped launches split the cache over several programs and merge the
+partial softmaxes in a second small kernel. Launch configs come from a per-arch config space
+through `trikern.kernels.autotune`; `aot_variants` and `tune_shapes` feed `trikern check-kernels`
+and `trikern tune`.
 """
 from __future__ import annotations
 
@@ -20,8 +27,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
-from .dispatch import use_triton
+from .dispatch import interpreting, use_triton
 
 CAUSAL, BIDIRECTIONAL, QUADRATIC = 0, 1, 2
 MODES = {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL, "quadratic": QUADRATIC}
@@ -86,5 +95,401 @@ def attention(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0, sc
     return attention_ref(q, k, v, k_cache, v_cache, cache_len, mode, sub_block, scale)
 
 
-def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode, sub_block, scale):
-    raise NotImplementedError("attention: Triton kernel not written yet")
+# ------------------------------------------------------------------------------------------------
+# Triton kernel: flash attention over (cache slice, chunk) with the mask computed from indices.
+#
+# One program owns a tile of BLOCK_M "packed rows" of one kv head: row r is query token r // G,
+# query head kv_head * G + r % G, so a GQA group shares every K/V tile it loads (a decode step with
+# 8 query heads per kv head reads the cache once, not 8 times). The third grid axis splits the
+# committed cache into SPLIT equal shares of the *device-side* length (flash-decoding); the last
+# share also takes the chunk. With SPLIT > 1 each program writes an unnormalised partial
+# (m, l, acc) and a small combine kernel merges them.
+# ------------------------------------------------------------------------------------------------
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _softmax_step(acc, m_i, l_i, q, kt, v, visible, qk_scale, MASKED: tl.constexpr, PREC: tl.constexpr):
+    # Scores are in the log2 domain (qk_scale includes log2(e)). m_i starts finite (-1e30), so a
+    # row that sees nothing in this tile keeps alpha = 1 and p = 0 instead of computing inf - inf.
+    s = tl.dot(q, kt, input_precision=PREC) * qk_scale
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC,
+    T, S, HQ, sub_block, qk_scale,
+    sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, skc_h, skc_s, svc_h, svc_s, so_t, so_h,
+    G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < T * G
+    t = rows // G
+    h = kvh * G + rows % G
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_D
+    offs_n = tl.arange(0, BLOCK_N)
+
+    q_row = t.to(tl.int64) * sq_t + h.to(tl.int64) * sq_h
+    q = tl.load(Q + q_row[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # (a) This program's share of the committed cache. Shares are whole BLOCK_N tiles, so only the
+    # very last tile of the cache needs a key mask; shares past the length are empty loops.
+    n_cache = tl.minimum(tl.load(CACHE_LEN).to(tl.int32), S)
+    share = tl.cdiv(tl.cdiv(n_cache, SPLIT), BLOCK_N) * BLOCK_N
+    lo = split * share
+    hi = tl.minimum(lo + share, n_cache)
+    full_hi = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    kc_base = KC + kvh.to(tl.int64) * skc_h
+    vc_base = VC + kvh.to(tl.int64) * svc_h
+    # Only a scalar tile pointer is loop-carried (int64: S * D can be large); the in-tile offsets
+    # are loop-invariant int32 (a carried tensor of 64-bit pointers would cost ~128 registers).
+    kc_tile = offs_d[:, None] + offs_n[None, :] * skc_s  # K^T [D, N]
+    vc_tile = offs_n[:, None] * svc_s + offs_d[None, :]  # V [N, D]
+    kc_at = kc_base + lo.to(tl.int64) * skc_s
+    vc_at = vc_base + lo.to(tl.int64) * svc_s
+    for start in range(lo, full_hi, BLOCK_N):
+        kt = tl.load(kc_at + kc_tile, mask=d_ok[:, None], other=0.0)
+        v = tl.load(vc_at + vc_tile, mask=d_ok[None, :], other=0.0)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, kt, v, row_ok, qk_scale, False, PREC)
+        kc_at += BLOCK_N * skc_s
+        vc_at += BLOCK_N * svc_s
+    if full_hi < hi:
+        n_ok = full_hi + offs_n < hi
+        kt = tl.load(kc_at + kc_tile, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+        v = tl.load(vc_at + vc_tile, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, kt, v, n_ok[None, :], qk_scale, True, PREC)
+
+    # (b) The chunk's own keys, under MODE, on the last share only.
+    if split == SPLIT - 1:
+        t_first = (pid_m * BLOCK_M) // G
+        t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, T * G) - 1) // G
+        if MODE == 0:  # CAUSAL: keys 0..t_first are visible to every row of the tile
+            c_hi = tl.minimum(T, t_last + 1)
+            c_full = (t_first + 1) // BLOCK_N * BLOCK_N
+        elif MODE == 1:  # BIDIRECTIONAL
+            c_hi = T
+            c_full = T // BLOCK_N * BLOCK_N
+        else:  # QUADRATIC: up to the end of the last row's sub-block; every tile is masked
+            c_hi = tl.minimum(T, (t_last // sub_block + 1) * sub_block)
+            c_full = 0
+        k_tile = offs_d[:, None] + offs_n[None, :] * sk_t
+        v_tile = offs_n[:, None] * sv_t + offs_d[None, :]
+        k_at = K + kvh.to(tl.int64) * sk_h
+        v_at = V + kvh.to(tl.int64) * sv_h
+        for start in range(0, c_full, BLOCK_N):
+            kt = tl.load(k_at + k_tile, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_at + v_tile, mask=d_ok[None, :], other=0.0)
+            acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, kt, v, row_ok, qk_scale, False, PREC)
+            k_at += BLOCK_N * sk_t
+            v_at += BLOCK_N * sv_t
+        for start in range(c_full, c_hi, BLOCK_N):
+            j = start + offs_n
+            j_ok = j < T
+            if MODE == 0:
+                visible = j_ok[None, :] & (j[None, :] <= t[:, None])
+            elif MODE == 1:
+                visible = j_ok[None, :]
+            else:
+                qb = t // sub_block
+                kb = j // sub_block
+                anchor = ((j % sub_block) == 0)[None, :] & (kb[None, :] <= qb[:, None])
+                own = ((t % sub_block) > 0)[:, None] & (kb[None, :] == qb[:, None])
+                visible = j_ok[None, :] & (anchor | own)
+            kt = tl.load(k_at + k_tile, mask=d_ok[:, None] & j_ok[None, :], other=0.0)
+            v = tl.load(v_at + v_tile, mask=j_ok[:, None] & d_ok[None, :], other=0.0)
+            acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, kt, v, visible, qk_scale, True, PREC)
+            k_at += BLOCK_N * sk_t
+            v_at += BLOCK_N * sv_t
+
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    if SPLIT == 1:
+        o_row = t.to(tl.int64) * so_t + h.to(tl.int64) * so_h
+        l_i = tl.where(row_ok, l_i, 1.0)  # padding rows: keep 0/0 out of the (masked) store
+        tl.store(O + o_row[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty), mask=out_mask)
+    else:
+        p_row = split.to(tl.int64) * T * HQ + t * HQ + h
+        tl.store(PM + p_row, m_i, mask=row_ok)
+        tl.store(PL + p_row, l_i, mask=row_ok)
+        tl.store(PACC + p_row[:, None] * HEAD_D + offs_d[None, :], acc, mask=out_mask)
+
+
+@triton.jit
+def _attn_combine(PM, PL, PACC, O, R, HQ, so_t, so_h,
+                  HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr):
+    # BLOCK_R (query token, query head) rows per program: rescale each split's partial by
+    # 2^(m_s - max_s m_s) and normalise by the rescaled sum of the l_s.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (offs_d < HEAD_D)[None, :]
+    m_max = tl.zeros([BLOCK_R], dtype=tl.float32) - 1.0e30
+    for s in range(SPLIT):
+        m_max = tl.maximum(m_max, tl.load(PM + s * R + rows, mask=row_ok, other=-1.0e30))
+    l_sum = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    for s in range(SPLIT):
+        p_row = rows.to(tl.int64) + s * R
+        w = tl.exp2(tl.load(PM + p_row, mask=row_ok, other=-1.0e30) - m_max)
+        l_sum += w * tl.load(PL + p_row, mask=row_ok, other=0.0)
+        acc += w[:, None] * tl.load(PACC + p_row[:, None] * HEAD_D + offs_d[None, :], mask=mask, other=0.0)
+    l_sum = tl.where(row_ok, l_sum, 1.0)
+    o_row = (rows // HQ).to(tl.int64) * so_t + (rows % HQ).to(tl.int64) * so_h
+    tl.store(O + o_row[:, None] + offs_d[None, :], (acc / l_sum[:, None]).to(O.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config space. A config is (BLOCK_M, BLOCK_N, num_warps, num_stages, SPLIT). Prefill tiles are
+# wide in M; decode tiles are 16 packed rows with the cache split over SPLIT programs. Per arch:
+# sm_90 lowers the M>=64 tiles to wgmma and has 227 KB of shared memory; sm_80 163 KB; sm_120/121
+# (GB10) has 99 KB and mma.sync only, so it gets shallower pipelines. On the mma.sync archs the
+# head_dim-128 tiles with BLOCK_N=64 and M>=64 spill registers, hence BLOCK_N=32 there (every tile
+# listed compiles without spills at head_dim 64 and 128: `trikern check-kernels`).
+# ------------------------------------------------------------------------------------------------
+_PREFILL_TILES = {
+    80: [(128, 32, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2)],
+    90: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (128, 32, 8, 4)],
+    120: [(64, 32, 8, 2), (64, 32, 8, 3)],
+}
+_DECODE_TILES = {
+    80: [(16, 64, 4, 3), (16, 128, 4, 2), (32, 64, 4, 3)],
+    90: [(16, 64, 4, 4), (16, 128, 8, 3), (32, 64, 4, 4)],
+    120: [(16, 64, 4, 2), (16, 128, 4, 2), (32, 64, 4, 2)],
+}
+_SPLITS = (1, 4, 16, 32)
+# The M=64 prefill tile also comes with cache splits, for the 8..64-token chunks of speculative and
+# diffusion steps (packed rows 32..256) over a long cache, which would otherwise launch few programs.
+_MID_TILE = {80: (64, 32, 8, 3), 90: (64, 64, 4, 3), 120: (64, 32, 8, 2)}
+_MID_SPLITS = (4, 16)
+_DEFAULT_ARCH = 80  # config space used under the interpreter
+
+
+def _arch_family(arch: int) -> int:
+    return 120 if arch >= 120 else 90 if arch >= 90 else 80
+
+
+def config_space(arch: int) -> list[dict]:
+    """Every shipped config for compute capability `arch` (before pruning by shared memory)."""
+    fam = _arch_family(arch)
+    mk = lambda bm, bn, w, st, sp: dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st, SPLIT=sp)  # noqa: E731
+    return ([mk(*tile, 1) for tile in _PREFILL_TILES[fam]]
+            + [mk(*tile, sp) for tile in _DECODE_TILES[fam] for sp in _SPLITS]
+            + [mk(*_MID_TILE[fam], sp) for sp in _MID_SPLITS])
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def smem_estimate(cfg: dict, D: int, arch: int, elem_bytes: int = 2) -> int:
+    """Shared memory of one program, fitted to triton 3.9's compiles: num_stages - 1 buffered K and
+    V tiles, a Q tile (three on sm_90, for wgmma operands and layout scratch) and P."""
+    bd, bm, bn = _block_d(D), cfg["BLOCK_M"], cfg["BLOCK_N"]
+    q_tiles = 3 if _arch_family(arch) == 90 else 1
+    return elem_bytes * (max(cfg["num_stages"] - 1, 1) * 2 * bn * bd + q_tiles * bm * bd + bm * bn)
+
+
+def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes: int) -> list[dict]:
+    """The configs worth trying for one shape: tiles no taller than the packed rows need (decode
+    tiles only when rows are few, prefill tiles only when they are many), and cache splits only
+    when the grid would otherwise be small and each share still holds a couple of tiles."""
+    from .autotune import bucket
+
+    need = bucket(rows)
+    out = []
+    for c in config_space(arch):
+        if c["BLOCK_M"] > need or (rows > 64 and c["BLOCK_M"] < 64):
+            continue
+        if c["SPLIT"] > 1:
+            tiles = triton.cdiv(rows, c["BLOCK_M"]) * kv_heads
+            if tiles >= 128 or S < 2 * c["SPLIT"] * c["BLOCK_N"]:
+                continue
+        out.append(c)
+    return _prune_for(arch, out, D, elem_bytes)
+
+
+def _prune_for(arch: int, configs: list[dict], D: int, elem_bytes: int) -> list[dict]:
+    from .autotune import prune
+
+    return prune(configs, arch, lambda c: smem_estimate(c, D, arch, elem_bytes))
+
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Launcher
+# ------------------------------------------------------------------------------------------------
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_COMBINE_ROWS = 16
+
+
+def _cache_len_tensor(cache_len, S: int, device) -> torch.Tensor:
+    """cache_len as a device scalar for the kernel to load (a tensor is used as is: no host sync)."""
+    if torch.is_tensor(cache_len):
+        if cache_len.numel() != 1 or cache_len.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"attention: cache_len tensor must hold one int32/int64, got shape "
+                             f"{tuple(cache_len.shape)} dtype {cache_len.dtype}")
+        if cache_len.device != device:
+            raise ValueError(f"attention: cache_len is on {cache_len.device}, the tensors on {device}")
+        return cache_len
+    n = int(cache_len)
+    if not 0 <= n <= S:
+        raise ValueError(f"attention: cache_len={n} outside the cache capacity [0, {S}]")
+    return torch.full((), n, dtype=torch.int64, device=device)
+
+
+def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0, scale=None, config=None):
+    """The Triton kernel behind `attention`. `config` pins a launch config (tests, benchmarks);
+    otherwise one is chosen per shape bucket through trikern.kernels.autotune."""
+    _check(q, k, v, k_cache, v_cache)
+    T, Hq, D = q.shape
+    Hkv, S = k_cache.shape[0], k_cache.shape[1]
+    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
+    if mode not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
+        raise ValueError(f"attention mode={mode!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    if mode == QUADRATIC and (sub_block < 1 or T % sub_block):
+        raise ValueError(f"quadratic attention: chunk length {T} is not a multiple of sub_block={sub_block}")
+    n = _cache_len_tensor(cache_len, S, q.device)
+    out_dtype = q.dtype
+    if T == 0:
+        return q.new_empty(0, Hq, D)
+    if interpreting() and q.dtype == torch.bfloat16:  # the interpreter's bf16 tl.dot is wrong
+        q, k, v, k_cache, v_cache = (x.float() for x in (q, k, v, k_cache, v_cache))
+    # The kernel reads head_dim as the contiguous axis (vectorised loads); other strides are free.
+    q, k, v, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, k_cache, v_cache))
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    G = Hq // Hkv
+    rows = T * G
+    out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
+    BLOCK_D = _block_d(D)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    def run(cfg):
+        split = cfg["SPLIT"]
+        if split > 1:
+            pm = torch.empty(split, T * Hq, dtype=torch.float32, device=q.device)
+            pl = torch.empty_like(pm)
+            pacc = torch.empty(split, T * Hq, D, dtype=torch.float32, device=q.device)
+        else:
+            pm = pl = pacc = out  # unused: the SPLIT == 1 branch stores straight into out
+        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), Hkv, split)
+        _attn_fwd[grid](
+            q, k, v, k_cache, v_cache, n, out, pm, pl, pacc,
+            T, S, Hq, max(int(sub_block), 1), scale * _LOG2E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            out.stride(0), out.stride(1),
+            G=G, HEAD_D=D, BLOCK_D=BLOCK_D, MODE=mode, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            SPLIT=split, PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+        if split > 1:
+            _attn_combine[(triton.cdiv(T * Hq, _COMBINE_ROWS),)](
+                pm, pl, pacc, out, T * Hq, Hq, out.stride(0), out.stride(1),
+                HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4)
+        return out
+
+    if config is not None:
+        run(config)
+    else:
+        from . import autotune
+
+        arch = autotune.arch_of(q.device) if q.is_cuda and not interpreting() else _DEFAULT_ARCH
+        configs = _candidates(arch, rows, Hkv, S, D, q.element_size())
+        key = (int(mode), autotune.bucket(rows), G, Hkv, autotune.bucket(S), D, autotune.dtype_key(q))
+        autotune.launch("attention", key, configs, run)
+    return out.to(out_dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# `trikern check-kernels` and `trikern tune`
+# ------------------------------------------------------------------------------------------------
+_FWD_CONSTEXPRS = ("G", "HEAD_D", "BLOCK_D", "MODE", "BLOCK_M", "BLOCK_N", "SPLIT", "PREC")
+_COMBINE_CONSTEXPRS = ("HEAD_D", "BLOCK_D", "BLOCK_R", "SPLIT")
+
+
+def _fwd_signature(dtype: str) -> dict:
+    sig = {name: "i32" for name in _attn_fwd.arg_names if name not in _FWD_CONSTEXPRS}
+    sig.update({p: f"*{dtype}" for p in ("Q", "K", "V", "KC", "VC", "O")})
+    sig.update(CACHE_LEN="*i64", PM="*fp32", PL="*fp32", PACC="*fp32", qk_scale="fp32")
+    return sig
+
+
+# Arguments that are multiples of 16 (elements or bytes) for contiguous NLD tensors: the JIT
+# specialises them as such at run time, so an ahead-of-time compile must too to see the same
+# vectorised, pipelined code.
+_FWD_ALIGNED = ("Q", "K", "V", "KC", "VC", "O", "PM", "PL", "PACC", "HQ", "sq_t", "sq_h", "sk_t", "sk_h",
+                "sv_t", "sv_h", "skc_h", "skc_s", "svc_h", "svc_s", "so_t", "so_h")
+_COMBINE_ALIGNED = ("PM", "PL", "PACC", "O", "R", "HQ", "so_t", "so_h")
+
+
+def _variant(name, fn, sig, constexprs, cfg, aligned):
+    from .aot import AotVariant
+
+    fields = getattr(AotVariant, "__dataclass_fields__", {})
+    if "attrs" in fields:  # older aot.py has no attrs: it then compiles without the divisibility facts
+        return AotVariant(name, fn, sig, constexprs, cfg, attrs={a: [["tt.divisibility", 16]] for a in aligned})
+    return AotVariant(name, fn, sig, constexprs, cfg)
+
+
+def aot_variants(arch: int):
+    """What the launcher can compile on `arch` for the NLD models (bf16, 4 query heads per kv head):
+    every config at head_dim 128 in CAUSAL mode; each tile also in QUADRATIC mode (the most mask
+    arithmetic), in BIDIRECTIONAL mode and at head_dim 64; the combine kernel for every split count."""
+    def fwd(cfg, D, mode, tag):
+        cons = dict(G=4, HEAD_D=D, BLOCK_D=_block_d(D), MODE=mode, BLOCK_M=cfg["BLOCK_M"],
+                    BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["SPLIT"], PREC="tf32")
+        return _variant(f"attention_fwd[{tag},D={D}]", _attn_fwd, _fwd_signature("bf16"), cons, cfg, _FWD_ALIGNED)
+
+    out = []
+    for D in (128, 64):
+        space = _prune_for(arch, config_space(arch), D, 2)
+        tiles = [c for c in space if c["SPLIT"] == 1]
+        out += [fwd(c, D, CAUSAL, "causal") for c in (space if D == 128 else tiles)]
+        if D == 128:
+            out += [fwd(c, D, QUADRATIC, "quadratic") for c in tiles]
+            out += [fwd(c, D, BIDIRECTIONAL, "bidirectional") for c in tiles]
+    sig = {n: "i32" for n in _attn_combine.arg_names if n not in _COMBINE_CONSTEXPRS}
+    sig.update(PM="*fp32", PL="*fp32", PACC="*fp32", O="*bf16")
+    for split in _SPLITS[1:]:
+        cfg = dict(num_warps=4, SPLIT=split)
+        out.append(_variant("attention_combine[D=128]", _attn_combine, sig,
+                            dict(HEAD_D=128, BLOCK_D=128, BLOCK_R=_COMBINE_ROWS, SPLIT=split), cfg, _COMBINE_ALIGNED))
+    return out
+
+
+def tune_shapes(device):
+    """Representative launches for `trikern tune`: NLD heads (32 query / 8 kv, head_dim 128), bf16.
+    Decode-shaped (one token, a linear-step block, a quadratic step) over a long cache, and prefill."""
+    def thunk(T, S, n, mode, sub_block=0):
+        def go():
+            g = torch.Generator(device=device).manual_seed(0)
+            r = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=torch.bfloat16)  # noqa: E731
+            attention_triton(r(T, 32, 128), r(T, 8, 128), r(T, 8, 128), r(8, S, 128), r(8, S, 128),
+                             torch.tensor(n, device=device), mode, sub_block, None)
+        return go
+    cases = [(1, 4096, 4000, CAUSAL), (1, 32768, 30000, CAUSAL), (8, 4096, 4000, BIDIRECTIONAL),
+             (32, 4096, 4000, BIDIRECTIONAL), (32, 32768, 30000, CAUSAL), (72, 4096, 4000, QUADRATIC, 9),
+             (512, 4096, 0, CAUSAL), (4096, 4096, 0, CAUSAL)]
+    names = {CAUSAL: "causal", BIDIRECTIONAL: "bidirectional", QUADRATIC: "quadratic"}
+    return [(f"T={c[0]} S={c[1]} {names[c[3]]}", thunk(*c)) for c in cases]

@@ -227,3 +227,12 @@ def test_aot_variants_cover_every_config(arch):
     for v in variants:
         assert set(v.signature) | set(v.constexprs) == set(v.fn.arg_names), v.kernel_name
         assert not set(v.signature) & set(v.constexprs), v.kernel_name
+
+
+def test_cacheless_forward():
+    """A forward without a cache passes a capacity-0 cache and length 0."""
+    (q, k, v, kc, vc), clean = make_case(5, 4, 2, 64, 0, S=0, seed=9)
+    assert kc.shape[1] == 0
+    for mode, sub in ((CAUSAL, 0), (QUADRATIC, 5)):
+        out = attention(q, k, v, kc, vc, 0, mode, sub, backend="triton")
+        torch.testing.assert_close(out, reference(clean, 0, mode, sub), **FP32_TOL)

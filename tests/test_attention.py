@@ -8,7 +8,11 @@ tiles.
 """
 from __future__ import annotations
 
-import math
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +240,18 @@ def test_cacheless_forward():
     for mode, sub in ((CAUSAL, 0), (QUADRATIC, 5)):
         out = attention(q, k, v, kc, vc, 0, mode, sub, backend="triton")
         torch.testing.assert_close(out, reference(clean, 0, mode, sub), **FP32_TOL)
+
+
+def test_bench_smoke_writes_csv(tmp_path):
+    """bench/bench_attention.py --smoke runs every code path on CPU and writes its CSV rows."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    path = tmp_path / "attention.csv"
+    out = subprocess.run([sys.executable, str(root / "bench" / "bench_attention.py"), "--smoke", "--csv", str(path)],
+                         env=env, capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(path.open()))
+    assert {(r["mode"], r["impl"]) for r in rows} == {
+        (m, i) for m in ("causal", "quadratic") for i in ("triton", "torch_ref", "sdpa")}
+    assert all(r["gpu"] == "cpu-interpreter" and r["triton"] and r["torch"] for r in rows)
+    assert all(float(r["max_err"]) < 1e-4 for r in rows if r["impl"] == "triton")

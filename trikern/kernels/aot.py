@@ -39,6 +39,10 @@ class AotVariant:
     signature: dict           # arg name -> triton type string ("*bf16", "i32", "fp32", ...)
     constexprs: dict          # constexpr arg name -> value
     config: dict = field(default_factory=dict)  # the launch config, incl. num_warps / num_stages
+    # arg name -> triton attribute list, e.g. [["tt.divisibility", 16]]: the facts the JIT derives at
+    # launch time (16-byte aligned pointers, strides divisible by 16). Without them the compile is not
+    # the one that runs: no vectorised loads, and spills that never happen on the device.
+    attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -112,7 +116,8 @@ def compile_variant(v: AotVariant, arch: int) -> Row:
     chatter = io.StringIO()  # triton prints the whole PTX when ptxas fails; the row says why instead
     try:
         with contextlib.redirect_stdout(chatter):
-            c = triton.compile(ASTSource(v.fn, sig, dict(v.constexprs)), target=GPUTarget("cuda", arch, 32),
+            c = triton.compile(ASTSource(v.fn, sig, dict(v.constexprs),
+                                             {(v.fn.arg_names.index(k),): a for k, a in v.attrs.items()}), target=GPUTarget("cuda", arch, 32),
                                options=opts)
     except Exception as e:  # noqa: BLE001 -- any compile failure is a row of the report, not a crash
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

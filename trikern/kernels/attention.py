@@ -446,10 +446,7 @@ _COMBINE_ALIGNED = ("PM", "PL", "PACC", "O", "R", "HQ", "so_t", "so_h")
 def _variant(name, fn, sig, constexprs, cfg, aligned):
     from .aot import AotVariant
 
-    fields = getattr(AotVariant, "__dataclass_fields__", {})
-    if "attrs" in fields:  # older aot.py has no attrs: it then compiles without the divisibility facts
-        return AotVariant(name, fn, sig, constexprs, cfg, attrs={a: [["tt.divisibility", 16]] for a in aligned})
-    return AotVariant(name, fn, sig, constexprs, cfg)
+    return AotVariant(name, fn, sig, constexprs, cfg, attrs={a: [["tt.divisibility", 16]] for a in aligned})
 
 
 def aot_variants(arch: int):

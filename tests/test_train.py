@@ -200,12 +200,14 @@ def _tiny_train_config(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-def test_training_reduces_loss_and_resume_is_exact(tmp_path):
-    straight = Trainer(_tiny_train_config(tmp_path, steps=4), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("distill_ar_loss", [True, False])
+def test_resume_is_exact(tmp_path, distill_ar_loss):
+    kw = dict(distill_ar_loss=distill_ar_loss, distill_start=1)
+    straight = Trainer(_tiny_train_config(tmp_path, steps=4, **kw), tmp_path / "a", progress=False)
     m1 = straight.run()
-    # same run interrupted after 2 steps, resumed from the checkpoint in a new process-like Trainer
-    Trainer(_tiny_train_config(tmp_path, steps=2), tmp_path / "b", progress=False).run()
-    m2 = Trainer(_tiny_train_config(tmp_path, steps=4), tmp_path / "b", progress=False).run()
+    # same run interrupted after 2 steps (mid distillation pool), resumed in a fresh Trainer
+    Trainer(_tiny_train_config(tmp_path, steps=2, **kw), tmp_path / "b", progress=False).run()
+    m2 = Trainer(_tiny_train_config(tmp_path, steps=4, **kw), tmp_path / "b", progress=False).run()
     for (n, p1), (_, p2) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(p1, p2), n
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
@@ -289,3 +291,20 @@ def test_init_from_starts_at_the_source_weights(tmp_path):
     assert (tmp_path / "b" / "tokenizer.json").read_text() == (tmp_path / "a" / "tokenizer.json").read_text()
     with pytest.raises(D.DataError, match="no ckpt.pt"):
         Trainer(_tiny_train_config(tmp_path, init_from=str(tmp_path / "nothing")), tmp_path / "c", progress=False)
+
+
+def test_ar_keep_drops_exactly_those_targets():
+    cfg = tiny_config()
+    model = random_model(cfg, std=0.05)
+    x = torch.randint(0, 90, (2, 8), generator=torch.Generator().manual_seed(1))
+    full = joint_loss(model, x, 4, torch.Generator().manual_seed(2))
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    same = joint_loss(model, x, 4, torch.Generator().manual_seed(2), ar_keep=keep)
+    assert same.total.item() == pytest.approx(full.total.item(), rel=1e-6)
+    keep[1, 3:] = False
+    part = joint_loss(model, x, 4, torch.Generator().manual_seed(2), ar_keep=keep)
+    with torch.no_grad():
+        clean = model.logits(model.forward_hidden(x[1], torch.arange(8), _plain_attend(model, CAUSAL)))
+        dropped = F.cross_entropy(clean[3:7], x[1, 4:8], reduction="sum").item()
+    denom = full.masked + 16
+    assert part.total.item() == pytest.approx(full.total.item() - dropped / denom, rel=1e-4)

@@ -85,8 +85,12 @@ def joint_hidden(model, noisy: torch.Tensor, x: torch.Tensor, block: int) -> tor
 
 
 def joint_loss(model, x: torch.Tensor, block: int, generator: torch.Generator, mask_id: int | None = None,
-               eps: float = EPS, diff_weight: float = DIFFUSION_WEIGHT) -> LossParts:
-    """One forward over [x~ | x] for a batch x [b, N] of token ids; returns the SPEC §6 loss."""
+               eps: float = EPS, diff_weight: float = DIFFUSION_WEIGHT, ar_keep: torch.Tensor | None = None) -> LossParts:
+    """One forward over [x~ | x] for a batch x [b, N] of token ids; returns the SPEC §6 loss.
+
+    `ar_keep` (bool [b, N-1]) drops next-token targets from the AR term (self-distilled tokens: the
+    AR target would be the model's own argmax, which only sharpens it into its repetition loops);
+    the denominator keeps SPEC's (#masked + N) form."""
     mask_id = model.cfg.mask_token_id if mask_id is None else mask_id
     b, N = x.shape
     noisy, masked, p = add_noise(x, mask_id, generator, eps)
@@ -95,6 +99,8 @@ def joint_loss(model, x: torch.Tensor, block: int, generator: torch.Generator, m
     # Only masked positions carry diffusion loss: project just those through the head.
     diff_logits = model.logits(noisy_h[masked])
     diff_p = p[:, None].expand(b, N)[masked]
-    ar_logits = model.logits(clean_h[:, :-1].reshape(-1, clean_h.shape[-1]))
-    return joint_loss_from_logits(ar_logits, x[:, 1:].reshape(-1), diff_logits, x[masked], diff_p, b * N,
-                                  diff_weight)
+    if ar_keep is None:
+        ar_h, ar_t = clean_h[:, :-1].reshape(-1, clean_h.shape[-1]), x[:, 1:].reshape(-1)
+    else:
+        ar_h, ar_t = clean_h[:, :-1][ar_keep], x[:, 1:][ar_keep]
+    return joint_loss_from_logits(model.logits(ar_h), ar_t, diff_logits, x[masked], diff_p, b * N, diff_weight)

@@ -55,6 +55,7 @@ class TrainConfig:
     distill_start: int = -1  # -1: off
     distill_frac: float = 0.5
     distill_every: int = 8
+    distill_ar_loss: bool = True  # False: no AR loss on generated tokens (diffusion stream only)
     # optimiser
     steps: int = 2000
     lr: float = 2e-3
@@ -215,7 +216,7 @@ class Trainer:
         self.model = build_model(tc, self.ids)
         self.opt = make_optimizer(self.model, tc)
         self.step = 0
-        self.pool: torch.Tensor | None = None
+        self.pool: tuple[torch.Tensor, int] | None = None  # (distilled sequences, prefix length)
         ckpt = self.run_dir / "ckpt.pt"
         if src is not None and not ckpt.is_file():
             self.model.load_state_dict(torch.load(src / "ckpt.pt")["model"])
@@ -227,7 +228,7 @@ class Trainer:
             self.pool = state.get("pool")
 
     # -- batches --------------------------------------------------------------------------
-    def _distill_pool(self, step: int) -> torch.Tensor:
+    def _distill_pool(self, step: int) -> tuple[torch.Tensor, int]:
         """Sequences for steps [step, step + distill_every): real prefixes, greedy continuations."""
         tc = self.tc
         per_step = round(tc.batch_size * tc.distill_frac)
@@ -238,19 +239,26 @@ class Trainer:
         with _autocast(tc):
             seqs = greedy_continue(self.model, real[:, :P], tc.seq_len, forbid=(self.ids["<|mask|>"],))
         self.model.train()
-        return seqs
+        return seqs, P
 
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token windows [b, N] and which AR targets count (None: all)."""
         tc = self.tc
         if tc.distill_start < 0 or step < tc.distill_start or tc.distill_frac == 0:
-            return D.sample_windows(self.streams["train"], tc.batch_size, tc.seq_len, tc.seed, step)
+            return D.sample_windows(self.streams["train"], tc.batch_size, tc.seq_len, tc.seed, step), None
         per_step = round(tc.batch_size * tc.distill_frac)
         k = (step - tc.distill_start) % tc.distill_every
         if k == 0 or self.pool is None:
             self.pool = self._distill_pool(step - k)
-        gen = self.pool[k * per_step:(k + 1) * per_step]
+        seqs, P = self.pool
+        gen = seqs[k * per_step:(k + 1) * per_step]
         real = D.sample_windows(self.streams["train"], tc.batch_size - per_step, tc.seq_len, tc.seed, step)
-        return torch.cat([real, gen])
+        x = torch.cat([real, gen])
+        if tc.distill_ar_loss:
+            return x, None
+        keep = torch.ones(tc.batch_size, tc.seq_len - 1, dtype=torch.bool)
+        keep[len(real):, P - 1:] = False  # target index j predicts token j+1; generated from P on
+        return x, keep
 
     # -- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
@@ -280,12 +288,12 @@ class Trainer:
 
     def train_step(self, step: int) -> dict:
         tc = self.tc
-        x = self.batch(step)
+        x, ar_keep = self.batch(step)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(tc, step)
         with _autocast(tc):
             lp = joint_loss(self.model, x, tc.block_size, torch.Generator().manual_seed(tc.seed * 31337 + step),
-                            diff_weight=tc.diff_weight)
+                            diff_weight=tc.diff_weight, ar_keep=ar_keep)
         self.opt.zero_grad(set_to_none=True)
         lp.total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

@@ -308,3 +308,10 @@ def test_ar_keep_drops_exactly_those_targets():
         dropped = F.cross_entropy(clean[3:7], x[1, 4:8], reduction="sum").item()
     denom = full.masked + 16
     assert part.total.item() == pytest.approx(full.total.item() - dropped / denom, rel=1e-4)
+
+
+def test_distinct_ngram_ratio():
+    from trikern.train.evaluate import distinct_ngram_ratio  # noqa: PLC0415
+
+    assert distinct_ngram_ratio([[1, 2, 3, 4, 5, 6]]) == 1.0
+    assert distinct_ngram_ratio([[7] * 10]) == pytest.approx(1 / 7)

@@ -132,7 +132,10 @@ def render(report: dict) -> str:
         acc = "—" if m["mean_acceptance"] is None else f"{m['mean_acceptance']:.2f}"
         lines.append(f"| {m['mode']} | {m['tokens_per_forward']:.2f} | {acc} | {m['tokens_per_s']:.1f} | "
                      f"{m['matches_ar']}/{r['prompts']} |")
-    lines += ["", "Acceptance-length histograms (tokens per step: steps):", ""]
+    lines += ["", "Output = AR greedy: the speculative modes are lossless at greedy in exact arithmetic; in "
+              "low precision a near-tie between two logits can resolve differently in a wide verify pass than in "
+              "the one-token AR pass (`--dtype fp32` checks this). Diffusion is not lossless.",
+              "", "Acceptance-length histograms (tokens per step: steps):", ""]
     for m in r["modes"]:
         if m["histogram"]:
             lines.append(f"- {m['mode']}: " + ", ".join(f"{k}: {c}" for k, c in m["histogram"].items()))

@@ -114,12 +114,14 @@ class Transformer(nn.Module):
 
     # -- the one inference entry point ---------------------------------------------------
     def forward(self, tokens, positions, cache=None, mode=K.CAUSAL, write_cache=False, sub_block=0,
-                lora=False, logits_index=None):
+                lora=False, logits_index=None, return_hidden=False):
         """Logits [T, V] (or [len(logits_index), V]) for a chunk of tokens [T] at `positions` [T].
 
         The chunk attends to the committed cache entries and to itself under `mode`. With
         `write_cache`, its K/V land in the cache's scratch slots [length, length + T); the caller
-        then commits or compacts them. `lora` enables the draft adapter on this pass.
+        then commits or compacts them. `lora` enables the draft adapter on this pass. With
+        `return_hidden`, the final-normed hidden states [T, H] come back instead, for callers that
+        need the head on rows chosen only after looking at other rows' logits (`self.logits`).
         """
         if write_cache and cache is None:
             raise ValueError("forward: write_cache=True needs a cache")
@@ -140,6 +142,8 @@ class Transformer(nn.Module):
             return K.attention(q, k, v, kc, vc, n, mode, sub_block, self.scale, backend=self.backend)
 
         hidden = self.forward_hidden(tokens, positions, attend, lora)
+        if return_hidden:
+            return hidden
         if logits_index is not None:
             hidden = hidden[logits_index]
         return self.logits(hidden)

@@ -59,14 +59,16 @@ class QuadraticSpec:
         ctx, cache, B, S = self.ctx, self.ctx.cache, self.B, self.S
         A = draft.shape[0]
         tokens, pos = K.draft_tree(draft, cache.length, S, self.mask_id, backend=self.backend)
-        logits = ctx.model(tokens, pos, cache, K.QUADRATIC, write_cache=True, sub_block=S)
-        logits = logits.view(A, S, -1)
-        target, u, e = verifier_inputs(ctx, logits[:, 0], A - 1)
+        # The head runs on the A anchors, then on the B-1 draft rows of the one sub-block that the
+        # verdict picks: 2B rows instead of A(B+1).
+        hidden = ctx.model(tokens, pos, cache, K.QUADRATIC, write_cache=True, sub_block=S, return_hidden=True)
+        hidden = hidden.view(A, S, -1)
+        target, u, e = verifier_inputs(ctx, ctx.model.logits(hidden[:, 0]), A - 1)
         out, count = K.verify(draft[1:], target, q, u, e, cache.k, cache.v, cache.length, stride=S,
                               backend=self.backend)
         c = (count - 1).reshape(1)
         bonus = out.gather(0, c)
-        masks = logits.index_select(0, c)[0, 2:]  # offsets 2 .. B of sub-block c
+        masks = ctx.model.logits(hidden.index_select(0, c)[0, 2:])  # offsets 2 .. B of sub-block c
         nxt, nq = choose(ctx, without_mask(masks, self.mask_index))
         return out, count, torch.cat([bonus, nxt]), nq
 

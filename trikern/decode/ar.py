@@ -7,10 +7,11 @@ import torch
 
 from ..kernels import CAUSAL
 from ..sampling import sample
-from .common import DecodeContext, finish
+from .common import DecodeContext
+from .loop import Emitter
 
 
-def ar_step(ctx: DecodeContext, token: torch.Tensor, logits_prev=None) -> torch.Tensor:
+def ar_step(ctx: DecodeContext, token: torch.Tensor) -> torch.Tensor:
     """Feed one token [1] at the cache end, commit its K/V, return the next token [1] (no sync)."""
     pos = ctx.cache.length.reshape(1)
     logits = ctx.model(token, pos, ctx.cache, CAUSAL, write_cache=True)
@@ -26,18 +27,13 @@ def decode_ar(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int
         return
     logits = ctx.prefill(prompt_ids)
     token = sample(logits[None], g.temperature, g.top_k, g.top_p, ctx.generator)
-    emitted, thinking = 0, g.thinking_budget is not None
-    t0 = ctx.sync_time()
+    em = Emitter(ctx)
     while True:
-        if thinking and emitted >= g.thinking_budget:
-            token = torch.full_like(token, g.end_think_id)
-        out, done = finish(token.tolist(), ctx, emitted)
-        thinking = thinking and g.end_think_id not in out
-        emitted += len(out)
-        ctx.stats.generated_tokens = emitted
-        ctx.stats.decode_s = ctx.sync_time() - t0
+        out, done, forced = em.take(token.tolist())
         yield out
         if done:
             return
+        if forced:  # thinking budget: the end-think token replaces the sampled one
+            token = torch.full_like(token, g.end_think_id)
         token = ar_step(ctx, token)
         ctx.stats.forwards += 1

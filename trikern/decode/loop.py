@@ -3,7 +3,7 @@
 The device work of a step is a function of tensors with no host synchronisation (see each mode's
 `*_step`). What happens between steps lives here and is shared by the modes:
 
-- `Emitter`: turns the tokens a step produced into what is yielded -- thinking budget (force the
+- `Emitter` (AR uses it too): turns the tokens a step produced into what is yielded -- thinking budget (force the
   end-think token), first EOS, token budget -- and keeps the generated-token count and decode time.
   When it forces a token the device state no longer matches the output; the mode repairs it
   (truncate the cache, restart from the forced token), which only happens between steps.

@@ -4,8 +4,8 @@ Preallocated [layers, kv_heads, slots, head_dim] for K and V, written by index. 
 0-dim int64 tensor on the cache's device, so a decode step can append, truncate or compact without
 a host synchronisation (and can be captured as a CUDA graph). Slots past `length` are scratch: a
 pass that writes the cache puts its chunk there first; the decode loop then commits a prefix
-(`commit`), or gathers the accepted entries into place (`keep`). A pass that does not write the
-cache (draft, denoise) only reads it.
+(`commit`), or `kernels.verify` gathers the accepted entries into place and advances `length`. A
+pass that does not write the cache (draft, denoise) only reads it.
 """
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ class KVCache:
     def layer(self, i):
         return self.k[i], self.v[i]
 
-    def write(self, i, k, v):
-        """Write chunk K/V ([T, Hkv, D]) of layer i to the scratch slots [length, length + T)."""
-        idx = self.length + torch.arange(k.shape[0], device=k.device)
+    def scratch_slots(self, T: int) -> torch.Tensor:
+        """Slot indices [length, length + T) of a T-token chunk (computed once per forward)."""
+        return self.length + torch.arange(T, device=self.length.device)
+
+    def write(self, i, k, v, idx):
+        """Write chunk K/V ([T, Hkv, D]) of layer i to the slots `idx` (from `scratch_slots`)."""
         self.k[i].index_copy_(1, idx, k.transpose(0, 1).to(self.k.dtype))
         self.v[i].index_copy_(1, idx, v.transpose(0, 1).to(self.v.dtype))
 
@@ -39,17 +42,5 @@ class KVCache:
         """Make the first `count` scratch entries part of the cache (append / truncate-to-accepted)."""
         self.length += count
 
-    def keep(self, offsets, count):
-        """Compact: scratch entries at `offsets` ([K] long, relative to length) move to
-        [length, length + K), then the first `count` of them are committed."""
-        src = self.length + offsets
-        dst = self.length + torch.arange(offsets.shape[0], device=offsets.device)
-        self.k[:, :, dst] = self.k[:, :, src]
-        self.v[:, :, dst] = self.v[:, :, src]
-        self.length += count
-
     def truncate(self, length):
         self.length.fill_(length) if not torch.is_tensor(length) else self.length.copy_(length)
-
-    def reset(self):
-        self.length.zero_()

@@ -129,6 +129,8 @@ class Transformer(nn.Module):
             empty = torch.empty(self.cfg.num_key_value_heads, 0, self.cfg.head_dim,
                                 dtype=self.embed_tokens.weight.dtype, device=tokens.device)
             length = 0
+        elif write_cache:
+            slots = cache.scratch_slots(tokens.shape[0])
 
         def attend(i, q, k, v):
             if cache is None:
@@ -138,7 +140,7 @@ class Transformer(nn.Module):
                 kc, vc = cache.layer(i)
                 n = cache.length
                 if write_cache:
-                    cache.write(i, k, v)
+                    cache.write(i, k, v, slots)
             return K.attention(q, k, v, kc, vc, n, mode, sub_block, self.scale, backend=self.backend)
 
         hidden = self.forward_hidden(tokens, positions, attend, lora)

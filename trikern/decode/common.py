@@ -130,7 +130,6 @@ class DecodeContext:
         capacity = prompt_len + self.max_new_tokens + B  # a final block may overshoot the budget
         self.cache = KVCache.for_model(cfg, capacity, self.dtype, self.device, scratch=scratch)
         self.generator = make_generator(gen.seed, self.device)
-        self.eos = torch.tensor(sorted(set(gen.stop_token_ids)) or [-1], device=self.device)
         self.stats = Stats(mode=mode, prompt_tokens=prompt_len)
 
     def sync_time(self) -> float:
@@ -149,9 +148,6 @@ class DecodeContext:
         self.stats.prefill_forwards += 1
         self.stats.prefill_s += self.sync_time() - t0
         return logits[0]
-
-    def is_eos(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.isin(ids, self.eos)
 
 
 def finish(tokens: list[int], ctx: DecodeContext, emitted: int) -> tuple[list[int], bool]:

@@ -2,15 +2,17 @@
 import json
 
 import pytest
-from util import SHARED, nld_config_dict
+from util import nld_config_dict
 
 from trikern.config import ConfigError, ModelConfig, inv_freq
+from trikern.configs import path as shipped_config
 
 
 @pytest.mark.parametrize("name", ["nld-3b", "nld-8b", "nld-14b"])
 def test_real_configs_parse(name):
-    cfg = ModelConfig.from_file(SHARED / f"{name}.config.json")
-    raw = json.loads((SHARED / f"{name}.config.json").read_text())
+    path = shipped_config(name)
+    cfg = ModelConfig.from_file(path)
+    raw = json.loads(path.read_text())
     assert cfg.tri_mode and cfg.prefix == "encoder" and cfg.head_name == "diffusion_head.weight"
     assert cfg.head_dim == 128 and cfg.gqa_ratio == 4 and cfg.mask_token_id == 100
     assert cfg.eos_token_ids == (11,) and cfg.block_size == 32 and not cfg.tie_word_embeddings

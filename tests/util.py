@@ -1,22 +1,16 @@
 """Tiny in-memory models for tests: the real NLD config keys, scaled down."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from trikern.config import ModelConfig
+from trikern.configs import config_dict
 from trikern.model import Transformer
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "configs"
-if not SHARED.is_dir():  # CI clones main with shared/ beside it
-    SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "configs"
 
 
 def nld_config_dict(**overrides) -> dict:
     """The published 3B config.json with tiny dimensions (real keys, YaRN rope, llama-4 scaling)."""
-    d = json.loads((SHARED / "nld-3b.config.json").read_text())
+    d = config_dict("nld-3b")
     d.update(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=32, vocab_size=160, mask_token_id=100, eos_token_id=11,
              max_position_embeddings=512, block_size=8)

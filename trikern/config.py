@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import bool_problem, int_problem, real_problem
+
 TRI_MODE_TYPES = {"nemotron_labs_diffusion"}
 AR_TYPES = {"llama", "mistral", "ministral", "ministral3"}
 SUPPORTED_TYPES = TRI_MODE_TYPES | AR_TYPES
@@ -78,59 +80,68 @@ class ModelConfig:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
-        def need(key):
-            if key not in d or d[key] is None:
-                raise ConfigError(f"{source}: missing required key '{key}'")
-            return d[key]
-
-        model_type = need("model_type")
-        if model_type not in SUPPORTED_TYPES:
+        """Every field trikern reads is checked here (type, range, consistency), so a bad config.json
+        fails at load with one ConfigError naming the file and the key, never later as a shape
+        mismatch. Keys trikern does not read (hidden_act, pad_token_id, ...) are left alone."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        f = _Fields(d, source)
+        model_type = f.value("model_type")
+        if not isinstance(model_type, str) or model_type not in SUPPORTED_TYPES:
             raise ConfigError(
                 f"{source}: unknown model_type '{model_type}' "
                 f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})"
             )
         if model_type == "mistral3" or "text_config" in d:
             raise ConfigError(f"{source}: multimodal wrappers are not supported; pass the text config")
-        hidden = int(need("hidden_size"))
-        heads = int(need("num_attention_heads"))
-        kv_heads = int(d.get("num_key_value_heads") or heads)
+        tri = model_type in TRI_MODE_TYPES
+        vocab = f.int("vocab_size", lo=2)
+        hidden = f.int("hidden_size")
+        heads = f.int("num_attention_heads")
+        kv_heads = f.int("num_key_value_heads", default=heads)  # absent / null: no GQA
         if heads % kv_heads:
             raise ConfigError(
                 f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}"
             )
-        head_dim = int(d.get("head_dim") or hidden // heads)
+        head_dim = f.int("head_dim", default=None)
+        if head_dim is None:
+            if hidden % heads:
+                raise ConfigError(f"{source}: hidden_size={hidden} is not a multiple of num_attention_heads="
+                                  f"{heads}; give head_dim explicitly")
+            head_dim = hidden // heads
         if head_dim % 2:
             raise ConfigError(f"{source}: head_dim={head_dim} must be even for rotary embeddings")
-        eos = d.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
-        tri = model_type in TRI_MODE_TYPES
-        if tri:
-            need("mask_token_id")
-        max_pos = int(d.get("max_position_embeddings", 4096))
-        window = d.get("sliding_window")
-        if window and int(window) < max_pos:
+        max_pos = trained_max_pos = f.int("max_position_embeddings", default=4096, lo=2)  # a prompt + a new token
+        window = f.int("sliding_window", default=None, lo=2)
+        if window is not None and window < max_pos:
             # Full attention equals sliding-window attention only inside the window: cap the context
             # there rather than silently diverging from the reference past it.
             warnings.warn(f"{source}: sliding_window={window} < max_position_embeddings={max_pos}; "
                           f"trikern attends fully, so the context is limited to {window} tokens")
-            max_pos = int(window)
+            max_pos = window
+        eos = d.get("eos_token_id")
+        eos_list = list(eos) if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+        for i, e in enumerate(eos_list):
+            key = f"eos_token_id[{i}]" if isinstance(eos, (list, tuple)) else "eos_token_id"
+            f.token(key, e, vocab)
         return cls(
             model_type=model_type,
-            vocab_size=int(need("vocab_size")),
+            vocab_size=vocab,
             hidden_size=hidden,
-            intermediate_size=int(need("intermediate_size")),
-            num_hidden_layers=int(need("num_hidden_layers")),
+            intermediate_size=f.int("intermediate_size"),
+            num_hidden_layers=f.int("num_hidden_layers"),
             num_attention_heads=heads,
             num_key_value_heads=kv_heads,
             head_dim=head_dim,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+            rms_norm_eps=f.real("rms_norm_eps", default=1e-5, lo=0, lo_open=True),
             max_position_embeddings=max_pos,
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            rope=_parse_rope(d, source),
-            eos_token_ids=tuple(int(e) for e in eos_ids),
-            bos_token_id=d.get("bos_token_id", 1 if tri else None),
-            mask_token_id=d.get("mask_token_id"),
-            block_size=int(d.get("block_size", 32)),
+            tie_word_embeddings=f.bool("tie_word_embeddings", default=False),
+            rope=_parse_rope(d, source, trained_max_pos),
+            eos_token_ids=tuple(int(e) for e in eos_list),
+            bos_token_id=f.token("bos_token_id", d.get("bos_token_id", 1 if tri else None), vocab),
+            mask_token_id=f.token("mask_token_id", f.value("mask_token_id") if tri else d.get("mask_token_id"), vocab),
+            # A block must fit the context beside at least one prompt token.
+            block_size=f.int("block_size", default=min(32, max_pos - 1), hi=max_pos - 1),
             raw=dict(d),
         )
 
@@ -143,38 +154,105 @@ class ModelConfig:
             raise ConfigError(f"{path}: config.json not found")
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, str(path))
 
 
-def _parse_rope(d: dict, source: str) -> RopeConfig:
+_REQUIRED = object()
+
+
+class _Fields:
+    """Typed, range-checked reads of a config dict; errors name the file and the key.
+
+    `names` maps a key to how the user wrote it (rope keys may sit under rope_parameters or
+    rope_scaling). A key that is absent or null takes the default; without one it is required.
+    """
+
+    def __init__(self, d: dict, source: str, names: dict | None = None):
+        self.d, self.source, self.names = d, source, names or {}
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, key)
+
+    def value(self, key: str, default=_REQUIRED):
+        v = self.d.get(key)
+        if v is None:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.source}: missing required key '{self.name(key)}'")
+            return default
+        return v
+
+    def _checked(self, key, v, problem):
+        if problem is not None:
+            raise ConfigError(f"{self.source}: {self.name(key)}={v!r}: {problem}")
+        return v
+
+    def int(self, key: str, default=_REQUIRED, lo: int = 1, hi: int | None = None):
+        v = self.value(key, default)
+        return v if v is default else self._checked(key, v, int_problem(v, lo=lo, hi=hi))
+
+    def real(self, key: str, default=_REQUIRED, lo=None, lo_open=False):
+        v = self.value(key, default)
+        return v if v is default else float(self._checked(key, v, real_problem(v, lo=lo, lo_open=lo_open)))
+
+    def bool(self, key: str, default=_REQUIRED):
+        v = self.value(key, default)
+        return v if v is default else self._checked(key, v, bool_problem(v))
+
+    def token(self, key: str, v, vocab: int):
+        """A token id (or None) inside the vocabulary."""
+        if v is None:
+            return None
+        problem = int_problem(v, lo=0, hi=vocab, hi_open=True)
+        if problem is not None:
+            problem += f" (a token id below vocab_size={vocab})"
+        return self._checked(key, v, problem)
+
+
+def _parse_rope(d: dict, source: str, max_pos: int) -> RopeConfig:
     # Newer HF configs nest everything under rope_parameters; older ones use rope_theta +
     # rope_scaling. Read both so Llama 3.x, Mistral and NLD configs all resolve here.
-    params = dict(d.get("rope_parameters") or {})
-    scaling = d.get("rope_scaling") or {}
-    params = {**scaling, **params}
-    theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+    names = {}
+    params = {}
+    for outer in ("rope_scaling", "rope_parameters"):  # rope_parameters wins on a clash
+        block = d.get(outer)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            raise ConfigError(f"{source}: {outer}={block!r}: expected a JSON object")
+        params.update(block)
+        names.update({k: f"{outer}.{k}" for k in block})
+    for key in ("rope_theta", "llama_4_scaling_beta"):
+        if key not in params and d.get(key) is not None:
+            params[key] = d[key]
+    f = _Fields(params, source, names)
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in ("default", "yarn", "llama3"):
         raise ConfigError(f"{source}: unsupported rope_type '{rope_type}' (rope_parameters.rope_type)")
-    kw = dict(theta=theta, rope_type=rope_type)
+    # theta is the base of the frequency ladder theta^(-2i/d); YaRN also divides by log(theta).
+    kw = dict(theta=f.real("rope_theta", default=10000.0, lo=1, lo_open=True), rope_type=rope_type)
+    beta = f.real("llama_4_scaling_beta", default=None)
+    if rope_type != "default" or beta is not None:
+        kw["original_max_position_embeddings"] = f.int("original_max_position_embeddings", default=max_pos)
     if rope_type != "default":
         if "factor" not in params:
             raise ConfigError(f"{source}: missing required key 'rope_parameters.factor' for {rope_type}")
-        kw["factor"] = float(params["factor"])
-        kw["original_max_position_embeddings"] = int(
-            params.get("original_max_position_embeddings") or d.get("max_position_embeddings", 4096)
-        )
-    for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "low_freq_factor", "high_freq_factor"):
-        if params.get(key) is not None:
-            kw[key] = float(params[key])
-    beta = params.get("llama_4_scaling_beta", d.get("llama_4_scaling_beta"))
+        kw["factor"] = f.real("factor", lo=0, lo_open=True)
     if beta is not None:
-        kw["llama_4_scaling_beta"] = float(beta)
-        kw.setdefault("original_max_position_embeddings", int(
-            params.get("original_max_position_embeddings") or d.get("max_position_embeddings", 4096)))
-    return RopeConfig(**kw)
+        kw["llama_4_scaling_beta"] = beta
+    for key in ("beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor"):  # logs / divisions
+        if params.get(key) is not None:
+            kw[key] = f.real(key, lo=0, lo_open=True)
+    for key in ("mscale", "mscale_all_dim"):
+        if params.get(key) is not None:
+            kw[key] = f.real(key)
+    rope = RopeConfig(**kw)
+    if rope_type == "llama3" and rope.high_freq_factor <= rope.low_freq_factor:
+        # the smoothing band divides by high - low
+        raise ConfigError(f"{source}: {f.name('high_freq_factor')}={rope.high_freq_factor} must be greater than "
+                          f"{f.name('low_freq_factor')}={rope.low_freq_factor} for llama3 rope scaling")
+    return rope
 
 
 # -- RoPE tables (SPEC §2) --------------------------------------------------------------------

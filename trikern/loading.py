@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def load_model(path, device=None, dtype=None, backend: str = "auto", lora=None,
     `<path>/linear_spec_lora/` if it exists, True requires it, False skips it, a path loads that
     adapter folder. progress: None shows a bar only for checkpoints over 1 GB.
     """
-    folder = _checkpoint_dir(path)
+    folder = checkpoint_dir(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     cfg = ModelConfig.from_file(folder / "config.json")
@@ -118,9 +119,14 @@ def load_lora(model: Transformer, folder) -> Transformer:
 def resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message does not say which argument
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine (use device='cpu')")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -140,11 +146,18 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 
 
 # -- checkpoint layout ---------------------------------------------------------------------------
-def _checkpoint_dir(path) -> Path:
+def checkpoint_dir(path) -> Path:
+    """The checkpoint folder `path` names: the folder itself, or the folder of its config.json (so
+    the tokenizer and the adapter beside it load too). Any other file is refused: it does not say
+    which checkpoint is meant."""
     if path is None:
         raise ValueError("load_model: path to a checkpoint folder is required")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path={path!r}: expected a checkpoint folder (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
-    if p.is_file():  # config.json or a weights file inside the folder
+    if p.is_file():
+        if p.name != "config.json":
+            raise CheckpointError(f"{p}: is a file; pass the checkpoint folder ({p.parent}) or its config.json")
         p = p.parent
     if not p.is_dir():
         raise CheckpointError(f"{p}: checkpoint folder not found")

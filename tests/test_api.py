@@ -4,7 +4,7 @@ import torch
 from synth import write_chat_checkpoint
 
 import trikern
-from trikern.decode.ar import decode_ar
+from trikern.decode import decode
 from trikern.decode.common import DecodeContext, GenerationConfig
 
 
@@ -22,7 +22,7 @@ def test_generate_text_and_ids(model):
     r = model.generate("def add(a, b):", max_new_tokens=12)
     ids = model.tokenizer.encode("def add(a, b):", add_special_tokens=True)
     ctx = DecodeContext(model.model, GenerationConfig(max_new_tokens=12, stop_token_ids=(0, 2)), len(ids))
-    expect = [t for c in decode_ar(ctx, torch.tensor(ids)) for t in c]
+    expect = [t for c in decode(ctx, torch.tensor(ids), "ar") for t in c]
     assert r.token_ids == expect
     assert r.text == model.tokenizer.decode(expect, skip_special_tokens=True)
     for key in ("prompt_tokens", "generated_tokens", "forwards", "tokens_per_second", "prefill_tokens_per_second"):

@@ -3,14 +3,14 @@ import pytest
 import torch
 from util import random_model, tiny_config
 
-from trikern.decode.ar import decode_ar
+from trikern.decode import decode
 from trikern.decode.common import ContextLengthError, DecodeContext, GenerationConfig
 from trikern.sampling import probs, sample
 
 
 def run(model, prompt, **kw):
     ctx = DecodeContext(model, GenerationConfig(**kw), len(prompt))
-    out = [t for chunk in decode_ar(ctx, torch.tensor(prompt)) for t in chunk]
+    out = [t for chunk in decode(ctx, torch.tensor(prompt), "ar") for t in chunk]
     return out, ctx.stats
 
 

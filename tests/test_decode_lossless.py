@@ -90,5 +90,5 @@ def test_draft_lora_changes_drafts_only():
                             "spec-linear")
         with torch.inference_mode():
             ctx.prefill(torch.tensor(prompt))
-            drafts[on] = spec_linear.LinearSpec(ctx).draft(torch.tensor([ar[0]]))[0].tolist()
+            drafts[on] = spec_linear.LinearSpec(ctx, 8).draft(torch.tensor([ar[0]]))[0].tolist()
     assert drafts[True] != drafts[False]

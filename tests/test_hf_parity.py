@@ -19,12 +19,12 @@ from transformers.models.ministral3 import modeling_ministral3 as hf_m3  # noqa:
 
 from synth import write_json, write_llama_checkpoint, write_nld_checkpoint, write_weights  # noqa: E402
 from trikern.config import ModelConfig, attention_factor, inv_freq  # noqa: E402
-from trikern.decode.ar import decode_ar  # noqa: E402
+from trikern.decode import decode  # noqa: E402
 from trikern.decode.common import DecodeContext, GenerationConfig  # noqa: E402
 from trikern.kernels import CAUSAL  # noqa: E402
 from trikern.kernels.rope import rope_ref  # noqa: E402
 from trikern.loading import load_model  # noqa: E402
-from util import SHARED as SHARED_CONFIGS  # noqa: E402
+from trikern.configs import config_dict  # noqa: E402
 
 ATOL = 1e-4
 NEW_TOKENS = 20
@@ -57,7 +57,7 @@ def hf_logits(hf, ids, positions=None):
 def trikern_greedy(model, ids, n=NEW_TOKENS):
     ctx = DecodeContext(model, GenerationConfig(max_new_tokens=n), ids.shape[0])
     with torch.no_grad():
-        return [t for step in decode_ar(ctx, ids) for t in step]
+        return [t for step in decode(ctx, ids, "ar") for t in step]
 
 
 def hf_greedy(hf, ids, n=NEW_TOKENS):
@@ -146,7 +146,7 @@ def hf_config(d: dict):
 
 @pytest.mark.parametrize("name", ["nld-3b", "nld-8b", "nld-14b"])
 def test_yarn_inv_freq_matches_hf(name):
-    d = json.loads((SHARED_CONFIGS / f"{name}.config.json").read_text())
+    d = config_dict(name)
     cfg = ModelConfig.from_dict(d)
     ref, ref_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_config(d))
     ours = inv_freq(cfg.rope, cfg.head_dim)
@@ -173,7 +173,7 @@ def test_llama3_inv_freq_matches_hf():
 
 @pytest.mark.parametrize("name", ["nld-3b", "nld-14b"])
 def test_llama4_query_scaling_matches_hf(name):
-    d = json.loads((SHARED_CONFIGS / f"{name}.config.json").read_text())
+    d = config_dict(name)
     cfg, hcfg = ModelConfig.from_dict(d), hf_config(d)
     r = cfg.rope
     L = r.original_max_position_embeddings

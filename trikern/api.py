@@ -6,15 +6,20 @@ applied on top of the token stream a decode loop yields.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
+from .checks import check_block_range, check_block_size, is_int
 from .decode.common import MODES, DecodeContext, GenerationConfig
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
+# Keyword options of generate / stream / chat besides mode and stop (see Model._gen_config).
+OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "block_size", "threshold", "draft_lora",
+           "thinking_budget", "cuda_graphs")
 
 
 @dataclass
@@ -32,18 +37,25 @@ class Model:
         self.path = path
         self.cfg = model.cfg
         self.last_result: GenerationResult | None = None
+        self._held = None  # (KVCache, token ids whose K/V it holds) of the previous generation: prefix reuse
 
     @classmethod
     def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None) -> "Model":
-        from .loading import load_model  # noqa: PLC0415
+        """`path`: a checkpoint folder or its config.json (default: the embedded model)."""
+        from .loading import checkpoint_dir, load_model  # noqa: PLC0415
         from .tokenizer import Tokenizer  # noqa: PLC0415
 
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"path={path!r}: expected a checkpoint folder (str or os.PathLike), "
+                             f"got {type(path).__name__}")
         path = Path(path) if path is not None else DEFAULT_MODEL
         if not path.exists():
             raise FileNotFoundError(f"model folder {path} does not exist")
-        model = load_model(path, device=device, dtype=dtype, backend=backend, lora=lora)
-        tok = Tokenizer.from_dir(path, eos_token_ids=model.cfg.eos_token_ids) if (path / "tokenizer.json").is_file() else None
-        return cls(model, tok, path)
+        folder = checkpoint_dir(path)  # config.json -> its folder, so the tokenizer beside it loads too
+        model = load_model(folder, device=device, dtype=dtype, backend=backend, lora=lora)
+        has_tok = (folder / "tokenizer.json").is_file()
+        tok = Tokenizer.from_dir(folder, eos_token_ids=model.cfg.eos_token_ids) if has_tok else None
+        return cls(model, tok, folder)
 
     # -- settings -----------------------------------------------------------------------
     def _eos_ids(self) -> tuple[int, ...]:
@@ -53,49 +65,108 @@ class Model:
         return tuple(sorted(ids))
 
     def _gen_config(self, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=None, block_size=None,
-                    threshold=0.9, draft_lora=True, thinking_budget=None, cuda_graphs=None) -> GenerationConfig:
+                    threshold=0.9, draft_lora=True, thinking_budget=None, cuda_graphs=None,
+                    **unknown) -> GenerationConfig:
+        if unknown:
+            raise TypeError(f"unknown generation option(s) {', '.join(map(repr, unknown))}: expected "
+                            f"{', '.join(OPTIONS)}")
         end_think = None
         if thinking_budget is not None and self.tokenizer is not None:
             end_think = self.tokenizer.token_id("</think>")
-        return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                seed=seed, block_size=block_size, threshold=threshold, draft_lora=draft_lora,
-                                stop_token_ids=self._eos_ids(), thinking_budget=thinking_budget,
-                                end_think_id=end_think, cuda_graphs=cuda_graphs)
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               seed=seed, block_size=block_size, threshold=threshold, draft_lora=draft_lora,
+                               stop_token_ids=self._eos_ids(), thinking_budget=thinking_budget,
+                               end_think_id=end_think, cuda_graphs=cuda_graphs)
+        gen.validate()
+        return gen
 
     def _encode(self, prompt) -> list[int]:
+        """Text, or a 1-D sequence of token ids (list, tuple, range, 1-D integer tensor / array)."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"prompt is text but {self.path} has no tokenizer.json: pass token ids")
             return self.tokenizer.encode(prompt, add_special_tokens=True)
-        ids = list(prompt)
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            # bytes iterate as ints: without this check they would be read as token ids
+            raise ValueError(f"prompt is {type(prompt).__name__}: pass text (e.g. prompt.decode('utf-8')) "
+                             f"or a list of token ids")
+        if hasattr(prompt, "tolist") and hasattr(prompt, "ndim"):  # torch tensor, numpy array
+            if prompt.ndim != 1:
+                raise ValueError(f"prompt is a {prompt.ndim}-D {type(prompt).__name__}: expected a 1-D sequence "
+                                 f"of token ids (batch size 1)")
+            prompt = prompt.tolist()
+        if not isinstance(prompt, (list, tuple, range)):
+            raise ValueError(f"prompt is {type(prompt).__name__}: expected text (str) or a list of token ids")
         V = self.cfg.vocab_size
-        for i, t in enumerate(ids):
-            if not isinstance(t, int) or not 0 <= t < V:
+        for i, t in enumerate(prompt):
+            if not is_int(t) or not 0 <= t < V:
                 raise ValueError(f"prompt token ids[{i}] = {t!r}: not an int in [0, {V})")
-        return ids
+        return [int(t) for t in prompt]
 
     # -- generation ---------------------------------------------------------------------
-    def _pieces(self, prompt, mode, stop, **kw) -> Iterator[str]:
-        """Stream text pieces; the finished result lands in self.last_result."""
-        from .decode import decode as run_decoder  # noqa: PLC0415
+    def check_options(self, mode="ar", stop=None, **kw) -> GenerationConfig:
+        """Check generation options without a prompt (e.g. before a chat session starts): one
+        ValueError naming the bad one. Limits that depend on the prompt length are checked per request."""
+        gen, _ = self._check(mode, stop, kw)
+        if mode == "spec-quadratic":  # its memory; auto's candidates are checked per request
+            dtype = self.model.embed_tokens.weight.dtype
+            check_block_size(self.cfg, gen.block_size or self.cfg.block_size, mode, dtype.itemsize)
+        return gen
+
+    def _check(self, mode, stop, kw):
+        """(validated GenerationConfig, StopStrings or None) for a request's options."""
         from .tokenizer import StopStrings  # noqa: PLC0415
 
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        if mode != "ar" and not self.cfg.tri_mode:
+        if mode not in ("ar", "auto") and not self.cfg.tri_mode:
             raise ValueError(f"mode={mode!r} needs a tri-mode checkpoint; {self.cfg.model_type} decodes in mode='ar' only")
         gen = self._gen_config(**kw)
+        if gen.block_size is not None:
+            check_block_range(self.cfg, gen.block_size)  # in every mode, AR and auto included
+        stops = None
+        if stop is not None:
+            stops = StopStrings(stop)  # its errors name stop / stop[i]
+            if self.tokenizer is None and stops.stops:
+                raise ValueError(f"stop={stop!r}: stop strings need text, and {self.path} has no tokenizer.json")
+            if not stops.stops:
+                stops = None
+        return gen, stops
+
+    def _start(self, prompt, mode, stop, kw):
+        """Check the whole request and size the decode (one error naming the bad parameter, before
+        any forward); returns what `_pieces` runs."""
+        reuse_prefix = kw.pop("reuse_prefix", True)
+        if not isinstance(reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix={reuse_prefix!r}: expected True or False")
+        gen, stops = self._check(mode, stop, kw)
         ids = self._encode(prompt)
+        reuse = None
+        if reuse_prefix and self._held is not None:
+            cache, held = self._held
+            n = next((i for i, (a, b) in enumerate(zip(held, ids)) if a != b), min(len(held), len(ids)))
+            reuse = (cache, n) if n else None
+        ctx = DecodeContext(self.model, gen, len(ids), mode, reuse=reuse)  # block size, context, then the cache
+        self._held = None  # the cache is the new generation's now
+        return ctx, mode, ids, stops
+
+    def reset(self):
+        """Forget the previous generation's cache (frees its memory; the next prompt is prefilled whole)."""
+        self._held = None
+
+    def _pieces(self, ctx, mode, ids, stops) -> Iterator[str]:
+        """Stream text pieces; the finished result lands in self.last_result."""
+        from .decode import decode as run_decoder  # noqa: PLC0415
+
         device = self.model.embed_tokens.weight.device
-        ctx = DecodeContext(self.model, gen, len(ids), mode)
         prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
         detok = self.tokenizer.detokenizer(skip_special_tokens=True, context_ids=ids) if self.tokenizer else None
-        stops = StopStrings(stop) if stop else None
-        eos = set(gen.stop_token_ids)
+        eos = set(ctx.gen.stop_token_ids)
         out_ids: list[int] = []
         text: list[str] = []
         reason = "length"
         steps = run_decoder(ctx, prompt_ids, mode)
+        intact = False  # the cache matches prompt + output: stopped at a yield, not inside a step
         try:
             for chunk in steps:
                 out_ids.extend(chunk)
@@ -113,8 +184,14 @@ class Model:
                     yield piece
                 if stops is not None and stops.stopped:
                     break
+            intact = True
+        except GeneratorExit:  # the consumer stopped reading (a client left): between steps
+            intact = True
+            raise
         finally:
             steps.close()
+            # Keep the cache for the next request: its first `length` entries are prompt + output.
+            self._held = (ctx.cache, (ids + out_ids)[:int(ctx.cache.length)]) if intact else None
         if detok is not None and not (stops is not None and stops.stopped):
             tail = detok.flush()
             if stops is not None:
@@ -125,12 +202,13 @@ class Model:
         self.last_result = GenerationResult("".join(text), out_ids, ctx.stats.as_dict(), reason)
 
     def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> Iterator[str]:
-        """Yield text pieces as tokens are committed (multi-byte characters are never split)."""
-        yield from self._pieces(prompt, mode, stop, **kw)
+        """Yield text pieces as tokens are committed (multi-byte characters are never split). The
+        request is checked here, so a bad option raises at the call, not at the first piece."""
+        return self._pieces(*self._start(prompt, mode, stop, kw))
 
     def generate(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> GenerationResult:
         """`prompt`: raw text (no chat template) or a list of token ids."""
-        for _ in self._pieces(prompt, mode, stop, **kw):
+        for _ in self._pieces(*self._start(prompt, mode, stop, kw)):
             pass
         return self.last_result
 
@@ -140,8 +218,13 @@ class Model:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **template_kw)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def _chat_ids(self, messages, template_kwargs) -> list[int]:
+        if template_kwargs is not None and not isinstance(template_kwargs, dict):
+            raise ValueError(f"template_kwargs={template_kwargs!r}: expected a dict of template variables")
+        return self.chat_prompt(messages, **(template_kwargs or {}))  # messages[i] errors: tokenizer
+
     def chat(self, messages, mode="ar", stop=None, template_kwargs=None, **kw) -> GenerationResult:
-        return self.generate(self.chat_prompt(messages, **(template_kwargs or {})), mode, stop, **kw)
+        return self.generate(self._chat_ids(messages, template_kwargs), mode, stop, **kw)
 
     def chat_stream(self, messages, mode="ar", stop=None, template_kwargs=None, **kw) -> Iterator[str]:
-        yield from self.stream(self.chat_prompt(messages, **(template_kwargs or {})), mode, stop, **kw)
+        return self.stream(self._chat_ids(messages, template_kwargs), mode, stop, **kw)

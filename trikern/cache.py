@@ -26,6 +26,21 @@ class KVCache:
     def for_model(cls, cfg, capacity, dtype, device, scratch=0):
         return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, capacity, dtype, device, scratch)
 
+    @classmethod
+    def keeping(cls, old: "KVCache", n: int, capacity: int, scratch: int) -> "KVCache":
+        """A cache for `capacity` + `scratch` slots whose first `n` entries are `old`'s (a reused
+        prompt prefix): `old` itself when it is large enough, else a larger copy."""
+        if old.slots >= capacity + scratch:
+            old.capacity = old.slots - scratch
+            new = old
+        else:
+            L, H, _, D = old.k.shape
+            new = cls(L, H, D, capacity, old.k.dtype, old.k.device, scratch)
+            new.k[:, :, :n] = old.k[:, :, :n]
+            new.v[:, :, :n] = old.v[:, :, :n]
+        new.truncate(n)
+        return new
+
     def layer(self, i):
         return self.k[i], self.v[i]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 
+from . import __version__
 from .decode.common import MODES
 
 
@@ -26,7 +28,8 @@ def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="RNG seed for reproducible sampling")
     p.add_argument("--block-size", type=int, default=None, metavar="B",
-                   help="diffusion / speculation block (default: the checkpoint's block_size)")
+                   help="diffusion / speculation block (default: the checkpoint's block_size; at most 64 unless "
+                   "the checkpoint's is larger)")
     p.add_argument("--threshold", type=float, default=0.9, help="diffusion reveal confidence (default: 0.9)")
     p.add_argument("--no-draft-lora", action="store_true", help="don't apply the draft LoRA on draft passes")
     p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
@@ -50,9 +53,20 @@ def _load(a):
     return load(a.model, device=a.device, dtype=dtype, backend=a.backend)
 
 
+def version_text() -> str:
+    """`trikern X (torch Y, triton Z)`: the versions a bug report needs, read without importing torch."""
+    def dist(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return f"trikern {__version__} (torch {dist('torch')}, triton {dist('triton')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trikern", description="Tri-mode (AR / diffusion / self-speculation) decoding "
                                 "with Triton kernels.")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="complete a raw-text prompt (no chat template)",
@@ -64,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", metavar="PROMPT", help="prompt text, or '-' for stdin")
 
     c = sub.add_parser("chat", help="interactive chat with the model's chat template",
-                       description="Chat in the terminal. Commands: /reset clears the history, /exit quits. "
-                       "Stats of each reply go to stderr.")
+                       description="Chat in the terminal, replies streamed, each turn reusing the previous "
+                       "turns' cache. Commands: /mode MODE, /system TEXT, /reset, /stats, /help, /exit; Ctrl-C "
+                       "stops a reply. Stats of each reply go to stderr.")
     _model_args(c)
     _sampling_args(c)
     c.add_argument("--system", default=None, help="system prompt")
@@ -78,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-kernels", help="AOT-compile every kernel x config for GPU archs (no GPU needed)",
                        description="Compile each kernel and shipped config for the given archs, print registers, "
                        "spills, shared memory and instruction family; exit 1 on spills or shared memory over limit.")
+    sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the serve extra: pip install 'trikern[serve]')")
+    sub.add_parser("bench", help="decoding speed over a prompt set, or --synthetic shapes vs the bandwidth roofline")
     return p
 
 
@@ -106,51 +123,41 @@ def _print_stats(s: dict):
 
 
 def cmd_chat(a, stdin=sys.stdin) -> int:
+    from .repl import ChatSession, run  # noqa: PLC0415
+
     m = _load(a)
     kw = _gen_kwargs(a)
+    m.check_options(**kw)  # a bad option fails now, not after the first message is typed
     tpl = {"enable_thinking": True} if a.thinking else {}
-    history = [{"role": "system", "content": a.system}] if a.system else []
-    base = len(history)
-    interactive = stdin.isatty()
-    while True:
-        if interactive:
-            sys.stdout.write("> ")
-            sys.stdout.flush()
-        line = stdin.readline()
-        if not line:
-            return 0
-        line = line.rstrip("\n")
-        if line.strip() in ("/exit", "/quit"):
-            return 0
-        if line.strip() == "/reset":
-            del history[base:]
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        for piece in m.chat_stream(history, template_kwargs=tpl, **kw):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": m.last_result.text})
-        _print_stats(m.last_result.stats)
+    return run(ChatSession(m, kw, a.system, tpl, color=sys.stderr.isatty()), stdin)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # tune and check-kernels own their options (and --help): hand them everything after the name.
+    if argv and argv[0] == "tune" and "--decode" in argv:
+        from .decode.profile import tune_main as tune_decode  # noqa: PLC0415
+        return tune_decode(argv[1:])
     if argv and argv[0] == "tune":
         from .kernels.autotune import tune_main  # noqa: PLC0415
         return tune_main(argv[1:])
     if argv and argv[0] == "check-kernels":
         from .kernels.aot import main as aot_main  # noqa: PLC0415
         return aot_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main  # noqa: PLC0415
+        return bench_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from .serve import main as serve_main  # noqa: PLC0415
+        return serve_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         return cmd_generate(a) if a.command == "generate" else cmd_chat(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad options, prompt or checkpoint: one line, no traceback
         print(f"trikern {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Decoding loops: AR, block diffusion, linear and quadratic self-speculation on one KV cache.
+"""Decoding: AR, block diffusion, linear and quadratic self-speculation, and `auto`, on one KV cache.
 
-`decode(ctx, prompt_ids, mode)` runs the mode's generator, which yields committed token ids per
-step (see common.py for the contract and stats).
+`decode(ctx, prompt_ids, mode)` runs the one driver (driver.py) with the mode's strategy (or, for
+`auto`, the policy that picks one per step) and yields committed token ids per step (see
+common.py for the contract and stats).
 """
 from __future__ import annotations
 
@@ -9,27 +10,17 @@ from typing import Iterator
 
 import torch
 
-from .ar import decode_ar
 from .common import MODES, DecodeContext
-from .diffusion import decode_diffusion
-from .spec_linear import decode_spec_linear
-from .spec_quadratic import decode_spec_quadratic
-
-DECODERS = {
-    "ar": decode_ar,
-    "diffusion": decode_diffusion,
-    "spec-linear": decode_spec_linear,
-    "spec-quadratic": decode_spec_quadratic,
-}
-assert tuple(DECODERS) == MODES
+from .driver import drive
+from .policy import STRATEGIES
 
 
 def decode(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str) -> Iterator[list[int]]:
-    if mode not in DECODERS:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(DECODERS)}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
     if ctx.stats.mode != mode:
         raise ValueError(f"mode={mode!r} but the DecodeContext was sized for mode={ctx.stats.mode!r}")
-    return DECODERS[mode](ctx, prompt_ids)
+    return drive(ctx, prompt_ids, mode)
 
 
-__all__ = ["DECODERS", "decode", "decode_ar", "decode_diffusion", "decode_spec_linear", "decode_spec_quadratic"]
+__all__ = ["MODES", "STRATEGIES", "decode"]

@@ -1,8 +1,8 @@
 """What every decoding mode shares: request settings, stats, the context object, prefill.
 
-A mode is a generator `decode(ctx, prompt_ids) -> Iterator[list[int]]` that yields token ids as
-they are committed (the last yield ends with the first EOS, if any, and nothing after it) and
-fills `ctx.stats`. Host synchronisation happens only between steps, where tokens are yielded.
+`decode(ctx, prompt_ids, mode)` (driver.py) yields token ids as they are committed (the last yield
+ends with the first EOS, if any, and nothing after it) and fills `ctx.stats`. Host synchronisation
+happens only between steps, where tokens are yielded.
 """
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache import KVCache
-from ..kernels import CAUSAL
+from ..checks import (SEED_LIMIT, bool_problem, check, check_block_size, int_problem, real_problem,
+                      temperature_problem)
+from ..kernels import CAUSAL, use_triton
 from ..sampling import make_generator
 
-MODES = ("ar", "diffusion", "spec-linear", "spec-quadratic")
+STEP_MODES = ("ar", "diffusion", "spec-linear", "spec-quadratic")  # one strategy each (driver.py)
+MODES = (*STEP_MODES, "auto")  # auto: the fastest lossless strategy before every step (policy.py)
 
 
 class ContextLengthError(ValueError):
@@ -39,18 +42,25 @@ class GenerationConfig:
     cuda_graphs: bool | None = None  # capture block-mode steps as CUDA graphs (None: on when on CUDA)
 
     def validate(self):
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 0")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature}: must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k}: must be >= 0")
-        if self.block_size is not None and self.block_size < 1:
-            raise ValueError(f"block_size={self.block_size}: must be >= 1")
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold={self.threshold}: must be in [0, 1]")
+        """One ValueError naming the first bad setting (type, range, NaN / inf); run once per request."""
+        for name, problem in (
+            ("max_new_tokens", int_problem(self.max_new_tokens, lo=0)),
+            ("temperature", temperature_problem(self.temperature)),
+            ("top_k", int_problem(self.top_k, lo=0)),
+            ("top_p", real_problem(self.top_p, lo=0, hi=1, lo_open=True)),
+            ("seed", None if self.seed is None else int_problem(self.seed, lo=0, hi=SEED_LIMIT, hi_open=True)),
+            ("block_size", None if self.block_size is None else int_problem(self.block_size, lo=1)),
+            ("threshold", real_problem(self.threshold, lo=0, hi=1)),
+            ("draft_lora", bool_problem(self.draft_lora)),
+            ("thinking_budget", None if self.thinking_budget is None else int_problem(self.thinking_budget, lo=0)),
+            ("end_think_id", None if self.end_think_id is None else int_problem(self.end_think_id, lo=0)),
+            ("cuda_graphs", None if self.cuda_graphs is None else bool_problem(self.cuda_graphs)),
+        ):
+            check(name, getattr(self, name), problem)
+        if not isinstance(self.stop_token_ids, (tuple, list)):
+            raise ValueError(f"stop_token_ids={self.stop_token_ids!r}: expected a tuple of token ids")
+        for i, t in enumerate(self.stop_token_ids):
+            check(f"stop_token_ids[{i}]", t, int_problem(t, lo=0))
         if self.thinking_budget is not None and self.end_think_id is None:
             raise ValueError("thinking_budget needs end_think_id (the tokenizer has no end-of-thinking token)")
 
@@ -59,13 +69,28 @@ class GenerationConfig:
 class Stats:
     mode: str = "ar"
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose K/V were reused from the previous generation
     generated_tokens: int = 0
     prefill_forwards: int = 0
     forwards: int = 0  # NFE after the prefill
     prefill_s: float = 0.0
     decode_s: float = 0.0
     phase_s: dict = field(default_factory=dict)  # time per phase (draft, verify, denoise, ...)
-    acceptance_lengths: Counter = field(default_factory=Counter)  # accepted length -> count
+    acceptance_lengths: Counter = field(default_factory=Counter)  # tokens per spec step -> count
+    by_strategy: dict = field(default_factory=dict)  # "mode/B" -> steps, tokens, forwards, seconds
+    switches: int = 0  # strategy changes between steps (mode="auto")
+
+    def record(self, key, tokens: int, forwards: int, seconds: float, spec: bool):
+        """One step of strategy `key` = (mode, block size): `tokens` produced before the EOS /
+        budget cut."""
+        self.forwards += forwards
+        if spec:
+            self.acceptance_lengths[tokens] += 1
+        row = self.by_strategy.setdefault(f"{key[0]}/{key[1]}", dict(steps=0, tokens=0, forwards=0, seconds=0.0))
+        row["steps"] += 1
+        row["tokens"] += tokens
+        row["forwards"] += forwards
+        row["seconds"] += seconds
 
     @property
     def tokens_per_forward(self) -> float:
@@ -91,6 +116,7 @@ class Stats:
         return {
             "mode": self.mode,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "generated_tokens": self.generated_tokens,
             "prefill_forwards": self.prefill_forwards,
             "forwards": self.forwards,
@@ -102,13 +128,18 @@ class Stats:
             "phase_s": {k: round(v, 6) for k, v in self.phase_s.items()},
             "acceptance_lengths": {int(k): v for k, v in sorted(self.acceptance_lengths.items())},
             "mean_acceptance_length": round(self.mean_acceptance_length, 4),
+            "strategies": {k: {**v, "seconds": round(v["seconds"], 6)} for k, v in self.by_strategy.items()},
+            "switches": self.switches,
         }
 
 
 class DecodeContext:
     """Model, cache, settings, RNG and stats of one generation: what every step needs."""
 
-    def __init__(self, model, gen: GenerationConfig, prompt_len: int, mode: str = "ar"):
+    def __init__(self, model, gen: GenerationConfig, prompt_len: int, mode: str = "ar",
+                 reuse: tuple[KVCache, int] | None = None):
+        """`reuse` = (cache, n): the first n prompt tokens' K/V are already in `cache` (the previous
+        generation's, e.g. the earlier turns of a chat); only the rest is prefilled."""
         gen.validate()
         cfg = model.cfg
         self.model, self.cfg, self.gen = model, cfg, gen
@@ -125,24 +156,42 @@ class DecodeContext:
             )
         # Generation stops at the context end; the cache is sized for exactly what can be committed.
         self.max_new_tokens = min(gen.max_new_tokens, limit - prompt_len)
-        B = self.block_size
-        scratch = {"spec-quadratic": B * (B + 1), "ar": 1}.get(mode, B)
+        from .policy import candidates, scratch_slots  # noqa: PLC0415 - the strategies import this module
+
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        self.candidates = candidates(mode, self.block_size, cfg)  # the (mode, block size) keys to run
+        scratch = scratch_slots(self.candidates)
+        B = max(b for _, b in self.candidates)
         capacity = prompt_len + self.max_new_tokens + B  # a final block may overshoot the budget
-        self.cache = KVCache.for_model(cfg, capacity, self.dtype, self.device, scratch=scratch)
+        # Before allocating: the PyTorch reference attention (no Triton) materialises [rows, slots] masks.
+        ref_slots = None if use_triton(model.backend, model.embed_tokens.weight) else capacity + scratch
+        for m, b in self.candidates:
+            check_block_size(cfg, b, m, self.dtype.itemsize, attention_slots=ref_slots)
+        # At least the last prompt token is fed again: its logits start the generation.
+        self.reused = 0 if reuse is None else max(0, min(int(reuse[1]), prompt_len - 1))
+        if self.reused:
+            self.cache = KVCache.keeping(reuse[0], self.reused, capacity, scratch)
+        else:
+            self.cache = KVCache.for_model(cfg, capacity, self.dtype, self.device, scratch=scratch)
         self.generator = make_generator(gen.seed, self.device)
-        self.stats = Stats(mode=mode, prompt_tokens=prompt_len)
+        self.stats = Stats(mode=mode, prompt_tokens=prompt_len, cached_tokens=self.reused)
 
     def sync_time(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        """Causal pass over the prompt; commits its K/V and returns the last position's logits [V]."""
+    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor | None:
+        """Causal pass over the prompt tokens not in the cache yet (all but a reused prefix); commits
+        their K/V and returns the last position's logits [V] (None when nothing was left to feed)."""
+        ids = prompt_ids[self.reused:]
+        n = ids.shape[0]
+        if n == 0:
+            return None
         t0 = self.sync_time()
-        n = prompt_ids.shape[0]
-        pos = torch.arange(n, device=self.device)
-        logits = self.model(prompt_ids, pos, self.cache, CAUSAL, write_cache=True,
+        pos = torch.arange(self.reused, self.reused + n, device=self.device)
+        logits = self.model(ids, pos, self.cache, CAUSAL, write_cache=True,
                             logits_index=torch.tensor([n - 1], device=self.device))
         self.cache.commit(n)
         self.stats.prefill_forwards += 1

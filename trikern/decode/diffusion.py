@@ -1,44 +1,45 @@
-"""Block diffusion (SPEC §4.2): fill a block of masks over a few bidirectional passes, then commit.
+"""Block diffusion (docs/ALGORITHMS.md): fill a block of masks over a few bidirectional passes, then commit.
 
-State between blocks: the seed (an AR token, already emitted; its K/V not in the cache yet) at
-n = cache length. A block:
+From the shared state (seed at n = cache length, its K/V not in the cache yet) a step:
 
 1. `[seed, M x (B-1)]` at n .. n+B-1 (kernels.draft_tree);
-2. denoise passes (`Diffusion.denoise`: one bidirectional forward, cache read-only, then
-   kernels.reveal) until no mask is left -- at most B-1 passes, since each reveals at least one;
-3. commit (`Diffusion.commit`: one causal forward over the block writing its K/V, commit, the
-   next seed from the logit of the last kept position, mask id excluded).
+2. denoise passes (`denoise`: one bidirectional forward, cache read-only, then kernels.reveal)
+   until no mask is left -- at most B-1 passes, since each reveals at least one;
+3. commit (`commit`: one causal forward over the block writing its K/V, the next seed from the
+   logit of the block's last position, mask id excluded) -- skipped when the block ends the
+   generation (EOS, budget), so no forward is spent on K/V nobody reads.
 
-Host syncs: one small read after every forward, between passes -- the block's tokens and mask flags
-after a denoise pass (to stop as soon as no mask is left, so no forward is spent on a finished
-block and `forwards` counts only passes that reveal something), the seed after a commit. Each pass
-(forward + reveal, forward + commit) is itself host-sync free and captured as a CUDA graph per
-block size. The filled tokens x_1 .. x_{B-1} are yielded before the commit, so a block that ends
-the generation (EOS, budget) is never committed. The prefill's seed is the first token, as in AR.
+The step produces x_1 .. x_{B-1} and the next seed: B tokens. Host syncs: one small read after
+every pass (the block's tokens and mask flags, to stop as soon as no mask is left, so `forwards`
+counts only passes that reveal something) and the seed after the commit. Each pass is itself
+host-sync free and captured as a CUDA graph per block size. Diffusion is not lossless (it does not
+verify against the causal pass), so `mode="auto"` never picks it.
 
 Sampling (T > 0): Gumbel-max candidates at the request's temperature / top-k / top-p, the
-confidence from the model's own distribution (kernels/reveal.py). `forwards` = denoise passes +
-commits; no acceptance lengths.
+confidence from the model's own distribution (kernels/reveal.py).
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 
 from .. import kernels as K
 from ..sampling import probs, sample
-from .common import DecodeContext
-from .loop import Emitter, PhaseTimer, StepRunner, check_room, require_mask_id, without_mask
+from .loop import require_mask_id, without_mask
+from .strategy import Strategy
 
 
-class Diffusion:
-    def __init__(self, ctx: DecodeContext):
-        self.ctx = ctx
-        self.B = ctx.block_size
-        self.mask_id, self.mask_index = require_mask_id(ctx, "diffusion")
+class Diffusion(Strategy):
+    mode = "diffusion"
+    lossless = False
+
+    def __init__(self, ctx, B):
+        super().__init__(ctx, B)
+        self.mask_id, self.mask_index = require_mask_id(ctx, self.mode)
         self.backend = ctx.model.backend
-        self.masked0 = torch.arange(self.B, device=ctx.device) > 0
+        self.masked0 = torch.arange(B, device=ctx.device) > 0
+
+    def first_token(self, logits):
+        return super().first_token(without_mask(logits, self.mask_index))
 
     def block(self, seed):
         """seed [1] -> (tokens [B], masked [B] bool, positions [B])."""
@@ -56,55 +57,33 @@ class Diffusion:
             noise = torch.empty_like(p).exponential_(1.0, generator=ctx.generator)
         return K.reveal(tokens, masked, logits, g.threshold, self.mask_id, p, noise, backend=self.backend)
 
-    def commit(self, tokens, pos, count):
-        """Causal pass over the block, keep its first `count` ([] int64) entries -> next seed [1]."""
+    def commit(self, tokens, pos):
+        """Causal pass over the whole block, commit it -> next seed [1]."""
         ctx, g = self.ctx, self.ctx.gen
-        logits = ctx.model(tokens, pos, ctx.cache, K.CAUSAL, write_cache=True, logits_index=(count - 1).reshape(1))
-        ctx.cache.commit(count)
-        return sample(without_mask(logits, self.mask_index), g.temperature, g.top_k, g.top_p, ctx.generator)
+        logits = ctx.model(tokens, pos, ctx.cache, K.CAUSAL, write_cache=True, logits_index=self.B - 1)
+        ctx.cache.commit(self.B)
+        return sample(without_mask(logits[None], self.mask_index), g.temperature, g.top_k, g.top_p,
+                      ctx.generator)
 
-
-@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
-def decode_diffusion(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
-    g = ctx.gen
-    if ctx.max_new_tokens == 0:
-        return
-    dif = Diffusion(ctx)
-    B, run, timer = dif.B, StepRunner(ctx), PhaseTimer(ctx)
-    logits = ctx.prefill(prompt_ids)
-    seed = sample(without_mask(logits[None], dif.mask_index), g.temperature, g.top_k, g.top_p, ctx.generator)
-    em = Emitter(ctx)
-    while True:
-        out, done, forced = em.take(seed.tolist())
-        timer.flush()  # the commit's events are complete after the read above
-        yield out
-        if done:
-            return
-        if forced:
-            seed = torch.full_like(seed, g.end_think_id)
-        check_room(ctx, em.cache_length(), B)
-        tokens, masked, pos = dif.block(seed)
-        host = []
+    def step(self, run, timer, em):
+        B = self.B
+        # A revealed token never changes: once the positions the budget can still emit are
+        # revealed, further passes would only fill tokens nobody reads.
+        needed = min(B, 1 + em.room)
+        tokens, masked, pos = self.block(self.seed)
+        host, passes = [], 0
         for _ in range(B - 1):
-            timer.start()
-            tokens, masked = run(("denoise", B), dif.denoise, tokens, masked, pos)
+            tokens, masked = run(("denoise", B), self.denoise, tokens, masked, pos)
             timer.mark("denoise")
             host = torch.cat([tokens, masked.long()]).tolist()  # one read per pass
-            timer.flush()
-            ctx.stats.forwards += 1
-            if not any(host[B:]):
+            passes += 1
+            if not any(host[B:B + needed]):
                 break
-        out, done, forced = em.take(host[1:B]) if B > 1 else ([], False, False)
-        if out:
-            yield out
-        if done:
-            return
-        count = 1 + len(out)
-        if forced:  # the forced token replaces its position; the causal commit ignores what follows
-            tokens = tokens.clone()
-            tokens[count - 1] = g.end_think_id
-        timer.start()
-        seed = run(("commit", B), dif.commit, tokens, pos, torch.tensor(count, device=ctx.device))
+        filled = host[1:B]
+        if any(host[B:]) or em.ends(filled):  # masks left only past the budget: the generation ends here
+            return filled[:needed - 1], passes
+        seed = run(("commit", B), self.commit, tokens, pos)
         timer.mark("commit")
-        seed = seed.clone()  # its read is the next iteration's em.take
-        ctx.stats.forwards += 1
+        host = seed.tolist()
+        self.seed = seed.clone()
+        return filled + host, passes + 1

@@ -1,13 +1,13 @@
-"""Host side of the block decoding loops (diffusion, linear and quadratic self-speculation).
+"""Host-side pieces the decode driver (driver.py) and the strategies share.
 
-The device work of a step is a function of tensors with no host synchronisation (see each mode's
-`*_step`). What happens between steps lives here and is shared by the modes:
+The device work of a step is a function of tensors with no host synchronisation (each strategy's
+passes). What happens between steps lives here:
 
-- `Emitter` (AR uses it too): turns the tokens a step produced into what is yielded -- thinking budget (force the
+- `Emitter`: turns the tokens a step produced into what is yielded -- thinking budget (force the
   end-think token), first EOS, token budget -- and keeps the generated-token count and decode time.
-  When it forces a token the device state no longer matches the output; the mode repairs it
+  When it forces a token the device state no longer matches the output; the driver repairs it
   (truncate the cache, restart from the forced token), which only happens between steps.
-- `StepRunner`: runs a step eagerly, or on CUDA as a CUDA graph captured per (mode, shape) key.
+- `StepRunner`: runs a step's passes eagerly, or on CUDA as CUDA graphs captured per (pass, shape) key.
 - `PhaseTimer`: per-phase times without a host sync inside a step (CUDA events, read after the
   step's one sync; plain clocks on CPU, where ops run synchronously).
 - small device helpers shared by the steps: excluding the mask id, random draws, a step's chain.
@@ -39,7 +39,7 @@ class Emitter:
         g, forced = self.ctx.gen, False
         if self.thinking:
             for i, t in enumerate(tokens):
-                if self.emitted + i >= g.thinking_budget:  # same rule as decode_ar
+                if self.emitted + i >= g.thinking_budget:  # the budget counts emitted tokens, in every mode
                     forced = t != g.end_think_id
                     tokens = tokens[:i] + [g.end_think_id]
                     self.thinking = False
@@ -53,6 +53,16 @@ class Emitter:
         st.generated_tokens = self.emitted
         st.decode_s = self.ctx.sync_time() - self.t0
         return out, done, forced and not done
+
+    @property
+    def room(self) -> int:
+        """Tokens the generation may still emit."""
+        return self.ctx.max_new_tokens - self.emitted
+
+    def ends(self, tokens: list[int]) -> bool:
+        """Whether taking `tokens` would end the generation (first EOS or the token budget)."""
+        eos = self.ctx.gen.stop_token_ids
+        return self.emitted + len(tokens) >= self.ctx.max_new_tokens or any(t in eos for t in tokens)
 
     def cache_length(self) -> int:
         """What the cache length is between steps: every emitted token but the newest (the seed,
@@ -115,6 +125,7 @@ class StepRunner:
         self.generator = ctx.generator
         self.calls: Counter = Counter()
         self.graphs: dict = {}
+        self.cold = False  # set when a call ran eagerly to warm up or captured (the driver's timing)
 
     def __call__(self, key, fn, *args):
         if not self.enabled:
@@ -122,6 +133,7 @@ class StepRunner:
         entry = self.graphs.get(key)
         if entry is None:
             self.calls[key] += 1
+            self.cold = True
             if self.calls[key] == 1:
                 return fn(*args)
             entry = self._capture(fn, args)

@@ -1,7 +1,7 @@
-"""Quadratic self-speculation (SPEC §4.4): one forward verifies the draft and drafts the next block
+"""Quadratic self-speculation (docs/ALGORITHMS.md): one forward verifies the draft and drafts the next block
 for every possible acceptance length.
 
-State between steps: the draft d_0 .. d_{A-1} (A = B, or A = 1 right after the prompt or a forced
+State between steps: the shared state (strategy.py) plus the draft d_0 .. d_{A-1} (A = B, or A = 1 right after the prompt or a forced
 token) and, when sampling, q [A-1, V], the distributions d_1 .. d_{A-1} were drawn from. d_0 is
 verified and already emitted; its K/V are not in the cache yet; it sits at n = cache length.
 A step (`QuadraticSpec.step`, host-sync free):
@@ -16,44 +16,49 @@ A step (`QuadraticSpec.step`, host-sync free):
 3. Next draft = sub-block c's masks (offsets 1 .. B, positions n+c+1 .. n+c+B), the first
    replaced by the bonus: `[ar_c, draft(offset 2) .. draft(offset B)]`, mask id excluded.
 
-Emission: SPEC §4.4 emits d_0 .. d_c per step; trikern emits each token as soon as it is verified
+Emission: The published algorithm emits d_0 .. d_c per step; trikern emits each token as soon as it is verified
 (d_1 .. d_c and the bonus now, the bonus being the next d_0), the same sequence one step earlier.
 
-First step: SPEC drafts from `[prompt, M x B]` with the prompt causal. trikern runs the prompt
+First step: the published algorithm drafts from `[prompt, M x B]` with the prompt causal. trikern runs the prompt
 minus its last token as the usual causal prefill, then the A = 1 step on `[p_last, M x B]`: p_last
 is causal over the prompt (its K/V are the prefill's), the masks see the prompt and each other, its
-AR logit gives d_0 and its masks d_1 .. d_{B-1}. Both calls are the prefill of SPEC's one pass and
+AR logit gives d_0 and its masks d_1 .. d_{B-1}. Both calls are the prefill of its one pass and
 count as `prefill_forwards` (2, or 1 for a one-token prompt); like AR's prefill it yields the first
 token. Every later step costs one forward; `acceptance_lengths[c + 1]` counts tokens produced per
-step (before the EOS / budget cut). After a forced end-think token the state restarts with the A = 1
-step on `[end_think, M x B]` (one forward, produces 1 token).
+step (before the EOS / budget cut). After a forced end-think token or a switch from another mode the
+state restarts with the A = 1 step on `[seed, M x B]` (one forward, produces 1 token).
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 
 from .. import kernels as K
-from .common import DecodeContext
-from .loop import (Emitter, PhaseTimer, StepRunner, check_room, choose, produced, require_mask_id,
-                   verifier_inputs, without_mask)
+from .loop import check_room, choose, produced, require_mask_id, verifier_inputs, without_mask
+from .strategy import Strategy
 
 
-class QuadraticSpec:
-    def __init__(self, ctx: DecodeContext):
-        self.ctx = ctx
-        self.B = ctx.block_size
-        self.S = self.B + 1
-        self.mask_id, self.mask_index = require_mask_id(ctx, "spec-quadratic")
+class QuadraticSpec(Strategy):
+    mode = "spec-quadratic"
+
+    def __init__(self, ctx, B):
+        super().__init__(ctx, B)
+        self.S = B + 1
+        self.mask_id, self.mask_index = require_mask_id(ctx, self.mode)
         self.backend = ctx.model.backend
+        self.draft = self.q = None
 
-    def start_state(self, anchor: torch.Tensor):
+    @staticmethod
+    def scratch(B: int) -> int:
+        return B * (B + 1)
+
+    def start(self, seed):
         """A = 1 state: only d_0 (no drafts yet), q an empty [0, V] under sampling."""
-        q = None if self.ctx.gen.temperature <= 0 else torch.empty(0, self.ctx.cfg.vocab_size, device=anchor.device)
-        return anchor.reshape(1), q
+        super().start(seed)
+        self.draft = seed.reshape(1)
+        self.q = None if self.ctx.gen.temperature <= 0 else torch.empty(0, self.ctx.cfg.vocab_size,
+                                                                         device=seed.device)
 
-    def step(self, draft, q):
+    def forward(self, draft, q):
         """draft [A], q [A-1, V] or None -> (tokens [A] padded with -1, count [], next draft [B],
         next q [B-1, V] or None)."""
         ctx, cache, B, S = self.ctx, self.ctx.cache, self.B, self.S
@@ -72,40 +77,28 @@ class QuadraticSpec:
         nxt, nq = choose(ctx, without_mask(masks, self.mask_index))
         return out, count, torch.cat([bonus, nxt]), nq
 
-
-@torch.inference_mode()  # wraps each resume of the generator, not the caller's code
-def decode_spec_quadratic(ctx: DecodeContext, prompt_ids: torch.Tensor) -> Iterator[list[int]]:
-    g = ctx.gen
-    if ctx.max_new_tokens == 0:
-        return
-    spec = QuadraticSpec(ctx)
-    B, run, timer = spec.B, StepRunner(ctx), PhaseTimer(ctx)
-    n = prompt_ids.shape[0]
-    if n > 1:
-        ctx.prefill(prompt_ids[:-1])
-    # the rest of the prefill: [p_last, M x B]
-    t0 = ctx.sync_time()
-    check_room(ctx, n - 1, spec.S)
-    tokens, _, draft, q = run(("quadratic", 1), spec.step, *spec.start_state(prompt_ids[-1:]))
-    host = produced(tokens.tolist())
-    ctx.stats.prefill_forwards += 1
-    ctx.stats.prefill_s += ctx.sync_time() - t0
-    em = Emitter(ctx)
-    out, done, forced = em.take(host)
-    yield out
-    while not done:
-        if forced:
-            ctx.cache.truncate(em.cache_length())
-            draft, q = spec.start_state(torch.full((1,), g.end_think_id, device=ctx.device))
-        A = draft.shape[0]
-        check_room(ctx, em.cache_length(), A * spec.S)
-        timer.start()
-        tokens, _, draft, q = run(("quadratic", A), spec.step, draft, q)
-        timer.mark("step")
+    def _advance(self, run) -> list[int]:
+        tokens, _, draft, q = run(("quadratic", self.draft.shape[0], self.B), self.forward, self.draft, self.q)
         host = produced(tokens.tolist())  # the step's one host sync
-        timer.flush()
-        draft, q = draft.clone(), None if q is None else q.clone()  # outlive the next replay
-        ctx.stats.forwards += 1
-        ctx.stats.acceptance_lengths[len(host)] += 1
-        out, done, forced = em.take(host)
-        yield out
+        self.draft, self.q = draft.clone(), None if q is None else q.clone()  # outlive the next replay
+        self.seed = self.draft[:1]
+        return host
+
+    def prefill(self, prompt_ids, run, timer):
+        """The prompt minus its last token causally, then the A = 1 step on `[p_last, M x B]`."""
+        ctx = self.ctx
+        n = prompt_ids.shape[0]
+        if n > 1:
+            ctx.prefill(prompt_ids[:-1])
+        t0 = ctx.sync_time()
+        check_room(ctx, n - 1, self.S)
+        self.start(prompt_ids[-1:])
+        host = self._advance(run)
+        ctx.stats.prefill_forwards += 1
+        ctx.stats.prefill_s += ctx.sync_time() - t0
+        return host
+
+    def step(self, run, timer, em):
+        host = self._advance(run)
+        timer.mark("step")
+        return host, 1

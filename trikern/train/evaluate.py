@@ -27,7 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..decode import decode
-from ..decode.common import MODES, DecodeContext, GenerationConfig
+from ..decode.common import STEP_MODES, DecodeContext, GenerationConfig
 from ..loading import load_model
 from . import data as D
 from .distill import causal_nll
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     gen = GenerationConfig(max_new_tokens=a.new_tokens, temperature=0.0, block_size=a.block_size,
                            threshold=a.threshold, stop_token_ids=())
     modes = []
-    for mode in MODES:
+    for mode in STEP_MODES:
         t0 = time.time()
         res = run_mode(model, prompts, mode, gen)
         modes.append(res)

@@ -1,0 +1,79 @@
+"""`trikern chat` driven as a user would: turns and commands on stdin (a real subprocess on the
+embedded model), and a pseudo-terminal where Ctrl-C stops a reply without leaving the REPL."""
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def chat(stdin, *args):
+    return subprocess.run([sys.executable, "-m", "trikern", "chat", "--dtype", "float32", "--max-new-tokens", "12",
+                           *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def stats_lines(err):
+    return [ln for ln in err.splitlines() if "tok/fwd" in ln]
+
+
+def test_turns_commands_and_prefix_reuse():
+    r = chat("hello\nand then?\n/stats\n/mode spec-linear\none more\n/mode bogus\n/system Be brief.\nhi\n"
+             "/reset\nhi\n/nope\n/exit\nnot read\n")
+    assert r.returncode == 0, r.stderr
+    lines = stats_lines(r.stderr)
+    assert len(lines) == 5  # one per reply; nothing after /exit
+    cached = [int(re.search(r"(\d+) cached", ln).group(1)) for ln in lines]
+    assert cached[1] > 0 and cached[2] > cached[1]  # later turns reuse the conversation's cache
+    assert lines[0].startswith("[ar]") and lines[2].startswith("[spec-linear]")
+    assert '"generated_tokens"' in r.stderr  # /stats printed the last reply's statistics
+    assert "mode='bogus'" in r.stderr and "unknown command /nope" in r.stderr
+    assert "Traceback" not in r.stderr
+    # /system and /reset start over: the first turn after each reuses at most the template's start
+    assert cached[3] < cached[2] and cached[4] < cached[2]
+
+
+def test_ctrl_c_stops_a_reply_and_the_repl_goes_on(tmp_path):
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: trikern chat on the pseudo-terminal
+        env = dict(ENV, TRIKERN_HISTORY=str(tmp_path / "history"))
+        os.execvpe(sys.executable, [sys.executable, "-m", "trikern", "chat", "--dtype", "float32",
+                                    "--max-new-tokens", "200"], env)
+    seen = b""
+
+    def read_until(pattern, timeout=120):
+        nonlocal seen
+        end = time.time() + timeout
+        while time.time() < end:
+            if re.search(pattern, seen):
+                return True
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return False
+
+    try:
+        assert read_until(rb"> "), seen
+        os.write(fd, b"Tell me a long story about a cat.\n")
+        time.sleep(0.3)  # the reply is being written (200 tokens take several seconds here)
+        os.write(fd, b"\x03")
+        assert read_until(rb"\(stopped\)"), seen
+        mark = len(seen)
+        os.write(fd, b"hi\n")
+        assert read_until(rb"tok/fwd"), seen[mark:]
+        os.write(fd, b"/exit\n")
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert b"Traceback" not in seen
+        assert (tmp_path / "history").read_text().splitlines()[-1] == "/exit"  # readline history kept
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.close(fd)

@@ -1,0 +1,149 @@
+"""Step-cost profile for `mode="auto"`: seconds and tokens per step of each (mode, block size).
+
+Stored next to the kernel autotune results (kernels/autotune.py: same directories, same atomic
+JSON files), one file per device x model shape x dtype x backend, one entry per
+`mode/block/cache-length bucket`. `trikern tune --decode` fills it by timing real steps at a few
+cache lengths (`measure`); without it, the first auto generation measures its candidates on the fly
+and `AutoPolicy.finish` saves what it saw.
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+
+import torch
+
+from ..kernels import autotune
+
+OP_PREFIX = "decode-steps"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return autotune.sanitize(torch.cuda.get_device_name(device))
+    cpu = platform.processor() or platform.machine() or "cpu"
+    try:  # the model name says more than the architecture
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return autotune.sanitize(f"cpu-{cpu}-{torch.get_num_threads()}t")
+
+
+def model_key(model) -> str:
+    c, w = model.cfg, model.embed_tokens.weight
+    return autotune.sanitize(
+        f"{OP_PREFIX}-{c.model_type}-L{c.num_hidden_layers}-H{c.hidden_size}-I{c.intermediate_size}"
+        f"-h{c.num_attention_heads}-kv{c.num_key_value_heads}-d{c.head_dim}-V{c.vocab_size}"
+        f"-{str(w.dtype).removeprefix('torch.')}-{model.backend}")
+
+
+class StepProfile:
+    def __init__(self, model, cache_length: int):
+        self.device = device_name(model.embed_tokens.weight.device)
+        self.op = model_key(model)
+        self.bucket = autotune.bucket(cache_length, floor=256)
+        self.entries: dict[str, dict] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a foreign file only means no prior
+            for d in autotune.read_dirs():
+                self.entries.update(autotune.load_file(autotune.result_path(d, self.device, self.op), self.op))
+
+    @staticmethod
+    def key_str(key, bucket) -> str:
+        return f"{key[0]}/{key[1]}/{bucket}"
+
+    def get(self, key):
+        """{'seconds', 'tokens'} at the nearest measured cache-length bucket, or None."""
+        prefix = f"{key[0]}/{key[1]}/"
+        found = [(abs(int(k[len(prefix):]) - self.bucket), v) for k, v in self.entries.items()
+                 if k.startswith(prefix) and k[len(prefix):].isdigit()]
+        return min(found, key=lambda x: x[0])[1] if found else None
+
+    def save(self, key, bucket, seconds: float, tokens: float, steps: int):
+        entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
+        ks = self.key_str(key, bucket)
+        self.entries[ks] = entry
+        try:
+            autotune.save_result(autotune.write_dir(), self.device, self.op, ks, entry)
+        except OSError as e:  # a read-only install still decodes, it just measures again next time
+            warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=2)
+
+    def update(self, estimates: dict):
+        for key, e in estimates.items():
+            self.save(key, self.bucket, e.seconds, e.tokens, e.live)
+
+
+def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:
+    """Time `steps` warm steps of every auto candidate at each cache length (a random prompt of that
+    length, greedy) and persist them. Tokens per step are the random prompt's, i.e. a floor."""
+    from .common import DecodeContext, GenerationConfig  # noqa: PLC0415
+    from .driver import drive  # noqa: PLC0415
+    from .policy import AUTO, candidates  # noqa: PLC0415
+
+    cfg = model.cfg
+    device = model.embed_tokens.weight.device
+    B = block_size or cfg.block_size
+    prof = None
+    for n in cache_lengths:
+        n = min(int(n), cfg.max_position_embeddings - 64)
+        for key in candidates(AUTO, B, cfg):
+            gen = GenerationConfig(max_new_tokens=8 * key[1] * steps + 16, block_size=key[1])
+            ctx = DecodeContext(model, gen, n, key[0])
+            prompt = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).to(device)
+            timings = []
+            for _ in drive(ctx, prompt, key[0], on_step=lambda k, t, s, cold: cold or timings.append((t, s))):
+                if len(timings) >= steps:
+                    break
+            prof = prof or StepProfile(model, n)
+            prof.bucket = autotune.bucket(n, floor=256)
+            if timings:
+                tok = sum(t for t, _ in timings) / len(timings)
+                sec = sum(s for _, s in timings) / len(timings)
+                prof.save(key, prof.bucket, sec, tok, len(timings))
+                log(f"{key[0]:>15} B={key[1]:<3} cache {n:>6}: {1e3 * sec:8.2f} ms/step, "
+                    f"{tok:5.2f} tokens/step, {tok / sec:8.1f} tok/s")
+    return prof
+
+
+def tune_main(argv: list[str]) -> int:
+    """`trikern tune --decode`: measure and persist the step-cost profile of a model."""
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="trikern tune --decode", description="Time real decode steps of every "
+                                "mode='auto' candidate (AR, spec-linear and spec-quadratic at block sizes 2..32 as "
+                                "the model allows) at a few cache lengths and save them next to the kernel results.")
+    p.add_argument("--decode", action="store_true", required=True, help="tune the decode loop (this command)")
+    p.add_argument("--model", metavar="PATH", default=None, help="checkpoint folder (default: the embedded model)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--block-size", type=int, default=None, metavar="B", help="largest block size (default: the "
+                   "checkpoint's)")
+    p.add_argument("--cache-lengths", default="256,2048", metavar="N,N", help="cache lengths to time at")
+    p.add_argument("--steps", type=int, default=4, help="warm steps per candidate and length (default: 4)")
+    a = p.parse_args(argv)
+    try:
+        lengths = [int(x) for x in a.cache_lengths.split(",") if x.strip()]
+        if not lengths or min(lengths) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--cache-lengths {a.cache_lengths!r}: expected positive integers separated by commas")
+    if a.steps < 1:
+        p.error(f"--steps {a.steps}: must be >= 1")
+    from .. import load  # noqa: PLC0415
+
+    try:
+        m = load(a.model, device=a.device, dtype=getattr(torch, a.dtype) if a.dtype else None)
+        if a.block_size is not None:
+            m.check_options(mode="auto", block_size=a.block_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"trikern tune --decode: error: {e}", file=sys.stderr)
+        return 2
+    prof = measure(m.model, lengths, a.steps, a.block_size)
+    where = autotune.result_path(autotune.write_dir(), prof.device, prof.op)
+    print(f"step-cost profile of {len(prof.entries)} (mode, block, cache length) entries written to {where}")
+    return 0
+
+
+__all__ = ["StepProfile", "device_name", "measure", "model_key", "tune_main"]

@@ -1,0 +1,90 @@
+"""A real `trikern serve` in a subprocess on 127.0.0.1 (the embedded model, CPU), for the server tests."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+# The server runs the torch references on CPU, as a user's would; one thread keeps it from fighting the
+# test process (and a pytest-xdist neighbour) over two cores, and makes greedy runs reproducible.
+ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, log_path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "trikern", "serve", "--port", str(self.port), *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=ENV)
+        self._wait_ready(timeout=180)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def _wait_ready(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"trikern serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"trikern serve did not answer /health within {timeout} s:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+_SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
+
+
+def metrics(url: str, headers=None) -> dict[str, float]:
+    """GET /metrics as {'name{labels}': value} (HELP / TYPE lines skipped)."""
+    r = httpx.get(url + "/metrics", headers=headers, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text
+    out = {}
+    for line in r.text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        m = _SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def wait_for(url: str, predicate, timeout: float = 60, headers=None) -> dict[str, float]:
+    """Poll /metrics until `predicate(samples)` holds; the last samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(url, headers)
+        if predicate(m) or time.monotonic() > deadline:
+            return m
+        time.sleep(0.05)

@@ -1,0 +1,6 @@
+"""`python -m trikern.serve ...` is `trikern serve ...`."""
+import sys
+
+from . import main
+
+sys.exit(main())

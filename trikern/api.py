@@ -7,6 +7,7 @@ applied on top of the token stream a decode loop yields.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,10 +39,14 @@ class Model:
         self.cfg = model.cfg
         self.last_result: GenerationResult | None = None
         self._held = None  # (KVCache, token ids whose K/V it holds) of the previous generation: prefix reuse
+        self.warmup_s: float | None = None
 
     @classmethod
-    def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None) -> "Model":
-        """`path`: a checkpoint folder or its config.json (default: the embedded model)."""
+    def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None, warmup=False) -> "Model":
+        """`path`: a checkpoint folder or its config.json (default: the embedded model). `warmup`:
+        compile and tune the decode shapes now (see `warmup`), not in the first request."""
+        if not isinstance(warmup, bool):
+            raise ValueError(f"warmup={warmup!r}: expected True or False")
         from .loading import checkpoint_dir, load_model  # noqa: PLC0415
         from .tokenizer import Tokenizer  # noqa: PLC0415
 
@@ -55,7 +60,29 @@ class Model:
         model = load_model(folder, device=device, dtype=dtype, backend=backend, lora=lora)
         has_tok = (folder / "tokenizer.json").is_file()
         tok = Tokenizer.from_dir(folder, eos_token_ids=model.cfg.eos_token_ids) if has_tok else None
-        return cls(model, tok, folder)
+        m = cls(model, tok, folder)
+        if warmup:
+            m.warmup()
+        return m
+
+    def warmup(self, block_size=None) -> float:
+        """Run a few steps of every strategy `mode="auto"` may pick, and of diffusion, at the
+        default block size: Triton kernels compile and autotune for these shapes (and graphs are
+        captured once) before a user waits on them. Returns the seconds it took (`warmup_s`)."""
+        from .decode.policy import AUTO, candidates  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        B = block_size or self.cfg.block_size
+        keys = candidates(AUTO, B, self.cfg)
+        if self.cfg.tri_mode and self.cfg.mask_token_id is not None:
+            keys.append(("diffusion", B))
+        prompt = [t % self.cfg.vocab_size for t in range(1, 18)]
+        for mode, b in keys:
+            kw = {} if mode == "ar" else {"block_size": b}
+            self.generate(prompt, mode=mode, max_new_tokens=3 * b + 2, reuse_prefix=False, **kw)
+        self.reset()
+        self.warmup_s = time.perf_counter() - t0
+        return self.warmup_s
 
     # -- settings -----------------------------------------------------------------------
     def _eos_ids(self) -> tuple[int, ...]:

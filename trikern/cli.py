@@ -18,6 +18,8 @@ def _model_args(p: argparse.ArgumentParser):
                    help="compute dtype (default: bfloat16)")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
                    help="kernels: Triton on CUDA and PyTorch references on CPU (auto), or force one")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile and tune the decode shapes before the first request (default: on with CUDA)")
 
 
 def _sampling_args(p: argparse.ArgumentParser):
@@ -50,7 +52,12 @@ def _load(a):
 
     from . import load  # noqa: PLC0415
     dtype = getattr(torch, a.dtype) if a.dtype else None
-    return load(a.model, device=a.device, dtype=dtype, backend=a.backend)
+    m = load(a.model, device=a.device, dtype=dtype, backend=a.backend)
+    warm = a.warmup if a.warmup is not None else m.model.embed_tokens.weight.is_cuda
+    if warm:
+        print("warming up (compiling and tuning the decode shapes)...", file=sys.stderr, flush=True)
+        print(f"warm-up took {m.warmup():.1f}s", file=sys.stderr, flush=True)
+    return m
 
 
 def version_text() -> str:

@@ -1,0 +1,32 @@
+"""Warm-up: `trikern.load(..., warmup=True)` runs every strategy auto may pick (and diffusion) before
+the first request, reports how long it took, and leaves no state behind (the next generation is
+the same as on a cold model); the CLI does it on request (by default only on CUDA)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import trikern
+
+
+def test_load_with_warmup_reports_time_and_changes_nothing():
+    warm = trikern.load(warmup=True, device="cpu")
+    cold = trikern.load(device="cpu")
+    assert warm.warmup_s > 0 and cold.warmup_s is None
+    a = warm.generate("def f(x):\n", mode="spec-quadratic", max_new_tokens=12)
+    b = cold.generate("def f(x):\n", mode="spec-quadratic", max_new_tokens=12)
+    assert a.token_ids == b.token_ids and a.stats["cached_tokens"] == 0  # warm-up held no cache
+
+
+def test_warmup_must_be_a_bool():
+    with pytest.raises(ValueError, match="warmup"):
+        trikern.load(warmup="yes", device="cpu")
+
+
+def test_cli_warmup_flag():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "trikern", "generate", "--warmup", "--max-new-tokens", "4", "x"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "warm-up took" in r.stderr

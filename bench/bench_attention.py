@@ -1,4 +1,4 @@
-"""GPU benchmark of the attention kernel (every MODE) against torch SDPA and FlexAttention.
+"""GPU benchmark of the attention kernel (every attention pattern) against torch SDPA and FlexAttention.
 
 NLD heads (32 query / 8 kv heads of 128, bf16). Decode-shaped cases (1 token, a linear-step block
 of 8 or 32, a quadratic step of 8 x 9 tokens) over a long committed cache, where the op is bound by
@@ -8,7 +8,7 @@ cases (causal, empty or half-full cache) are compute-bound: TFLOP/s is reported 
 Implementations: `triton` (the autotuned kernel, cache length as a device tensor), `torch_ref` (what
 backend="torch" runs: concatenation plus a dense mask), `sdpa` (F.scaled_dot_product_attention on
 pre-concatenated K/V with a prebuilt mask, or is_causal when the cache is empty: the setup is not
-timed, so it is a lower bound for any torch path), `flex` (FlexAttention, compiled, with the mode's
+timed, so it is a lower bound for any torch path), `flex` (FlexAttention, compiled, with the pattern's
 mask_mod; skipped if this torch has none).
 
     python bench/bench_attention.py [--csv out.csv]    # exits 0 with a message without CUDA
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 HQ, HKV, HEAD = 32, 8, 128
-# (label, T, cache_len, mode name, sub_block)
+# (label, T, cache_len, pattern name, sub_block)
 CASES = [
     ("decode", 1, 4096, "causal", 0),
     ("decode", 1, 32768, "causal", 0),
@@ -43,19 +43,19 @@ SMOKE = dict(HQ=4, HKV=2, HEAD=64, CASES=[("decode", 1, 40, "causal", 0), ("quad
                                           ("prefill", 20, 0, "causal", 0)])
 
 
-def visible_pairs(A, mode: int, T: int, n: int, sub_block: int) -> int:
+def visible_pairs(A, pattern: int, T: int, n: int, sub_block: int) -> int:
     """Query-key pairs the mask lets through (cache plus chunk), for the FLOP count."""
-    if mode == A.CAUSAL:
+    if pattern == A.CAUSAL:
         chunk = T * (T + 1) // 2
-    elif mode == A.BIDIRECTIONAL:
+    elif pattern == A.BIDIRECTIONAL:
         chunk = T * T
     else:
-        chunk = int(A.chunk_mask(mode, T, sub_block).sum())
+        chunk = int(A.chunk_mask(pattern, T, sub_block).sum())
     return T * n + chunk
 
 
-def flex_impl(torch, A, mode, T, n, sub_block, q, keys, vals, scale):
-    """A compiled FlexAttention call over [cache prefix, chunk] with the mode's mask_mod, or None."""
+def flex_impl(torch, A, pattern, T, n, sub_block, q, keys, vals, scale):
+    """A compiled FlexAttention call over [cache prefix, chunk] with the pattern's mask_mod, or None."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError:
@@ -65,9 +65,9 @@ def flex_impl(torch, A, mode, T, n, sub_block, q, keys, vals, scale):
     def mask_mod(b, h, qi, kj):
         j = kj - n
         in_cache = kj < n
-        if mode == A.CAUSAL:
+        if pattern == A.CAUSAL:
             chunk = j <= qi
-        elif mode == A.BIDIRECTIONAL:
+        elif pattern == A.BIDIRECTIONAL:
             chunk = j >= 0
         else:
             anchor = (j % sub_block == 0) & (j // sub_block <= qi // sub_block)
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     dt = torch.bfloat16 if device == "cuda" else torch.float32
     es = torch.finfo(dt).bits // 8
     results = []
-    for label, T, n, mode_name, sub in cases:
-        mode = A.MODES[mode_name]
+    for label, T, n, pattern_name, sub in cases:
+        pattern = A.PATTERNS[pattern_name]
         S = max(n, 1) + 64  # capacity: the committed cache plus room for a chunk
         g = torch.Generator(device=device).manual_seed(0)
         r = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=dt)  # noqa: E731
@@ -106,41 +106,41 @@ def main(argv=None) -> int:
         keys = torch.cat([kc[:, :n], k.transpose(0, 1)], dim=1)[None].contiguous()
         vals = torch.cat([vc[:, :n], v.transpose(0, 1)], dim=1)[None].contiguous()
         qh = q.transpose(0, 1)[None].contiguous()
-        mask = A.full_mask(mode, T, n, n, sub, device)
+        mask = A.full_mask(pattern, T, n, n, sub, device)
         impls = {
-            "triton": lambda: A.attention_triton(q, k, v, kc, vc, n_dev, mode, sub, scale),
-            "torch_ref": lambda: A.attention_ref(q, k, v, kc, vc, n_dev, mode, sub, scale),
+            "triton": lambda: A.attention_triton(q, k, v, kc, vc, n_dev, pattern, sub, scale),
+            "torch_ref": lambda: A.attention_ref(q, k, v, kc, vc, n_dev, pattern, sub, scale),
         }
-        if mode == A.CAUSAL and n == 0:
+        if pattern == A.CAUSAL and n == 0:
             impls["sdpa"] = lambda: F.scaled_dot_product_attention(qh, keys, vals, is_causal=True, scale=scale,
                                                                    enable_gqa=True)
-        elif mode == A.BIDIRECTIONAL:
+        elif pattern == A.BIDIRECTIONAL:
             impls["sdpa"] = lambda: F.scaled_dot_product_attention(qh, keys, vals, scale=scale, enable_gqa=True)
         else:
             impls["sdpa"] = lambda: F.scaled_dot_product_attention(qh, keys, vals, attn_mask=mask, scale=scale,
                                                                    enable_gqa=True)
         if device == "cuda":
             try:
-                fx = flex_impl(torch, A, mode, T, n, sub, q, keys, vals, scale)
+                fx = flex_impl(torch, A, pattern, T, n, sub, q, keys, vals, scale)
                 if fx is not None:
                     fx()
                     impls["flex"] = fx
             except Exception as e:  # noqa: BLE001 -- an unsupported shape is a note, not a failed benchmark
                 print(f"flex skipped for {label} T={T} n={n}: {type(e).__name__}: {str(e).splitlines()[0]}")
         out = impls["triton"]()  # tunes outside the timed region
-        ref = A.attention_ref(q.float(), k.float(), v.float(), kc.float(), vc.float(), n, mode, sub, scale)
+        ref = A.attention_ref(q.float(), k.float(), v.float(), kc.float(), vc.float(), n, pattern, sub, scale)
         err = (out.float() - ref).abs().max().item()
         # Bytes the op must move once: the committed cache (K and V), the chunk's q/k/v and the output.
         nbytes = es * (2 * hkv * n * d + 2 * T * hq * d + 2 * T * hkv * d)
-        flops = 4 * hq * d * visible_pairs(A, mode, T, n, sub)
+        flops = 4 * hq * d * visible_pairs(A, pattern, T, n, sub)
         for impl, call in impls.items():
             ms = common.time_ms(call, env)
             bw = common.gbs(nbytes, ms)
-            results.append({"case": label, "mode": mode_name, "T": T, "cache_len": n, "impl": impl,
+            results.append({"case": label, "pattern": pattern_name, "T": T, "cache_len": n, "impl": impl,
                             "dtype": str(dt).removeprefix("torch."), "us": ms * 1e3, "MB": nbytes / 1e6,
                             "GB_s": bw, "pct_roofline": common.pct_roofline(bw, env),
                             "TFLOP_s": flops / (ms * 1e-3) / 1e12, "max_err": err if impl == "triton" else ""})
-    common.print_table(results, ["case", "mode", "T", "cache_len", "impl", "us", "GB_s", "pct_roofline",
+    common.print_table(results, ["case", "pattern", "T", "cache_len", "impl", "us", "GB_s", "pct_roofline",
                                  "TFLOP_s", "max_err"])
     if not args.smoke or args.csv:
         path = common.write_csv(args.csv or common.default_csv("attention", env), results, env)

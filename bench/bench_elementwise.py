@@ -45,7 +45,8 @@ def cases(device, dims, rows):
         r = torch.randn_like(x)
         w = torch.randn(H, device=device, dtype=dt)
         out.append(("rmsnorm", T, 2 * T * H * es + H * es, N.rmsnorm_triton, N.rmsnorm_ref, (x, w, 1e-5)))
-        out.append(("rmsnorm+res", T, 4 * T * H * es + H * es, N.rmsnorm_triton, N.rmsnorm_ref, (x, w, 1e-5, r)))
+        out.append(("rmsnorm+res", T, 4 * T * H * es + H * es, N.add_rmsnorm_triton, N.add_rmsnorm_ref,
+                    (x, r, w, 1e-5)))
         g = torch.randn(T, inter, device=device, dtype=dt)
         u = torch.randn_like(g)
         out.append(("swiglu", T, 3 * T * inter * es, S.swiglu_triton, S.swiglu_ref, (g, u)))

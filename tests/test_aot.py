@@ -98,9 +98,13 @@ def test_spills_and_shared_overflow_fail(tmp_path):
 
 
 def test_helpers():
-    assert aot.parse_archs("sm_80, sm_90,121") == [80, 90, 121]
-    with pytest.raises(SystemExit, match="sm_"):
-        aot.parse_archs("hopper")
+    assert aot.parse_archs("sm_80, sm_90,121,sm_90") == [80, 90, 121]
+    assert aot.parse_archs("sm_86", supported=[80, 86]) == [86]
+    for bad, match in (("hopper", "not like sm_80"), ("sm_999", "not a supported target"),
+                       ("sm_70", "need sm_80 or newer"), (" , ", "names no arch"), ("sm_90", "supported: sm_80$")):
+        with pytest.raises(aot.UsageError, match=match):
+            aot.parse_archs(bad, supported=[80])
+    assert {80, 90, 121} <= set(aot.supported_archs()) <= {a for a in autotune.SMEM_LIMIT if a >= 80}
     assert aot.instruction_family("wgmma.mma_async.sync") == "wgmma"
     assert aot.instruction_family("mma.sync.aligned.m16n8k16") == "mma.sync"
     assert aot.instruction_family("fma.rn.f32") == "none"
@@ -108,3 +112,26 @@ def test_helpers():
                               aot.Row(80, "k", "BLOCK=2", 41, 8, 0, "none", "spills 8 B")])
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["arch", "kernel", "config"] and lines[2].endswith("spills 8 B")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "sm_999"], "--arch 'sm_999' is not a supported target; supported: sm_80, "),
+    (["--arch", "sm_70"], "--arch 'sm_70' is not a supported target (the kernels need sm_80 or newer)"),
+    (["--arch", ""], "--arch '' names no arch; supported: sm_80, "),
+    (["--arch", "hopper"], "--arch 'hopper' is not like sm_80, sm_90 or sm_121"),
+    (["--ops", "bogus"], "--ops: unknown op bogus; known: attention, draft_tree, reveal, rmsnorm, rope, swiglu, "
+                         "verify"),
+    (["--ops", ""], "--ops '' selects no op; known: attention, "),
+    (["--module", "no_such_module_xyz"], "--module 'no_such_module_xyz' does not import: ModuleNotFoundError"),
+    (["--module", "json"], "--module 'json' defines no aot_variants(arch)"),
+])
+def test_bad_options_are_one_error_line(args, message):
+    """The `trikern` command itself, as a user runs it: one error line, exit 2, nothing compiled
+    (sm_999 used to abort inside LLVM, sm_70 to end in a traceback, the empty ones in '0 compiles')."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "trikern", "check-kernels", *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [out.stderr.strip()], out.stderr  # one line
+    assert out.stderr.startswith(f"trikern check-kernels: error: {message}"), out.stderr

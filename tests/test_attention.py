@@ -1,7 +1,7 @@
 """Triton attention kernel vs the dense-mask SDPA reference, under the CPU interpreter.
 
 Cache slots at and past cache_len hold NaN, so any read of an uncommitted slot shows up in the
-output. The shape sweep is a covering subset (every T, cache length, GQA ratio, head_dim, mode and
+output. The shape sweep is a covering subset (every T, cache length, GQA ratio, head_dim, pattern and
 dtype appears; not the full product) to keep interpreter time small; every config of every arch's
 config space runs on one shape that exercises cache splits, the cache tail tile and masked chunk
 tiles.
@@ -44,9 +44,9 @@ def make_case(T, Hq, Hkv, D, n, S=None, dtype=torch.float32, seed=0):
     return tuple(x.to(dtype) for x in (q, k, v, kc, vc)), clean
 
 
-def reference(clean, n, mode, sub_block):
+def reference(clean, n, pattern, sub_block):
     q, k, v, kc, vc = clean
-    return attention_ref(q, k, v, kc, vc, n, mode, sub_block)
+    return attention_ref(q, k, v, kc, vc, n, pattern, sub_block)
 
 
 def assert_close(out, ref, dtype, torch_lowp=None):
@@ -62,14 +62,14 @@ def assert_close(out, ref, dtype, torch_lowp=None):
         assert err <= bound, f"fp16 error {err:.2e} > {bound:.2e} (2x torch's fp16 SDPA + floor)"
 
 
-def run_case(T, G, D, n, mode, dtype=torch.float32, sub_block=0, Hkv=2, cfg=None, tensor_len=False, seed=0):
+def run_case(T, G, D, n, pattern, dtype=torch.float32, sub_block=0, Hkv=2, cfg=None, tensor_len=False, seed=0):
     (q, k, v, kc, vc), clean = make_case(T, Hkv * G, Hkv, D, n, dtype=dtype, seed=seed)
     length = torch.tensor(n) if tensor_len else n
-    out = attention_triton(q, k, v, kc, vc, length, mode, sub_block, None, cfg)
-    ref = reference(clean, n, mode, sub_block)
+    out = attention_triton(q, k, v, kc, vc, length, pattern, sub_block, None, cfg)
+    ref = reference(clean, n, pattern, sub_block)
     lowp = None
     if dtype == torch.float16:
-        lowp = attention_ref(q, k, v, torch.nan_to_num(kc), torch.nan_to_num(vc), n, mode, sub_block)
+        lowp = attention_ref(q, k, v, torch.nan_to_num(kc), torch.nan_to_num(vc), n, pattern, sub_block)
     assert_close(out, ref, dtype, lowp)
 
 
@@ -79,7 +79,7 @@ def _cfg(i: int) -> dict:
     return space[i % len(space)]
 
 
-# (T, GQA ratio, head_dim, cache_len, mode, dtype)
+# (T, GQA ratio, head_dim, cache_len, pattern, dtype)
 SWEEP = [  # the tallest shapes first: they get the prefill tiles (few interpreter programs)
     (33, 8, 64, 1, BIDIRECTIONAL, torch.float32),
     (33, 4, 128, 5, CAUSAL, torch.float16),
@@ -102,8 +102,8 @@ SWEEP = [  # the tallest shapes first: they get the prefill tiles (few interpret
 @pytest.mark.parametrize("i", range(len(SWEEP)), ids=[
     f"T{t}-G{g}-D{d}-n{n}-{['causal', 'bidir'][m]}-{str(dt)[6:]}" for t, g, d, n, m, dt in SWEEP])
 def test_sweep(i):
-    T, G, D, n, mode, dtype = SWEEP[i]
-    run_case(T, G, D, n, mode, dtype, cfg=_cfg(i), tensor_len=bool(i % 2), seed=i)
+    T, G, D, n, pattern, dtype = SWEEP[i]
+    run_case(T, G, D, n, pattern, dtype, cfg=_cfg(i), tensor_len=bool(i % 2), seed=i)
 
 
 @pytest.mark.parametrize("B,n,G,dtype,cfg", [(1, 0, 1, torch.float32, 5), (2, 5, 4, torch.float32, 8),
@@ -132,10 +132,10 @@ def test_every_config():
     (q, k, v, kc, vc), clean = make_case(18, 4, 1, 64, 65, S=80, seed=7)
     refs = {CAUSAL: reference(clean, 65, CAUSAL, 0), QUADRATIC: reference(clean, 65, QUADRATIC, 3)}
     for i, cfg in enumerate(_all_configs()):
-        mode = (CAUSAL, QUADRATIC)[i % 2]
-        out = attention_triton(q, k, v, kc, vc, 65, mode, 3, None, cfg)
+        pattern = (CAUSAL, QUADRATIC)[i % 2]
+        out = attention_triton(q, k, v, kc, vc, 65, pattern, 3, None, cfg)
         assert not out.isnan().any(), f"config {cfg}: NaN"
-        torch.testing.assert_close(out, refs[mode], **FP32_TOL, msg=lambda m: f"config {cfg}: {m}")
+        torch.testing.assert_close(out, refs[pattern], **FP32_TOL, msg=lambda m: f"config {cfg}: {m}")
 
 
 def test_autotuned_launch_matches_reference(monkeypatch):
@@ -151,9 +151,9 @@ def test_autotuned_launch_matches_reference(monkeypatch):
 def test_backend_triton_equals_torch():
     (q, k, v, kc, vc), _ = make_case(9, 4, 2, 64, 6, seed=11)
     kc, vc = torch.nan_to_num(kc), torch.nan_to_num(vc)
-    for mode, sub in ((CAUSAL, 0), (BIDIRECTIONAL, 0), (QUADRATIC, 3)):
-        a = attention(q, k, v, kc, vc, 6, mode, sub, scale=0.3, backend="triton")
-        b = attention(q, k, v, kc, vc, 6, mode, sub, scale=0.3, backend="torch")
+    for pattern, sub in ((CAUSAL, 0), (BIDIRECTIONAL, 0), (QUADRATIC, 3)):
+        a = attention(q, k, v, kc, vc, 6, pattern, sub, scale=0.3, backend="triton")
+        b = attention(q, k, v, kc, vc, 6, pattern, sub, scale=0.3, backend="torch")
         torch.testing.assert_close(a, b, **FP32_TOL)
 
 
@@ -185,8 +185,8 @@ def test_custom_scale():
     (dict(k_dtype=torch.float16), "k is torch.float16"),
     (dict(n=40), "cache_len=40 outside"),
     (dict(n_tensor=torch.tensor([1, 2])), "cache_len tensor"),
-    (dict(mode=7), "attention mode=7"),
-    (dict(mode=QUADRATIC, sub=4), "not a multiple of sub_block=4"),
+    (dict(pattern=7), "attention pattern=7"),
+    (dict(pattern=QUADRATIC, sub=4), "not a multiple of sub_block=4"),
     (dict(dtype=torch.float64), "dtype torch.float64 not supported"),
 ])
 def test_bad_input_errors(change, match):
@@ -196,7 +196,7 @@ def test_bad_input_errors(change, match):
         k = k.to(change["k_dtype"])
     n = change.get("n_tensor", change.get("n", 4))
     with pytest.raises(ValueError, match=match):
-        attention_triton(q, k, v, kc, vc, n, change.get("mode", CAUSAL), change.get("sub", 0), None, _cfg(0))
+        attention_triton(q, k, v, kc, vc, n, change.get("pattern", CAUSAL), change.get("sub", 0), None, _cfg(0))
 
 
 
@@ -226,7 +226,7 @@ def test_aot_variants_cover_every_config(arch):
 
     variants = aot_variants(arch)
     fwd = [v for v in variants if v.fn is _attn_fwd]
-    causal128 = [v.config for v in fwd if v.constexprs["MODE"] == CAUSAL and v.constexprs["HEAD_D"] == 128]
+    causal128 = [v.config for v in fwd if v.constexprs["PATTERN"] == CAUSAL and v.constexprs["HEAD_D"] == 128]
     assert sorted(map(str, causal128)) == sorted(map(str, config_space(arch)))
     for v in variants:
         assert set(v.signature) | set(v.constexprs) == set(v.fn.arg_names), v.kernel_name
@@ -237,9 +237,9 @@ def test_cacheless_forward():
     """A forward without a cache passes a capacity-0 cache and length 0."""
     (q, k, v, kc, vc), clean = make_case(5, 4, 2, 64, 0, S=0, seed=9)
     assert kc.shape[1] == 0
-    for mode, sub in ((CAUSAL, 0), (QUADRATIC, 5)):
-        out = attention(q, k, v, kc, vc, 0, mode, sub, backend="triton")
-        torch.testing.assert_close(out, reference(clean, 0, mode, sub), **FP32_TOL)
+    for pattern, sub in ((CAUSAL, 0), (QUADRATIC, 5)):
+        out = attention(q, k, v, kc, vc, 0, pattern, sub, backend="triton")
+        torch.testing.assert_close(out, reference(clean, 0, pattern, sub), **FP32_TOL)
 
 
 def test_bench_smoke_writes_csv(tmp_path):
@@ -251,7 +251,27 @@ def test_bench_smoke_writes_csv(tmp_path):
                          env=env, capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(path.open()))
-    assert {(r["mode"], r["impl"]) for r in rows} == {
+    assert {(r["pattern"], r["impl"]) for r in rows} == {
         (m, i) for m in ("causal", "quadratic") for i in ("triton", "torch_ref", "sdpa")}
     assert all(r["gpu"] == "cpu-interpreter" and r["triton"] and r["torch"] for r in rows)
     assert all(float(r["max_err"]) < 1e-4 for r in rows if r["impl"] == "triton")
+
+
+def test_pattern_names_the_mask_argument():
+    """The mask kind is `pattern` in kernels and model ("mode" is the decoding mode): keyword
+    `pattern=` works, `mode=` is refused, and the package exports no MODES."""
+    import inspect
+
+    import trikern.kernels as K
+    from trikern.kernels.attention import PATTERNS
+    from trikern.model import Transformer
+
+    assert not hasattr(K, "MODES") and PATTERNS == {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL,
+                                                     "quadratic": QUADRATIC}
+    assert "pattern" in inspect.signature(Transformer.forward).parameters
+    _, clean = make_case(4, 2, 1, 64, 3, seed=4)
+    want = reference(clean, 3, BIDIRECTIONAL, 0)
+    for fn in (attention_ref, attention_triton):
+        torch.testing.assert_close(fn(*clean, 3, pattern=BIDIRECTIONAL, sub_block=0), want, **FP32_TOL)
+        with pytest.raises(TypeError, match="mode"):
+            fn(*clean, 3, mode=CAUSAL)

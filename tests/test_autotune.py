@@ -1,5 +1,7 @@
 """Autotune: CPU benchmarker runs every config, memo, JSON persistence (atomic, corrupt/foreign files
-ignored with a warning), directory choice, shipped package data after a non-editable install, prune."""
+ignored with a warning), directory choice, shipped package data after a non-editable install, prune,
+the launcher protocol (choose returns a config, the launcher launches it), `tuning()` and `trikern tune`'s
+option errors."""
 import json
 import os
 import shutil
@@ -49,19 +51,55 @@ def test_bucket():
 def test_interpreter_runs_every_config_once_then_memo():
     calls, run = recorder()
     best = at.choose("t_every", (16, "float32"), CONFIGS, run)
-    assert calls == CONFIGS and best in CONFIGS and at.launched()
-    assert at.choose("t_every", (16, "float32"), CONFIGS, never) == best and not at.launched()
+    assert calls == CONFIGS and best in CONFIGS  # each config once, nothing re-run after the sweep
+    assert at.choose("t_every", (16, "float32"), CONFIGS, never) == best
     calls.clear()
     at.choose("t_every", (32, "float32"), CONFIGS, run)  # another bucket tunes again
     assert calls == CONFIGS
 
 
-def test_launch_runs_once_when_memoised():
+def test_one_protocol_no_launched_flag():
+    """choose() only answers; every launcher then launches with the answer (no 'already launched'
+    state to consult), verify included."""
+    assert not hasattr(at, "launched") and not hasattr(at, "launch") and not hasattr(at, "_filled")
+    for mod in at.kernel_modules():
+        src = Path(mod.__file__).read_text()
+        if "autotune.choose(" in src:
+            assert "config = autotune.choose(" in src and "    run(config)\n" in src, mod.__name__
+
+
+def test_tuning_overrides_env_without_changing_it(monkeypatch, tmp_path):
+    """trikern tune's options reach choose() through tuning(): it tunes although TRIKERN_AUTOTUNE=0,
+    writes to its own directory, re-benchmarks stored keys unless force=False, and leaves the
+    environment and the process-wide switches as they were."""
+    at.save_result(at.write_dir(), at.INTERPRETER_GPU, "t_tuning", str((1,)), CONFIGS[2])
+    monkeypatch.setenv("TRIKERN_AUTOTUNE", "0")
+    before = dict(os.environ)
+    out = tmp_path / "out"
     calls, run = recorder()
-    cfg = at.launch("t_launch", (1,), CONFIGS, run)
-    assert len(calls) == len(CONFIGS)  # benchmarking left the outputs written: no extra run
-    at.launch("t_launch", (1,), CONFIGS, run)
-    assert calls[len(CONFIGS):] == [cfg]
+    with at.tuning(out=out, force=True):
+        assert at.write_dir() == out and at.enabled()
+        best = at.choose("t_tuning", (1,), CONFIGS, run)
+        assert calls == CONFIGS  # benchmarked although a result was stored and the environment says off
+        with pytest.raises(RuntimeError, match="nest"):
+            with at.tuning():
+                pass
+    assert dict(os.environ) == before and not at.enabled()
+    saved = json.loads(at.result_path(out, at.INTERPRETER_GPU, "t_tuning").read_text())["results"]
+    assert saved == {"(1,)": best}
+    assert at.choose("t_tuning", (1,), CONFIGS, never) == CONFIGS[0]  # TRIKERN_AUTOTUNE=0 again
+    at.save_result(out, at.INTERPRETER_GPU, "t_tuning", str((1,)), CONFIGS[1])
+    with at.tuning(out=out, force=False):  # --keep: stored results answer
+        assert at.choose("t_tuning", (1,), CONFIGS, never) == CONFIGS[1]
+
+
+def test_tune_rejects_unknown_ops(capsys):
+    assert at.tune_main(["--ops", "rope,bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trikern tune: error: --ops: unknown op bogus; known: ") and "rope" in err
+    assert len(err.splitlines()) == 1
+    assert at.tune_main(["--ops", ","]) == 2
+    assert "selects no op" in capsys.readouterr().err
 
 
 def test_disabled_returns_first_config(monkeypatch):

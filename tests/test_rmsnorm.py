@@ -1,10 +1,11 @@
-"""RMSNorm Triton kernel (interpreter) against rmsnorm_ref: configs, dtypes, residual, shapes, strides."""
+"""RMSNorm Triton kernels (interpreter) against the references: rmsnorm and add_rmsnorm, configs, dtypes,
+shapes, strides, one return shape per function."""
 import importlib
 
 import pytest
 import torch
 
-from trikern.kernels import rmsnorm
+from trikern.kernels import add_rmsnorm, rmsnorm
 
 N_ = importlib.import_module("trikern.kernels.rmsnorm")
 
@@ -35,12 +36,14 @@ def check(got, want, dtype):
 
 
 def check_op(got, x, w, eps, r, dtype):
-    """Compare with the reference; with a residual, the sum first, then the norm of the kernel's sum
-    (so a 1-ulp difference in the bf16 sum is not counted again in the norm)."""
+    """Compare with the reference: rmsnorm's tensor, or add_rmsnorm's (y, h): the sum first, then
+    the norm of the kernel's sum (so a 1-ulp difference in the bf16 sum is not counted again)."""
     if r is None:
+        assert torch.is_tensor(got)
         return check(got, N_.rmsnorm_ref(x, w, eps), dtype)
+    assert isinstance(got, tuple) and len(got) == 2
     y, h = got
-    want_h = N_.rmsnorm_ref(x, w, eps, r)[1]
+    want_h = N_.add_rmsnorm_ref(x, r, w, eps)[1]
     assert h.dtype == want_h.dtype and h.shape == want_h.shape
     torch.testing.assert_close(h.float(), want_h.float(), **SUM_TOL[dtype])
     check(y, N_.rmsnorm_ref(h, w, eps), dtype)
@@ -54,8 +57,10 @@ def test_every_config(dtype, residual):
     configs = N_.configs_for(H)
     assert configs == N_.CONFIGS  # a small row keeps the whole space
     for cfg in configs:
-        rr = r if residual else None
-        check_op(N_.rmsnorm_triton(x, w, 1e-5, rr, config=cfg), x, w, 1e-5, rr, dtype)
+        if residual:
+            check_op(N_.add_rmsnorm_triton(x, r, w, 1e-5, config=cfg), x, w, 1e-5, r, dtype)
+        else:
+            check_op(N_.rmsnorm_triton(x, w, 1e-5, config=cfg), x, w, 1e-5, None, dtype)
 
 
 @pytest.mark.parametrize("N", [0, 1, 3, 5])
@@ -63,19 +68,19 @@ def test_every_config(dtype, residual):
 def test_shapes_through_autotune(N, H):
     x, r, w = inputs((N, H), seed=N * H)
     check_op(rmsnorm(x, w, 1e-6, backend="triton"), x, w, 1e-6, None, torch.float32)
-    check_op(rmsnorm(x, w, 1e-6, r, backend="triton"), x, w, 1e-6, r, torch.float32)
+    check_op(add_rmsnorm(x, r, w, 1e-6, backend="triton"), x, w, 1e-6, r, torch.float32)
 
 
 def test_leading_dims_strides_and_weight_promotion():
     x, r, w = inputs((2, 3, 48), torch.bfloat16, wdtype=torch.float32)
-    got = N_.rmsnorm_triton(x, w, 1e-5, r, config=N_.CONFIGS[2])
+    got = N_.add_rmsnorm_triton(x, r, w, 1e-5, config=N_.CONFIGS[2])
     assert got[0].dtype == torch.float32  # bf16 activations * fp32 weight promote, as in torch
     check_op(got, x, w, 1e-5, r, torch.bfloat16)
     big = torch.randn(7, 80)
     xs = big[:, 8:56]  # row-strided view
     xt = torch.randn(48, 7).t()  # column-major: copied
     w48 = inputs((1, 48))[2]
-    check_op(N_.rmsnorm_triton(xs, w48, 1e-5, xt, config=N_.CONFIGS[1]), xs, w48, 1e-5, xt, torch.float32)
+    check_op(N_.add_rmsnorm_triton(xs, xt, w48, 1e-5, config=N_.CONFIGS[1]), xs, w48, 1e-5, xt, torch.float32)
 
 
 def test_row_fits_rule():
@@ -88,13 +93,34 @@ def test_row_fits_rule():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda x, w, r: (x, w[:5], 1e-5, r), "weight"),
-    (lambda x, w, r: (x, w, 1e-5, r[:2]), "residual"),
-    (lambda x, w, r: (x, w, 1e-5, r.half()), "residual"),
-    (lambda x, w, r: (x.long(), w, 1e-5, None), "x has dtype"),
-    (lambda x, w, r: (x[:, :0], w[:0], 1e-5, None), "hidden"),
+    (lambda x, w, r: (x, r, w[:5], 1e-5), "add_rmsnorm: weight"),
+    (lambda x, w, r: (x, r[:2], w, 1e-5), "add_rmsnorm: residual"),
+    (lambda x, w, r: (x, r.half(), w, 1e-5), "add_rmsnorm: residual"),
+    (lambda x, w, r: (x, None, w, 1e-5), "add_rmsnorm: residual is None"),
+    (lambda x, w, r: (x.long(), r.long(), w, 1e-5), "add_rmsnorm: x has dtype"),
 ])
-def test_errors_name_the_problem(bad, match):
+def test_add_errors_name_the_problem(bad, match):
     x, r, w = inputs((3, 16))
     with pytest.raises((ValueError, TypeError), match=match):
-        N_.rmsnorm_triton(*bad(x, w, r))
+        N_.add_rmsnorm_triton(*bad(x, w, r))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, w: (x, w[:5], 1e-5), "rmsnorm: weight"),
+    (lambda x, w: (x.long(), w, 1e-5), "rmsnorm: x has dtype"),
+    (lambda x, w: (x[:, :0], w[:0], 1e-5), "rmsnorm: x .*non-empty last"),
+])
+def test_errors_name_the_problem(bad, match):
+    x, _, w = inputs((3, 16))
+    with pytest.raises((ValueError, TypeError), match=match):
+        N_.rmsnorm_triton(*bad(x, w))
+
+
+def test_one_return_shape_per_function():
+    """rmsnorm is always a tensor, add_rmsnorm always (y, h), on both backends and for empty input."""
+    for shape in ((3, 16), (0, 16)):
+        x, r, w = inputs(shape)
+        for be in ("triton", "torch"):
+            assert torch.is_tensor(rmsnorm(x, w, 1e-5, backend=be))
+            y, h = add_rmsnorm(x, r, w, 1e-5, backend=be)
+            assert y.shape == h.shape == x.shape

@@ -105,3 +105,28 @@ def test_errors_name_the_problem(bad, match):
     q, k, pos = inputs(4, 4, 2, 64)
     with pytest.raises((ValueError, TypeError), match=match):
         R.rope_triton(*bad(q, k, pos, inv_freq(64)))
+
+
+def test_sincos_within_an_ulp_at_any_angle():
+    """The kernel's own cos / sin (no libdevice: its slow path spills) against fp64 torch, for small
+    angles, whole positions up to 2^21 (inv_freq[0] = 1) and fp32 angles up to 2^31."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def sincos_kernel(x_ptr, c_ptr, s_ptr, N, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < N
+        c, s = R._sincos(tl.load(x_ptr + i, mask=m, other=0.0))
+        tl.store(c_ptr + i, c, mask=m)
+        tl.store(s_ptr + i, s, mask=m)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(4096, generator=g) * 8 - 4, torch.arange(0, 4096).float() * (torch.pi / 4),
+                   torch.randint(0, 1 << 21, (4096,), generator=g).float(),
+                   torch.randint(0, (1 << 31) - 1, (4096,), generator=g).float()])
+    c, s = torch.empty_like(x), torch.empty_like(x)
+    sincos_kernel[(triton.cdiv(x.numel(), 1024),)](x, c, s, x.numel(), BLOCK=1024)
+    for got, want in ((c, torch.cos(x.double())), (s, torch.sin(x.double()))):
+        err = (got.double() - want).abs() / want.abs().clamp_min(2 ** -10)  # relative, absolute near 0
+        assert err.max() < 1.5 * torch.finfo(torch.float32).eps

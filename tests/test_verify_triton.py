@@ -223,3 +223,22 @@ def test_bad_inputs_named():
         V_.verify_triton(torch.tensor([1]), t, None, None, None, k, k, torch.tensor(0.0), 1)
     with pytest.raises(ValueError, match="stride"):
         V_.verify_triton(torch.tensor([1]), t, None, None, None, None, None, None, 0)
+
+
+def test_tuning_commits_the_cache_once(monkeypatch, tmp_path):
+    """A launch that tunes benchmarks the (pure) vocabulary scan once per config, but the in-place
+    compaction and the cache_len update run once: the cache equals the reference's."""
+    from trikern.kernels import autotune
+
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))  # nothing stored: this launch tunes
+    monkeypatch.delenv("TRIKERN_AUTOTUNE", raising=False)
+    autotune.enable()
+    autotune.clear_memo()
+    swept = []
+    bench = autotune._bench_cpu
+    monkeypatch.setattr(autotune, "_bench_cpu", lambda configs, run: swept.append(len(configs)) or bench(configs, run))
+    L, stride = 7, 9
+    args = (*greedy_case(L, 1000, torch.float32, "partial", seed=3), None, None, None)
+    run_both(args, None, make_cache(L, stride, torch.float32, L), stride)
+    assert swept == [len(V_.CONFIGS)]
+    autotune.clear_memo()

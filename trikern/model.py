@@ -1,6 +1,6 @@
 """The decoder: a Ministral-3-style transformer in plain PyTorch modules (SPEC §2).
 
-One `forward(tokens, positions, cache, mode, write_cache)` serves every decoding mode: the
+One `forward(tokens, positions, cache, pattern, write_cache)` serves every decoding mode: the
 attention pattern is an argument (kernels.CAUSAL / BIDIRECTIONAL / QUADRATIC) and whether the pass
 writes its K/V to the cache is explicit. Batch 1: tokens are a flat [T] chunk. Every op except the
 matmuls goes through `trikern.kernels`, so the model runs on Triton kernels or on their PyTorch
@@ -96,7 +96,7 @@ class Transformer(nn.Module):
             if residual is None:
                 h, residual = K.rmsnorm(x, layer.input_layernorm.weight, cfg.rms_norm_eps, backend=be), x
             else:
-                h, residual = K.rmsnorm(x, layer.input_layernorm.weight, cfg.rms_norm_eps, residual, backend=be)
+                h, residual = K.add_rmsnorm(x, residual, layer.input_layernorm.weight, cfg.rms_norm_eps, backend=be)
             at = layer.self_attn
             q = at.q_proj(h).view(N, cfg.num_attention_heads, cfg.head_dim)
             k = at.k_proj(h).view(N, cfg.num_key_value_heads, cfg.head_dim)
@@ -104,20 +104,22 @@ class Transformer(nn.Module):
             q, k = self._rope(q, k, positions)
             o = attend(i, q, k, v).reshape(N, -1)
             x = at.out(o, lora)
-            h, residual = K.rmsnorm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, residual, backend=be)
+            h, residual = K.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight, cfg.rms_norm_eps,
+                                        backend=be)
             m = layer.mlp
             x = m.down_proj(K.swiglu(m.gate_proj(h), m.up_proj(h), backend=be))
-        return K.rmsnorm(x, self.norm.weight, cfg.rms_norm_eps, residual, backend=be)[0]
+        return K.add_rmsnorm(x, residual, self.norm.weight, cfg.rms_norm_eps, backend=be)[0]
 
     def logits(self, hidden):
         return F.linear(hidden, self.head_weight())
 
     # -- the one inference entry point ---------------------------------------------------
-    def forward(self, tokens, positions, cache=None, mode=K.CAUSAL, write_cache=False, sub_block=0,
+    def forward(self, tokens, positions, cache=None, pattern=K.CAUSAL, write_cache=False, sub_block=0,
                 lora=False, logits_index=None, return_hidden=False):
         """Logits [T, V] (or [len(logits_index), V]) for a chunk of tokens [T] at `positions` [T].
 
-        The chunk attends to the committed cache entries and to itself under `mode`. With
+        The chunk attends to the committed cache entries and to itself under the attention `pattern`
+        (kernels.CAUSAL / BIDIRECTIONAL / QUADRATIC; QUADRATIC needs `sub_block`). With
         `write_cache`, its K/V land in the cache's scratch slots [length, length + T); the caller
         then commits or compacts them. `lora` enables the draft adapter on this pass. With
         `return_hidden`, the final-normed hidden states [T, H] come back instead, for callers that
@@ -141,7 +143,7 @@ class Transformer(nn.Module):
                 n = cache.length
                 if write_cache:
                     cache.write(i, k, v, slots)
-            return K.attention(q, k, v, kc, vc, n, mode, sub_block, self.scale, backend=self.backend)
+            return K.attention(q, k, v, kc, vc, n, pattern, sub_block, self.scale, backend=self.backend)
 
         hidden = self.forward_hidden(tokens, positions, attend, lora)
         if return_hidden:

@@ -9,12 +9,16 @@ the compile metadata, and the tensor-core instruction family found in the PTX. T
 non-zero on any compile failure, spill, or shared memory over the arch's limit.
 
 Compilation must not run under TRITON_INTERPRET; when it is set, main() re-runs itself in a child
-process without it.
+process without it (after checking its options, so a bad one is reported once).
+
+A bad option (an arch that is not a supported target, an unknown op, an empty selection) is one line
+`trikern check-kernels: error: ...` and exit status 2, before anything is compiled.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import io
 import os
@@ -28,6 +32,8 @@ from pathlib import Path
 from .dispatch import interpreting
 
 DEFAULT_ARCHS = (80, 90, 121)
+MIN_ARCH = 80  # the kernels use bf16 tensor cores and cp.async: Ampere or newer
+PROG = "trikern check-kernels"
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
@@ -57,13 +63,57 @@ class Row:
     problem: str = ""
 
 
-def parse_archs(text: str) -> list[int]:
+class UsageError(ValueError):
+    """A bad command-line option: main() prints it as one `error:` line and exits 2."""
+
+
+@functools.lru_cache(maxsize=None)
+def _ptxas_targets(path: str) -> frozenset[str] | None:
+    """The sm_XX names a ptxas binary lists for --gpu-name, or None if it cannot be asked."""
+    try:
+        out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return frozenset(re.findall(r"\bsm_\d+", out)) or None
+
+
+def _triton_can_target(arch: int) -> bool:
+    """Whether the ptxas that triton's NVIDIA backend uses for `arch` (a separate Blackwell build
+    from sm_100 on, where the wheel has one) accepts it; True when that cannot be determined."""
+    try:
+        import triton
+        nv = triton.knobs.nvidia
+        tool = (getattr(nv, "ptxas_blackwell", None) if arch >= 100 else None) or nv.ptxas
+        targets = _ptxas_targets(tool.path)
+    except Exception:  # noqa: BLE001 -- no way to ask: let the compile itself report
+        return True
+    return targets is None or f"sm_{arch}" in targets
+
+
+def supported_archs() -> list[int]:
+    """The archs check-kernels accepts: those with a known shared-memory limit (autotune.SMEM_LIMIT),
+    sm_80 or newer, that this triton can compile for."""
+    from .autotune import SMEM_LIMIT
+    return [a for a in sorted(SMEM_LIMIT) if a >= MIN_ARCH and _triton_can_target(a)]
+
+
+def parse_archs(text: str, supported: list[int] | None = None) -> list[int]:
+    """'sm_80,sm_90' -> [80, 90]; UsageError for a malformed, unsupported or empty list."""
+    supported = supported_archs() if supported is None else supported
+    names = ", ".join(f"sm_{a}" for a in supported)
     archs = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         m = re.fullmatch(r"(?:sm_?)?(\d+)", part)
         if not m:
-            raise SystemExit(f"trikern check-kernels: --arch {part!r} is not like sm_80, sm_90 or sm_121")
-        archs.append(int(m.group(1)))
+            raise UsageError(f"--arch {part!r} is not like sm_80, sm_90 or sm_121")
+        arch = int(m.group(1))
+        if arch not in supported:
+            why = f" (the kernels need sm_{MIN_ARCH} or newer)" if arch < MIN_ARCH else ""
+            raise UsageError(f"--arch {part!r} is not a supported target{why}; supported: {names}")
+        if arch not in archs:
+            archs.append(arch)
+    if not archs:
+        raise UsageError(f"--arch {text!r} names no arch; supported: {names}")
     return archs
 
 
@@ -137,20 +187,36 @@ def compile_variant(v: AotVariant, arch: int) -> Row:
     return row
 
 
-def kernel_variants(arch: int, ops: set[str], extra_modules: list[str] = ()):
-    """(module name, variant) for every kernel module that defines aot_variants.
+def select_modules(ops: str | None, extra_modules: list[str] = ()) -> list[object]:
+    """The modules whose aot_variants to compile: trikern.kernels' own (those named by `ops`, a
+    comma-separated string; all when None, none when only `extra_modules` are given), then each
+    importable module named in `extra_modules`. UsageError for an unknown op, an empty --ops, a
+    module that does not import or has no aot_variants."""
+    from .autotune import modules_with, select_ops
+    own = modules_with("aot_variants")
+    if ops is None and extra_modules:
+        names = []
+    else:
+        names, problem = select_ops(ops, own)
+        if problem:
+            raise UsageError(problem)
+    mods = [own[n] for n in names]
+    for name in extra_modules:
+        try:
+            mod = importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 -- any import failure is the option's fault
+            raise UsageError(f"--module {name!r} does not import: {type(e).__name__}: {e}") from None
+        if not callable(getattr(mod, "aot_variants", None)):
+            raise UsageError(f"--module {name!r} defines no aot_variants(arch)")
+        mods.append(mod)
+    return mods
 
-    trikern.kernels' own modules (filtered by `ops` when given; skipped when only extra modules are
-    named), then each importable module named in `extra_modules`.
-    """
-    from .autotune import kernel_modules
-    mods = [] if extra_modules and not ops else [
-        m for m in kernel_modules() if not ops or m.__name__.rsplit(".", 1)[-1] in ops]
-    mods += [importlib.import_module(name) for name in extra_modules]
-    for mod in mods:
-        if hasattr(mod, "aot_variants"):
-            for v in mod.aot_variants(arch):
-                yield mod.__name__.rsplit(".", 1)[-1], v
+
+def kernel_variants(arch: int, modules: list[object]):
+    """(module name, variant) for every variant the modules' aot_variants(arch) return."""
+    for mod in modules:
+        for v in mod.aot_variants(arch):
+            yield mod.__name__.rsplit(".", 1)[-1], v
 
 
 def format_table(rows: list[Row]) -> str:
@@ -170,28 +236,37 @@ def _reexec_without_interpreter(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="trikern check-kernels",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="AOT-compile every kernel x config for GPU archs (no GPU needed).")
-    p.add_argument("--arch", default=",".join(f"sm_{a}" for a in DEFAULT_ARCHS),
-                   help="comma-separated targets (default: sm_80,sm_90,sm_121)")
-    p.add_argument("--ops", default="", help="comma-separated kernel modules to check (default: all)")
+    p.add_argument("--arch", default=None,
+                   help=f"comma-separated targets (default: {','.join(f'sm_{a}' for a in DEFAULT_ARCHS)}; "
+                        "any of the supported ones listed by an unknown --arch)")
+    p.add_argument("--ops", default=None, help="comma-separated kernel modules to check (default: all)")
     p.add_argument("--module", action="append", default=[],
                    help="also check this importable module's aot_variants (repeatable); with --module and "
                         "no --ops, only the named modules are checked")
     args = p.parse_args(argv)
-    archs = parse_archs(args.arch)
+    try:
+        archs = list(DEFAULT_ARCHS) if args.arch is None else parse_archs(args.arch)
+        modules = select_modules(args.ops, args.module)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     if interpreting():
         return _reexec_without_interpreter(argv)
-    ops = {s.strip() for s in args.ops.split(",") if s.strip()}
     rows = []
     for arch in archs:
-        for _, v in kernel_variants(arch, ops, args.module):
+        for _, v in kernel_variants(arch, modules):
             rows.append(compile_variant(v, arch))
+    if not rows:
+        print(f"{PROG}: error: the selection has no kernel to compile for "
+              f"{', '.join(f'sm_{a}' for a in archs)}", file=sys.stderr)
+        return 2
     print(format_table(rows))
     bad = [r for r in rows if r.problem]
     print(f"\n{len(rows)} compiles over {', '.join(f'sm_{a}' for a in archs)}: "
           f"{'all ok' if not bad else f'{len(bad)} FAILED'}")
-    return 1 if bad or not rows else 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

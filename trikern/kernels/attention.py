@@ -3,7 +3,8 @@
 q: [T, Hq, D]; k, v: [T, Hkv, D] (the chunk's own keys/values); k_cache, v_cache: [Hkv, S, D]
 (one layer of the static cache, capacity S); cache_len: committed length n (int or 0-dim int64
 tensor, so decode steps need no host sync). Query i sits at position n + i (QUADRATIC: see below).
-Every query sees all committed cache entries; the MODE decides what it sees of the chunk:
+Every query sees all committed cache entries; the attention `pattern` decides what it sees of the
+chunk:
 
 - CAUSAL: chunk keys j <= i (prefill, AR step, diffusion commit, self-spec verify).
 - BIDIRECTIONAL: the whole chunk (diffusion denoise, self-spec draft).
@@ -16,7 +17,7 @@ mask and is the spec the Triton kernel is tested against.
 
 The Triton kernel (`attention_triton`) is flash attention with an fp32 online softmax: one program
 per (tile of packed query rows, kv head, cache split); the mask is computed from indices under a
-`tl.constexpr` MODE; decode-shaped launches split the cache over several programs and merge the
+`tl.constexpr` PATTERN; decode-shaped launches split the cache over several programs and merge the
 partial softmaxes in a second small kernel. Launch configs come from a per-arch config space
 through `trikern.kernels.autotune`; `aot_variants` and `tune_shapes` feed `trikern check-kernels`
 and `trikern tune`.
@@ -33,31 +34,32 @@ import triton.language as tl
 from .dispatch import interpreting, use_triton
 
 CAUSAL, BIDIRECTIONAL, QUADRATIC = 0, 1, 2
-MODES = {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL, "quadratic": QUADRATIC}
+# Attention patterns by name (benchmarks, reports); "mode" is the decoding mode elsewhere in trikern.
+PATTERNS = {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL, "quadratic": QUADRATIC}
 
 
-def chunk_mask(mode: int, T: int, sub_block: int = 0, device=None) -> torch.Tensor:
+def chunk_mask(pattern: int, T: int, sub_block: int = 0, device=None) -> torch.Tensor:
     """[T, T] bool: which chunk keys each chunk query sees."""
     i = torch.arange(T, device=device)
-    if mode == CAUSAL:
+    if pattern == CAUSAL:
         return i[:, None] >= i[None, :]
-    if mode == BIDIRECTIONAL:
+    if pattern == BIDIRECTIONAL:
         return torch.ones(T, T, dtype=torch.bool, device=device)
-    if mode == QUADRATIC:
+    if pattern == QUADRATIC:
         if sub_block < 1 or T % sub_block:
             raise ValueError(f"quadratic attention: chunk length {T} is not a multiple of sub_block={sub_block}")
         blk, off = i // sub_block, i % sub_block
         anchor = (off[None, :] == 0) & (blk[None, :] <= blk[:, None])
         own = (off[:, None] > 0) & (blk[None, :] == blk[:, None])
         return anchor | own
-    raise ValueError(f"attention mode={mode!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
 
 
-def full_mask(mode, T, S, cache_len, sub_block=0, device=None) -> torch.Tensor:
+def full_mask(pattern, T, S, cache_len, sub_block=0, device=None) -> torch.Tensor:
     """[T, S + T] bool over (cache slots, chunk)."""
     n = cache_len if torch.is_tensor(cache_len) else torch.tensor(cache_len, device=device)
     cache_vis = (torch.arange(S, device=device) < n)[None, :].expand(T, S)
-    return torch.cat([cache_vis, chunk_mask(mode, T, sub_block, device)], dim=1)
+    return torch.cat([cache_vis, chunk_mask(pattern, T, sub_block, device)], dim=1)
 
 
 def _check(q, k, v, k_cache, v_cache):
@@ -73,14 +75,14 @@ def _check(q, k, v, k_cache, v_cache):
         raise ValueError(f"attention: cache {tuple(k_cache.shape)} is not [Hkv={Hkv}, S, D={D}]")
 
 
-def attention_ref(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0, scale=None):
+def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None):
     _check(q, k, v, k_cache, v_cache)
     T, Hq, D = q.shape
     if T == 0:
         return q.new_empty(0, Hq, D)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     S = k_cache.shape[1]
-    mask = full_mask(mode, T, S, cache_len, sub_block, q.device)
+    mask = full_mask(pattern, T, S, cache_len, sub_block, q.device)
     keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)[None]  # [1, Hkv, S+T, D]
     vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)[None]
     out = F.scaled_dot_product_attention(
@@ -89,10 +91,10 @@ def attention_ref(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0
     return out[0].transpose(0, 1).contiguous()
 
 
-def attention(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0, scale=None, backend="auto"):
+def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto"):
     if use_triton(backend, q):
-        return attention_triton(q, k, v, k_cache, v_cache, cache_len, mode, sub_block, scale)
-    return attention_ref(q, k, v, k_cache, v_cache, cache_len, mode, sub_block, scale)
+        return attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
+    return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def _attn_fwd(
     Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC,
     T, S, HQ, sub_block, qk_scale,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, skc_h, skc_s, svc_h, svc_s, so_t, so_h,
-    G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
+    G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, PATTERN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -143,8 +145,11 @@ def _attn_fwd(
     d_ok = offs_d < HEAD_D
     offs_n = tl.arange(0, BLOCK_N)
 
-    q_row = t.to(tl.int64) * sq_t + h.to(tl.int64) * sq_h
-    q = tl.load(Q + q_row[:, None] + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    # Padding rows (past T * G) read the last token's row instead of being masked: they are never
+    # stored, and the row mask is then needed only at the final store, not live across every loop
+    # (triton 3.6's ptxas spilled it).
+    q_row = tl.minimum(t, T - 1).to(tl.int64) * sq_t + h.to(tl.int64) * sq_h
+    q = tl.load(Q + q_row[:, None] + offs_d[None, :], mask=d_ok[None, :], other=0.0)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -177,14 +182,14 @@ def _attn_fwd(
         v = tl.load(vc_at + vc_tile, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, kt, v, n_ok[None, :], qk_scale, True, PREC)
 
-    # (b) The chunk's own keys, under MODE, on the last share only.
+    # (b) The chunk's own keys, under PATTERN, on the last share only.
     if split == SPLIT - 1:
         t_first = (pid_m * BLOCK_M) // G
         t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, T * G) - 1) // G
-        if MODE == 0:  # CAUSAL: keys 0..t_first are visible to every row of the tile
+        if PATTERN == 0:  # CAUSAL: keys 0..t_first are visible to every row of the tile
             c_hi = tl.minimum(T, t_last + 1)
             c_full = (t_first + 1) // BLOCK_N * BLOCK_N
-        elif MODE == 1:  # BIDIRECTIONAL
+        elif PATTERN == 1:  # BIDIRECTIONAL
             c_hi = T
             c_full = T // BLOCK_N * BLOCK_N
         else:  # QUADRATIC: up to the end of the last row's sub-block; every tile is masked
@@ -203,9 +208,9 @@ def _attn_fwd(
         for start in range(c_full, c_hi, BLOCK_N):
             j = start + offs_n
             j_ok = j < T
-            if MODE == 0:
+            if PATTERN == 0:
                 visible = j_ok[None, :] & (j[None, :] <= t[:, None])
-            elif MODE == 1:
+            elif PATTERN == 1:
                 visible = j_ok[None, :]
             else:
                 qb = t // sub_block
@@ -259,19 +264,24 @@ def _attn_combine(PM, PL, PACC, O, R, HQ, so_t, so_h,
 # Config space. A config is (BLOCK_M, BLOCK_N, num_warps, num_stages, SPLIT). Prefill tiles are
 # wide in M; decode tiles are 16 packed rows with the cache split over SPLIT programs. Per arch:
 # sm_90 lowers the M>=64 tiles to wgmma and has 227 KB of shared memory; sm_80 163 KB; sm_120/121
-# (GB10) has 99 KB and mma.sync only, so it gets shallower pipelines. On the mma.sync archs the
-# head_dim-128 tiles with BLOCK_N=64 and M>=64 spill registers, hence BLOCK_N=32 there (every tile
-# listed compiles without spills at head_dim 64 and 128: `trikern check-kernels`).
+# (GB10) has 99 KB and mma.sync only, so it gets shallower pipelines.
+# Register pressure on the mma.sync archs (sm_80, sm_120/121): triton lays the warps of a chained
+# dot out along the longer side of P @ V, [BLOCK_M, head_dim]. With BLOCK_M >= head_dim they stack
+# along M and each warp holds its own rows of Q and P; with BLOCK_M < head_dim every warp holds all
+# of Q and P (64 x 128 bf16 Q alone is 128 registers a thread), which is why the SPLIT=1 prefill
+# tiles there are 128 rows tall, BLOCK_N=32 (64 spills), and the 16-row decode tiles with
+# BLOCK_N=128 take 8 warps (each holding a quarter of the K / V tile, not half). Every tile listed
+# compiles without spills at head_dim 64 and 128 under triton 3.6 and 3.9 (`trikern check-kernels`).
 # ------------------------------------------------------------------------------------------------
 _PREFILL_TILES = {
-    80: [(128, 32, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2)],
+    80: [(128, 32, 8, 3), (128, 32, 8, 2)],
     90: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (128, 32, 8, 4)],
-    120: [(64, 32, 8, 2), (64, 32, 8, 3)],
+    120: [(128, 32, 8, 2), (128, 32, 8, 3)],
 }
 _DECODE_TILES = {
-    80: [(16, 64, 4, 3), (16, 128, 4, 2), (32, 64, 4, 3)],
+    80: [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 4, 3)],
     90: [(16, 64, 4, 4), (16, 128, 8, 3), (32, 64, 4, 4)],
-    120: [(16, 64, 4, 2), (16, 128, 4, 2), (32, 64, 4, 2)],
+    120: [(16, 64, 4, 2), (16, 128, 8, 2), (32, 64, 4, 2)],
 }
 _SPLITS = (1, 4, 16, 32)
 # The M=64 prefill tile also comes with cache splits, for the 8..64-token chunks of speculative and
@@ -355,7 +365,7 @@ def _cache_len_tensor(cache_len, S: int, device) -> torch.Tensor:
     return torch.full((), n, dtype=torch.int64, device=device)
 
 
-def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_block=0, scale=None, config=None):
+def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, config=None):
     """The Triton kernel behind `attention`. `config` pins a launch config (tests, benchmarks);
     otherwise one is chosen per shape bucket through trikern.kernels.autotune."""
     _check(q, k, v, k_cache, v_cache)
@@ -366,9 +376,9 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_bloc
             raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
     if q.dtype not in _DTYPES:
         raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
-    if mode not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
-        raise ValueError(f"attention mode={mode!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
-    if mode == QUADRATIC and (sub_block < 1 or T % sub_block):
+    if pattern not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
+        raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    if pattern == QUADRATIC and (sub_block < 1 or T % sub_block):
         raise ValueError(f"quadratic attention: chunk length {T} is not a multiple of sub_block={sub_block}")
     n = _cache_len_tensor(cache_len, S, q.device)
     out_dtype = q.dtype
@@ -400,7 +410,7 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_bloc
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             out.stride(0), out.stride(1),
-            G=G, HEAD_D=D, BLOCK_D=BLOCK_D, MODE=mode, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            G=G, HEAD_D=D, BLOCK_D=BLOCK_D, PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
             SPLIT=split, PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
         if split > 1:
@@ -409,22 +419,21 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, mode=CAUSAL, sub_bloc
                 HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4)
         return out
 
-    if config is not None:
-        run(config)
-    else:
+    if config is None:
         from . import autotune
 
         arch = autotune.arch_of(q.device) if q.is_cuda and not interpreting() else _DEFAULT_ARCH
         configs = _candidates(arch, rows, Hkv, S, D, q.element_size())
-        key = (int(mode), autotune.bucket(rows), G, Hkv, autotune.bucket(S), D, autotune.dtype_key(q))
-        autotune.launch("attention", key, configs, run)
+        key = (int(pattern), autotune.bucket(rows), G, Hkv, autotune.bucket(S), D, autotune.dtype_key(q))
+        config = autotune.choose("attention", key, configs, run)
+    run(config)
     return out.to(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
 # `trikern check-kernels` and `trikern tune`
 # ------------------------------------------------------------------------------------------------
-_FWD_CONSTEXPRS = ("G", "HEAD_D", "BLOCK_D", "MODE", "BLOCK_M", "BLOCK_N", "SPLIT", "PREC")
+_FWD_CONSTEXPRS = ("G", "HEAD_D", "BLOCK_D", "PATTERN", "BLOCK_M", "BLOCK_N", "SPLIT", "PREC")
 _COMBINE_CONSTEXPRS = ("HEAD_D", "BLOCK_D", "BLOCK_R", "SPLIT")
 
 
@@ -451,10 +460,10 @@ def _variant(name, fn, sig, constexprs, cfg, aligned):
 
 def aot_variants(arch: int):
     """What the launcher can compile on `arch` for the NLD models (bf16, 4 query heads per kv head):
-    every config at head_dim 128 in CAUSAL mode; each tile also in QUADRATIC mode (the most mask
-    arithmetic), in BIDIRECTIONAL mode and at head_dim 64; the combine kernel for every split count."""
-    def fwd(cfg, D, mode, tag):
-        cons = dict(G=4, HEAD_D=D, BLOCK_D=_block_d(D), MODE=mode, BLOCK_M=cfg["BLOCK_M"],
+    every config at head_dim 128 under CAUSAL; each tile also under QUADRATIC (the most mask
+    arithmetic), under BIDIRECTIONAL and at head_dim 64; the combine kernel for every split count."""
+    def fwd(cfg, D, pattern, tag):
+        cons = dict(G=4, HEAD_D=D, BLOCK_D=_block_d(D), PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"],
                     BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["SPLIT"], PREC="tf32")
         return _variant(f"attention_fwd[{tag},D={D}]", _attn_fwd, _fwd_signature("bf16"), cons, cfg, _FWD_ALIGNED)
 
@@ -478,15 +487,15 @@ def aot_variants(arch: int):
 def tune_shapes(device):
     """Representative launches for `trikern tune`: NLD heads (32 query / 8 kv, head_dim 128), bf16.
     Decode-shaped (one token, a linear-step block, a quadratic step) over a long cache, and prefill."""
-    def thunk(T, S, n, mode, sub_block=0):
+    def thunk(T, S, n, pattern, sub_block=0):
         def go():
             g = torch.Generator(device=device).manual_seed(0)
             r = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=torch.bfloat16)  # noqa: E731
             attention_triton(r(T, 32, 128), r(T, 8, 128), r(T, 8, 128), r(8, S, 128), r(8, S, 128),
-                             torch.tensor(n, device=device), mode, sub_block, None)
+                             torch.tensor(n, device=device), pattern, sub_block, None)
         return go
     cases = [(1, 4096, 4000, CAUSAL), (1, 32768, 30000, CAUSAL), (8, 4096, 4000, BIDIRECTIONAL),
              (32, 4096, 4000, BIDIRECTIONAL), (32, 32768, 30000, CAUSAL), (72, 4096, 4000, QUADRATIC, 9),
              (512, 4096, 0, CAUSAL), (4096, 4096, 0, CAUSAL)]
-    names = {CAUSAL: "causal", BIDIRECTIONAL: "bidirectional", QUADRATIC: "quadratic"}
+    names = {v: k for k, v in PATTERNS.items()}
     return [(f"T={c[0]} S={c[1]} {names[c[3]]}", thunk(*c)) for c in cases]

@@ -1,8 +1,18 @@
 """Per-GPU autotuning of Triton launch configs, persisted as JSON.
 
-Every kernel launcher calls `choose(op, key, configs, run)` with a small config space and a key of
-already-bucketed shape facts (use `bucket(n)` for lengths that grow, so a growing cache or a longer
-prompt does not re-tune in the middle of a chat). The answer comes from, in order:
+The protocol, the same in every launcher:
+
+    if config is None:
+        config = autotune.choose(op, key, configs, run)
+    run(config)
+
+`choose` only answers which config to use; the launcher then always launches with it. `run(config)`
+launches the op once with that config and may be called any number of times while benchmarking, so
+it must leave no state behind: it writes only buffers that the final `run(config)` overwrites
+(outputs, scratch), never its inputs. An op that updates state in place (verify's cache compaction
+and length update) keeps that part outside `run`. The key is a tuple of already-bucketed shape
+facts (use `bucket(n)` for lengths that grow, so a growing cache or a longer prompt does not re-tune
+in the middle of a chat). The answer comes from, in order:
 
 1. an in-process memo;
 2. persisted results `<dir>/<gpu name>/<triton version>/<op>.json`, read from the package's shipped
@@ -11,10 +21,12 @@ prompt does not re-tune in the middle of a chat). The answer comes from, in orde
 3. a benchmark of every config: `triton.testing.do_bench` on CUDA (configs that fail to compile or
    launch are skipped), or under TRITON_INTERPRET=1 one timed run of each config, so interpreter
    tests execute every config. GPU results are persisted atomically; interpreter results only when
-   TRIKERN_AUTOTUNE_DIR is set explicitly (under the GPU name "interpreter"), never into the checkout.
+   a result directory is named explicitly (TRIKERN_AUTOTUNE_DIR or `trikern tune --out`, under the
+   GPU name "interpreter"), never into the checkout.
 
 `TRIKERN_AUTOTUNE=0` or `disable()` turns tuning off: `choose` returns `configs[0]`.
-`prune` drops configs that cannot fit an architecture's shared memory; `tune_main` is `trikern tune`.
+`prune` drops configs that cannot fit an architecture's shared memory; `tune_main` is `trikern tune`,
+whose options reach `choose` through `tuning()` (no environment variables are changed).
 """
 from __future__ import annotations
 
@@ -31,6 +43,7 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -55,8 +68,16 @@ _memo: dict[tuple[str, str, str], dict] = {}  # (op, gpu name, str(key)) -> conf
 _fast: dict[tuple, dict] = {}  # (op, key, device index) -> config: the lookup every launch makes
 _tables: dict[tuple[str, str], dict[str, dict]] = {}
 _disabled = False
-_force = False  # tune_main: ignore persisted results, benchmark again
-_filled = threading.local()  # whether the last choose() left the caller's buffers written
+
+
+@dataclass(frozen=True)
+class _Tuning:
+    """An explicit tuning run (`trikern tune`): its options override the environment's."""
+    out: Path | None  # result directory, else the usual write_dir()
+    force: bool  # ignore persisted results and benchmark again
+
+
+_tuning: _Tuning | None = None
 
 
 # ---------------------------------------------------------------- switches and small helpers
@@ -73,7 +94,32 @@ def enable() -> None:
 
 
 def enabled() -> bool:
-    return not _disabled and os.environ.get("TRIKERN_AUTOTUNE", "1").strip() not in ("0", "false", "no", "off")
+    """Whether choose() tunes: always inside tuning(), else unless disable() or TRIKERN_AUTOTUNE=0."""
+    if _tuning is not None:
+        return True
+    return not _disabled and not env_disabled()
+
+
+def env_disabled() -> bool:
+    return os.environ.get("TRIKERN_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def tuning(out: Path | None = None, force: bool = True):
+    """Tune for this block whatever TRIKERN_AUTOTUNE says: results go to `out` (default: write_dir()),
+    and with `force` persisted results are ignored and every key is benchmarked again."""
+    global _tuning
+    with _lock:
+        if _tuning is not None:
+            raise RuntimeError("autotune.tuning() does not nest")
+        clear_memo()
+        _tuning = _Tuning(Path(out) if out is not None else None, bool(force))
+    try:
+        yield
+    finally:
+        with _lock:
+            _tuning = None
+            clear_memo()  # choices made under `force` must not outlive it
 
 
 def clear_memo() -> None:
@@ -172,6 +218,8 @@ def shipped_dirs() -> list[Path]:
 
 def write_dir() -> Path:
     """Where results tuned on this machine go."""
+    if _tuning is not None and _tuning.out is not None:
+        return _tuning.out
     env = os.environ.get("TRIKERN_AUTOTUNE_DIR")
     if env:
         return Path(env)
@@ -288,7 +336,6 @@ def _bench_cuda(op: str, configs: list[dict], run: Callable[[dict], object]) -> 
             best, best_ms = cfg, ms
     if best is None:
         raise RuntimeError(f"autotune: every config of {op} failed on this GPU:\n  " + "\n  ".join(failures))
-    run(best)  # leave the chosen config's result in the caller's buffers
     return best
 
 
@@ -312,13 +359,12 @@ def _capturing() -> bool:
 def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], object]) -> dict:
     """The config to launch `op` with for shape bucket `key` (see the module docstring).
 
-    `run(config)` must launch the kernel once with that config, writing the caller's outputs, and be
-    idempotent. When choose benchmarks, the outputs are left written by a correct run; use
-    `launched()` to skip the caller's own launch in that case.
+    `run(config)` is only used to benchmark: it launches the op once with that config and may run
+    many times, so it must not change any state the caller keeps (see the module docstring). The
+    caller launches with the returned config itself, whether or not choose benchmarked.
     """
     if not configs:
         raise ValueError(f"autotune.choose({op!r}): empty config list")
-    _filled.value = False
     if not enabled() or len(configs) == 1:
         return configs[0]
     device = -1 if _interp_or_cpu() else torch.cuda.current_device()
@@ -335,7 +381,7 @@ def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], objec
         hit = _memo.get(memo_key)
         if hit is not None:
             return hit
-        if not _force:
+        if _tuning is None or not _tuning.force:
             stored = _table(op, gpu).get(ks)
             if stored is not None and stored in configs:  # a stale entry from another config space re-tunes
                 _memo[memo_key] = _fast[(op, key, device)] = stored
@@ -344,11 +390,10 @@ def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], objec
             return configs[0]
         if gpu == INTERPRETER_GPU:
             best = _bench_cpu(configs, run)
-            persist = "TRIKERN_AUTOTUNE_DIR" in os.environ
+            persist = "TRIKERN_AUTOTUNE_DIR" in os.environ or (_tuning is not None and _tuning.out is not None)
         else:
             best = _bench_cuda(op, configs, run)
             persist = True
-        _filled.value = True
         _memo[memo_key] = _fast[(op, key, device)] = best
         _table(op, gpu)[ks] = best
         if persist:
@@ -357,19 +402,6 @@ def choose(op: str, key: tuple, configs: list[dict], run: Callable[[dict], objec
             except OSError as e:
                 warnings.warn(f"autotune: could not save {op} result under {write_dir()}: {e}", stacklevel=2)
         return best
-
-
-def launched() -> bool:
-    """Whether the last choose() on this thread benchmarked, leaving the outputs already written."""
-    return getattr(_filled, "value", False)
-
-
-def launch(op: str, key: tuple, configs: list[dict], run: Callable[[dict], object]) -> dict:
-    """choose() then run(config) unless benchmarking already wrote the outputs; returns the config."""
-    cfg = choose(op, key, configs, run)
-    if not launched():
-        run(cfg)
-    return cfg
 
 
 # ---------------------------------------------------------------- trikern tune
@@ -381,48 +413,62 @@ def kernel_modules() -> Iterable[object]:
         yield importlib.import_module(f"{__package__}.{info.name}")
 
 
+def modules_with(attr: str) -> dict[str, object]:
+    """The kernel modules that define `attr` (tune_shapes, aot_variants), by short name."""
+    return {m.__name__.rsplit(".", 1)[-1]: m for m in kernel_modules() if hasattr(m, attr)}
+
+
+def select_ops(text: str | None, known: Iterable[str]) -> tuple[list[str], str]:
+    """(names, problem) for an --ops value: all known ops when `text` is None; otherwise the listed
+    names, or a one-line problem (unknown names against the known ones, or an empty list)."""
+    known = sorted(known)
+    if text is None:
+        return known, ""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        return [], f"--ops: unknown op{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: {', '.join(known)}"
+    if not names:
+        return [], f"--ops {text!r} selects no op; known: {', '.join(known)}"
+    return list(dict.fromkeys(names)), ""
+
+
 def tune_main(argv: list[str] | None = None) -> int:
     """`trikern tune`: benchmark every op over its representative shapes and write the cache.
 
     Each kernel module may define `tune_shapes(device) -> list[(label, thunk)]`; a thunk allocates
     representative inputs and calls the op with backend="triton", which tunes through choose().
+    The options reach choose() through `tuning()`; TRIKERN_AUTOTUNE=0 does not stop this command.
     """
-    global _force
     p = argparse.ArgumentParser(prog="trikern tune", description=tune_main.__doc__.splitlines()[0])
-    p.add_argument("--ops", default="", help="comma-separated op modules to tune (default: all)")
-    p.add_argument("--out", default=None, help="result directory (default: TRIKERN_AUTOTUNE_DIR, the "
-                   "checkout's autotune_cache/, or the user cache dir); use trikern/autotune to ship results")
+    p.add_argument("--ops", default=None, help="comma-separated op modules to tune (default: all)")
+    p.add_argument("--out", type=Path, default=None, help="result directory (default: TRIKERN_AUTOTUNE_DIR, "
+                   "the checkout's autotune_cache/, or the user cache dir); use trikern/autotune to ship results")
     p.add_argument("--keep", action="store_true", help="keep existing results, tune only missing keys")
     args = p.parse_args(argv)
+    modules = modules_with("tune_shapes")
+    ops, problem = select_ops(args.ops, modules)
+    if problem:
+        print(f"trikern tune: error: {problem}", file=sys.stderr)
+        return 2
     if interpreting() or not torch.cuda.is_available():
         print("trikern tune: needs a CUDA GPU (and TRITON_INTERPRET unset); nothing tuned.", file=sys.stderr)
         return 2
-    if args.out:
-        os.environ["TRIKERN_AUTOTUNE_DIR"] = args.out
-    wanted = {s for s in args.ops.split(",") if s}
-    device = torch.device("cuda", torch.cuda.current_device())
-    if os.environ.pop("TRIKERN_AUTOTUNE", "1").strip() in ("0", "false", "no", "off"):
+    if env_disabled():
         print("trikern tune: ignoring TRIKERN_AUTOTUNE=0 for this run", file=sys.stderr)
-    clear_memo()
-    enable()
-    _force = not args.keep
+    device = torch.device("cuda", torch.cuda.current_device())
     count = 0
-    try:
-        for mod in kernel_modules():
-            name = mod.__name__.rsplit(".", 1)[-1]
-            shapes = getattr(mod, "tune_shapes", None)
-            if shapes is None or (wanted and name not in wanted):
-                continue
-            for label, thunk in shapes(device):
+    with tuning(out=args.out, force=not args.keep):
+        for name in ops:
+            for label, thunk in modules[name].tune_shapes(device):
                 t0 = time.perf_counter()
                 thunk()
                 torch.cuda.synchronize()
                 count += 1
                 print(f"tuned {name:<12} {label:<40} {time.perf_counter() - t0:6.1f}s", flush=True)
-    finally:
-        _force = False
+        where = write_dir()
     print(f"trikern tune: {count} shapes on {gpu_name()} (sm_{arch_of()}), triton {triton_version()}; "
-          f"results in {write_dir()}")
+          f"results in {where}")
     return 0
 
 

@@ -103,10 +103,9 @@ def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
         _draft_tree_kernel[(triton.cdiv(N, cfg["BLOCK"]),)](anchors, n_ptr, tokens, positions, N, S, n_add,
                                                           int(mask_id), LOAD_N=load_n, **cfg)
 
-    if config is not None:
-        run(config)
-    else:
-        autotune.launch("draft_tree", (autotune.bucket(N),), CONFIGS, run)
+    if config is None:
+        config = autotune.choose("draft_tree", (autotune.bucket(N),), CONFIGS, run)
+    run(config)
     return tokens, positions
 
 

@@ -209,11 +209,10 @@ def reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise, conf
                                    float(threshold), BLOCK_T=min(triton.next_power_of_2(T), APPLY_BLOCK_T),
                                    BLOCK_S=triton.next_power_of_2(split), num_warps=4)
 
-    if config is not None:
-        run(config)
-    else:
+    if config is None:
         key = ("sampled" if sampled else "greedy", autotune.bucket(T), V, autotune.dtype_key(logits))
-        autotune.launch("reveal", key, CONFIGS, run)
+        config = autotune.choose("reveal", key, CONFIGS, run)
+    run(config)
     return out_tok, out_masked
 
 

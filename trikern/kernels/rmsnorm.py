@@ -1,8 +1,9 @@
-"""RMSNorm with an optional fused residual add.
+"""RMSNorm, and RMSNorm with the residual add fused.
 
 Math in fp32, cast back to the input dtype before the weight multiply (the NLD / Llama rule).
-With `residual`, computes h = x + residual first and returns (norm(h) * w, h) so the decoder layer
-carries the residual stream without a separate add.
+`rmsnorm(x, weight, eps)` returns norm(x) * weight. `add_rmsnorm(x, residual, weight, eps)` computes
+h = x + residual first and returns (norm(h) * weight, h), so the decoder layer carries the residual
+stream without a separate add. Both run the same kernel (HAS_RES selects the add).
 
 The Triton kernel keeps whole rows in registers (BLOCK_T rows x next_pow2(H) columns per program):
 hidden sizes are at most a few thousand, so one pass over the row is enough.
@@ -28,17 +29,28 @@ CONFIGS = [
 _MAX_PER_THREAD = 64  # fp32 row elements one thread holds before register pressure spills
 
 
-def rmsnorm_ref(x, weight, eps, residual=None):
-    h = x if residual is None else x + residual
-    hf = h.float()
-    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
-    return y if residual is None else (y, h)
+def rmsnorm_ref(x, weight, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
-def rmsnorm(x, weight, eps, residual=None, backend="auto"):
+def add_rmsnorm_ref(x, residual, weight, eps):
+    h = x + residual
+    return rmsnorm_ref(h, weight, eps), h
+
+
+def rmsnorm(x, weight, eps, backend="auto"):
+    """norm(x) * weight."""
     if use_triton(backend, x):
-        return rmsnorm_triton(x, weight, eps, residual)
-    return rmsnorm_ref(x, weight, eps, residual)
+        return rmsnorm_triton(x, weight, eps)
+    return rmsnorm_ref(x, weight, eps)
+
+
+def add_rmsnorm(x, residual, weight, eps, backend="auto"):
+    """(norm(x + residual) * weight, x + residual)."""
+    if use_triton(backend, x):
+        return add_rmsnorm_triton(x, residual, weight, eps)
+    return add_rmsnorm_ref(x, residual, weight, eps)
 
 
 @triton.jit
@@ -79,37 +91,50 @@ def _rows(t: torch.Tensor, name: str, H: int) -> torch.Tensor:
     return t2 if t2.stride(1) == 1 else t2.contiguous()
 
 
-def _check(x, weight, residual):
+def _check(op, x, weight, residual):
     if x.dtype not in autotune.FLOAT_DTYPES:
-        raise TypeError(f"rmsnorm: x has dtype {x.dtype}; expected float32, float16 or bfloat16")
+        raise TypeError(f"{op}: x has dtype {x.dtype}; expected float32, float16 or bfloat16")
     if x.dim() < 1 or x.shape[-1] == 0:
-        raise ValueError(f"rmsnorm: x {tuple(x.shape)} needs a non-empty last (hidden) dimension")
+        raise ValueError(f"{op}: x {tuple(x.shape)} needs a non-empty last (hidden) dimension")
     H = x.shape[-1]
     if H > MAX_HIDDEN:
-        raise ValueError(f"rmsnorm: hidden size {H} exceeds the kernel's {MAX_HIDDEN}")
+        raise ValueError(f"{op}: hidden size {H} exceeds the kernel's {MAX_HIDDEN}")
     if weight.dim() != 1 or weight.shape[0] != H:
-        raise ValueError(f"rmsnorm: weight {tuple(weight.shape)} must be [{H}] to match x {tuple(x.shape)}")
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} must be [{H}] to match x {tuple(x.shape)}")
     if weight.dtype not in autotune.FLOAT_DTYPES or weight.device != x.device:
-        raise TypeError(f"rmsnorm: weight ({weight.dtype}, {weight.device}) must be a float tensor on {x.device}")
+        raise TypeError(f"{op}: weight ({weight.dtype}, {weight.device}) must be a float tensor on {x.device}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
                                  or residual.device != x.device):
-        raise ValueError(f"rmsnorm: residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) "
+        raise ValueError(f"{op}: residual ({tuple(residual.shape)}, {residual.dtype}, {residual.device}) "
                          f"must match x ({tuple(x.shape)}, {x.dtype}, {x.device})")
 
 
-def rmsnorm_triton(x, weight, eps, residual=None, config=None):
-    """Triton launcher; `config` forces one launch config (tests), else autotune chooses."""
-    _check(x, weight, residual)
+def rmsnorm_triton(x, weight, eps, config=None):
+    """Triton launcher of `rmsnorm`; `config` forces one launch config (tests), else autotune chooses."""
+    return _launch("rmsnorm", x, None, weight, eps, config)[0]
+
+
+def add_rmsnorm_triton(x, residual, weight, eps, config=None):
+    """Triton launcher of `add_rmsnorm`; `config` as in rmsnorm_triton."""
+    if residual is None:
+        raise ValueError("add_rmsnorm: residual is None (use rmsnorm for a plain norm)")
+    return _launch("add_rmsnorm", x, residual, weight, eps, config)
+
+
+def _launch(op, x, residual, weight, eps, config):
+    """(y, h): h = x + residual when residual is given, else x itself (nothing extra is written)."""
+    _check(op, x, weight, residual)
     H = x.shape[-1]
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    h = torch.empty_like(x) if residual is not None else None
+    h = torch.empty_like(x) if residual is not None else x
     N = x.numel() // H
     if N == 0:
-        return y if residual is None else (y, h)
+        return y, h
     x2 = _rows(x, "x", H)
     r2 = _rows(residual, "residual", H) if residual is not None else x2
-    y2, h2 = y.view(N, H), (h.view(N, H) if h is not None else y.view(N, H))
+    y2 = y.view(N, H)
+    h2 = h.view(N, H) if residual is not None else y2  # unwritten without HAS_RES: any valid pointer
     w = weight if weight.stride(0) == 1 else weight.contiguous()
 
     def run(cfg):
@@ -118,12 +143,11 @@ def rmsnorm_triton(x, weight, eps, residual=None, config=None):
                               h2.stride(0), float(eps), HAS_RES=residual is not None,
                               BLOCK_H=block_h(H), **cfg)
 
-    if config is not None:
-        run(config)
-    else:
+    if config is None:
         key = (autotune.bucket(N), H, autotune.dtype_key(x), autotune.dtype_key(weight), residual is not None)
-        autotune.launch("rmsnorm", key, configs_for(H), run)
-    return y if residual is None else (y, h)
+        config = autotune.choose("rmsnorm", key, configs_for(H), run)
+    run(config)
+    return y, h
 
 
 def tune_shapes(device):
@@ -132,10 +156,18 @@ def tune_shapes(device):
         def go():
             x = torch.randn(N, H, device=device, dtype=torch.bfloat16)
             w = torch.ones(H, device=device, dtype=torch.bfloat16)
-            rmsnorm_triton(x, w, 1e-5, torch.randn_like(x) if res else None)
+            if res:
+                add_rmsnorm_triton(x, torch.randn_like(x), w, 1e-5)
+            else:
+                rmsnorm_triton(x, w, 1e-5)
         return go
     return [(f"N={N} H={H} residual={res}", thunk(N, H, res))
             for H in (3072, 4096, 5120) for N in (1, 64, 512, 4096) for res in (False, True)]
+
+
+# What the JIT specialises for contiguous NLD rows: 16-byte aligned pointers, and H and the row
+# strides (5120, small enough for i32) divisible by 16, so the compile vectorises like the real one.
+_ALIGNED = ("x_ptr", "r_ptr", "w_ptr", "y_ptr", "h_ptr", "H", "sx", "sr", "sy", "sh")
 
 
 def aot_variants(arch: int):
@@ -146,7 +178,8 @@ def aot_variants(arch: int):
     for res in (False, True):
         for cfg in configs_for(H):
             sig = {"x_ptr": "*bf16", "r_ptr": "*bf16", "w_ptr": "*bf16", "y_ptr": "*bf16", "h_ptr": "*bf16",
-                   "N": "i32", "H": "i32", "sx": "i64", "sr": "i64", "sy": "i64", "sh": "i64", "eps": "fp32"}
+                   "N": "i32", "H": "i32", "sx": "i32", "sr": "i32", "sy": "i32", "sh": "i32", "eps": "fp32"}
             meta = {"HAS_RES": res, "BLOCK_T": cfg["BLOCK_T"], "BLOCK_H": block_h(H)}
-            out.append(AotVariant(f"rmsnorm{'+res' if res else ''}", _rmsnorm_kernel, sig, meta, cfg))
+            out.append(AotVariant(f"rmsnorm{'+res' if res else ''}", _rmsnorm_kernel, sig, meta, cfg,
+                                  attrs={a: [["tt.divisibility", 16]] for a in _ALIGNED}))
     return out

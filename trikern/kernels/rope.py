@@ -19,8 +19,7 @@ import triton.language as tl
 from . import autotune
 from .dispatch import use_triton
 
-# Chosen so that none spills on sm_80 / sm_90 / sm_121 (`trikern check-kernels`): cos/sin of large
-# angles take libdevice's slow argument-reduction path, whose registers some tile shapes run out of.
+# None spills on sm_80 / sm_90 / sm_121 (`trikern check-kernels`, triton 3.6 and 3.9).
 CONFIGS = [
     {"BLOCK_T": 1, "BLOCK_H": 4, "num_warps": 2},
     {"BLOCK_T": 2, "BLOCK_H": 8, "num_warps": 4},
@@ -54,6 +53,35 @@ def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_le
     return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
 
 
+# cos / sin without libdevice. Its cosf / sinf carry a Payne-Hanek path for |x| > 105615 whose
+# 28-byte table lives in local memory; triton 3.6's compiles keep it as a 32-byte stack frame in
+# every rope config (3.9's happen not to), which check-kernels reports as a spill. Instead: the
+# angle (the fp32 product the reference takes cos of) is reduced by pi/2 in fp64 with a two-term
+# Cody-Waite constant, far more accurate than fp32 needs for any angle below 2^62, and on
+# [-pi/4, pi/4] Taylor polynomials through x^9 (sin) and x^10 (cos) are within 2e-9 of the truth.
+_PIO2_HI = tl.constexpr(1.5707963267948966)  # pi/2 rounded to fp64
+_PIO2_LO = tl.constexpr(6.123233995736766e-17)  # pi/2 - _PIO2_HI
+_TWO_OVER_PI = tl.constexpr(0.6366197723675814)
+
+
+@triton.jit
+def _sincos(ang):
+    """(cos, sin) of an fp32 tensor, about 1 ulp from the correctly rounded values."""
+    a = ang.to(tl.float64)
+    k = tl.floor(a * _TWO_OVER_PI + 0.5)
+    r = tl.fma(-k, _PIO2_LO, tl.fma(-k, _PIO2_HI, a)).to(tl.float32)  # in [-pi/4, pi/4]
+    r2 = r * r
+    sin_r = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (1.0 / 362880))))
+    cos_r = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (-1.0 / 3628800)))))
+    quadrant = (k.to(tl.int64) & 3).to(tl.int32)  # ang = k * pi/2 + r
+    odd = (quadrant & 1) != 0
+    c = tl.where(odd, sin_r, cos_r)
+    s = tl.where(odd, cos_r, sin_r)
+    c = tl.where(((quadrant + 1) & 2) != 0, -c, c)
+    s = tl.where((quadrant & 2) != 0, -s, s)
+    return c, s
+
+
 @triton.jit
 def _rotate(x_ptr, o_ptr, t, h, d, H, HALF, sx_t, sx_h, so_t, so_h, c, s, scale, tmask, dmask,
             SCALE: tl.constexpr):
@@ -85,8 +113,9 @@ def _rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, pos_ptr, f_ptr, T, HQ, HKV, HALF,
     pos = tl.load(pos_ptr + t, mask=tmask, other=0)
     f = tl.load(f_ptr + d, mask=dmask, other=0.0)
     ang = pos.to(tl.float32)[:, None] * f[None, :]  # the same fp32 product the reference takes cos of
-    c = tl.cos(ang) * attn_factor
-    s = tl.sin(ang) * attn_factor
+    c, s = _sincos(ang)
+    c = c * attn_factor
+    s = s * attn_factor
     scale = tl.full([BLOCK_T], 1.0, tl.float32)
     if SCALE_Q:
         # integer floor(pos / L): exact where an fp32 quotient could round up to the next integer
@@ -148,11 +177,10 @@ def rope_triton(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, ll
                            float(attn_factor), float(llama4_beta or 0.0), int(llama4_len),
                            SCALE_Q=scale_q, BLOCK_D=triton.next_power_of_2(half), **cfg)
 
-    if config is not None:
-        run(config)
-    else:
+    if config is None:
         key = (autotune.bucket(T), Hq, Hkv, D, autotune.dtype_key(q), scale_q)
-        autotune.launch("rope", key, CONFIGS, run)
+        config = autotune.choose("rope", key, CONFIGS, run)
+    run(config)
     return qo, ko
 
 
@@ -169,13 +197,20 @@ def tune_shapes(device):
     return [(f"T={T} Hq=32 Hkv=8 D=128", thunk(T)) for T in (1, 16, 64, 512, 4096)]
 
 
+# What the JIT specialises at NLD sizes (32 q / 8 kv heads of 128, llama-4 length 8192 or 16384):
+# 16-byte aligned pointers, and these i32 arguments divisible by 16, so the compile is the real one.
+_ALIGNED = ("q_ptr", "k_ptr", "qo_ptr", "ko_ptr", "pos_ptr", "f_ptr", "HQ", "HALF", "sq_t", "sq_h", "sk_t",
+            "sk_h", "sqo_t", "sqo_h", "sko_t", "sko_h", "L")
+
+
 def aot_variants(arch: int):
     """Every config at head_dim 128, bf16, with the llama-4 query scaling on."""
     from .aot import AotVariant
     sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "qo_ptr": "*bf16", "ko_ptr": "*bf16", "pos_ptr": "*i64",
            "f_ptr": "*fp32", "T": "i32", "HQ": "i32", "HKV": "i32", "HALF": "i32",
-           "sq_t": "i64", "sq_h": "i64", "sk_t": "i64", "sk_h": "i64", "sqo_t": "i64", "sqo_h": "i64",
-           "sko_t": "i64", "sko_h": "i64", "attn_factor": "fp32", "beta": "fp32", "L": "i64"}
+           "sq_t": "i32", "sq_h": "i32", "sk_t": "i32", "sk_h": "i32", "sqo_t": "i32", "sqo_h": "i32",
+           "sko_t": "i32", "sko_h": "i32", "attn_factor": "fp32", "beta": "fp32", "L": "i32"}
     return [AotVariant("rope", _rope_kernel, sig,
-                       {"SCALE_Q": True, "BLOCK_T": c["BLOCK_T"], "BLOCK_H": c["BLOCK_H"], "BLOCK_D": 64}, c)
+                       {"SCALE_Q": True, "BLOCK_T": c["BLOCK_T"], "BLOCK_H": c["BLOCK_H"], "BLOCK_D": 64}, c,
+                       attrs={a: [["tt.divisibility", 16]] for a in _ALIGNED})
             for c in CONFIGS]

@@ -68,11 +68,10 @@ def swiglu_triton(gate, up, config=None):
         grid = (triton.cdiv(R, cfg["BLOCK_R"]), triton.cdiv(C, cfg["BLOCK_C"]))
         _swiglu_kernel[grid](g2, u2, o2, R, C, g2.stride(0), u2.stride(0), o2.stride(0), **cfg)
 
-    if config is not None:
-        run(config)
-    else:
+    if config is None:
         key = (autotune.bucket(R), autotune.bucket(C, 1024), autotune.dtype_key(gate))
-        autotune.launch("swiglu", key, CONFIGS, run)
+        config = autotune.choose("swiglu", key, CONFIGS, run)
+    run(config)
     return out
 
 
@@ -86,10 +85,16 @@ def tune_shapes(device):
     return [(f"R={R} C={C}", thunk(R, C)) for C in (9216, 14336, 16384) for R in (1, 64, 512, 4096)]
 
 
+# What the JIT specialises for NLD intermediate sizes (9216 .. 16384, halves of a fused projection
+# or separate tensors): 16-byte aligned pointers, C and the row strides (i32) divisible by 16.
+_ALIGNED = ("g_ptr", "u_ptr", "o_ptr", "C", "sg", "su", "so")
+
+
 def aot_variants(arch: int):
     """Every config, bf16."""
     from .aot import AotVariant
     sig = {"g_ptr": "*bf16", "u_ptr": "*bf16", "o_ptr": "*bf16", "R": "i32", "C": "i32",
-           "sg": "i64", "su": "i64", "so": "i64"}
-    return [AotVariant("swiglu", _swiglu_kernel, sig, {"BLOCK_R": c["BLOCK_R"], "BLOCK_C": c["BLOCK_C"]}, c)
+           "sg": "i32", "su": "i32", "so": "i32"}
+    return [AotVariant("swiglu", _swiglu_kernel, sig, {"BLOCK_R": c["BLOCK_R"], "BLOCK_C": c["BLOCK_C"]}, c,
+                       attrs={a: [["tt.divisibility", 16]] for a in _ALIGNED})
             for c in CONFIGS]

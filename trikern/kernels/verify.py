@@ -153,7 +153,7 @@ def verify(draft, target, draft_probs=None, uniforms=None, noise=None,
 
 
 @triton.jit
-def _argmax_partial_kernel(x_ptr, pm_ptr, pi_ptr, V, sx, chunk, SPLIT, BLOCK_V: tl.constexpr):
+def _argmax_partial_kernel(x_ptr, score_ptr, idx_ptr, V, sx, chunk, SPLIT, BLOCK_V: tl.constexpr):
     """Greedy scan: max and lowest argmax of row `pid0` over the columns of split `pid1`."""
     row = tl.program_id(0)
     s = tl.program_id(1)
@@ -169,8 +169,8 @@ def _argmax_partial_kernel(x_ptr, pm_ptr, pi_ptr, V, sx, chunk, SPLIT, BLOCK_V: 
         better = tv > best_v  # strict: an earlier tile keeps a tie
         best_i = tl.where(better, off + ti, best_i)
         best_v = tl.where(better, tv, best_v)
-    tl.store(pm_ptr + row * SPLIT + s, best_v)
-    tl.store(pi_ptr + row * SPLIT + s, best_i)
+    tl.store(score_ptr + row * SPLIT + s, best_v)
+    tl.store(idx_ptr + row * SPLIT + s, best_i)
 
 
 @triton.jit
@@ -187,8 +187,8 @@ def _first_rejection(draft_ptr, p_ptr, q_ptr, u_ptr, L, sp, sq, BLOCK_L: tl.cons
 
 
 @triton.jit
-def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, rv_ptr, ri_ptr, pv_ptr, pix_ptr, rmax_ptr,
-                             L, V, sp, sq, chunk, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
+def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, score_ptr, idx_ptr, p_score_ptr, p_idx_ptr,
+                             res_max_ptr, L, V, sp, sq, chunk, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
     """Sampled scan over the columns of split `pid0` of row c: the exponential race on
     r = max(p[c] - q[c], 0) (q = 0 when c == L) and on p[c] itself, and the largest r."""
     s = tl.program_id(0)
@@ -202,7 +202,7 @@ def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, rv_ptr, ri_p
     best_p = tl.full([], float("-inf"), tl.float32)
     idx_r = start
     idx_p = start
-    rmax = tl.full([], 0.0, tl.float32)
+    res_max = tl.full([], 0.0, tl.float32)
     for off in range(start, end, BLOCK_V):
         cols = off + tl.arange(0, BLOCK_V)
         m = cols < end
@@ -210,7 +210,7 @@ def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, rv_ptr, ri_p
         qc = tl.load(q_row + cols, mask=cols < q_end, other=0.0).to(tl.float32)
         e = tl.load(e_ptr + cols, mask=m, other=1.0).to(tl.float32)
         r = tl.maximum(pc - qc, 0.0)
-        rmax = tl.maximum(rmax, tl.max(r, axis=0))
+        res_max = tl.maximum(res_max, tl.max(r, axis=0))
         # IEEE division, as torch's: the race is decided by exact quotients
         sr = tl.where(m, tl.div_rn(r, e), float("-inf"))
         spp = tl.where(m, tl.div_rn(pc, e), float("-inf"))
@@ -222,27 +222,27 @@ def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, rv_ptr, ri_p
         better = tv > best_p
         idx_p = tl.where(better, off + ti, idx_p)
         best_p = tl.where(better, tv, best_p)
-    tl.store(rv_ptr + s, best_r)
-    tl.store(ri_ptr + s, idx_r)
-    tl.store(pv_ptr + s, best_p)
-    tl.store(pix_ptr + s, idx_p)
-    tl.store(rmax_ptr + s, rmax)
+    tl.store(score_ptr + s, best_r)
+    tl.store(idx_ptr + s, idx_r)
+    tl.store(p_score_ptr + s, best_p)
+    tl.store(p_idx_ptr + s, idx_p)
+    tl.store(res_max_ptr + s, res_max)
 
 
 @triton.jit
-def pick_split(v_ptr, i_ptr, rows, row_mask, SPLIT, BLOCK_S: tl.constexpr):
+def pick_split(score_ptr, idx_ptr, rows, row_mask, SPLIT, BLOCK_S: tl.constexpr):
     """Per row, the index of the best split's winner (max value, ties -> the lowest split)."""
     sidx = tl.arange(0, BLOCK_S)
     off = rows[:, None] * SPLIT + sidx[None, :]
     m = row_mask[:, None] & (sidx < SPLIT)[None, :]
-    v = tl.load(v_ptr + off, mask=m, other=float("-inf"))
-    i = tl.load(i_ptr + off, mask=m, other=0)
+    v = tl.load(score_ptr + off, mask=m, other=float("-inf"))
+    i = tl.load(idx_ptr + off, mask=m, other=0)
     _, best = tl.max(v, axis=1, return_indices=True)
     return tl.sum(tl.where(sidx[None, :] == best[:, None], i, 0), axis=1)
 
 
 @triton.jit
-def _accept_kernel(draft_ptr, pm_ptr, pi_ptr, pv_ptr, pix_ptr, rmax_ptr, p_ptr, q_ptr, u_ptr,
+def _accept_kernel(draft_ptr, score_ptr, idx_ptr, p_score_ptr, p_idx_ptr, res_max_ptr, p_ptr, q_ptr, u_ptr,
                    tok_ptr, count_ptr, len_ptr, L, sp, sq, SPLIT,
                    SAMPLED: tl.constexpr, UPDATE_LEN: tl.constexpr, BLOCK_L: tl.constexpr,
                    BLOCK_S: tl.constexpr):
@@ -253,14 +253,14 @@ def _accept_kernel(draft_ptr, pm_ptr, pi_ptr, pv_ptr, pix_ptr, rmax_ptr, p_ptr, 
     if SAMPLED:
         c = _first_rejection(draft_ptr, p_ptr, q_ptr, u_ptr, L, sp, sq, BLOCK_L)
         first = tl.arange(0, 1)
-        has_mass = tl.max(tl.load(rmax_ptr + tl.arange(0, BLOCK_S), mask=tl.arange(0, BLOCK_S) < SPLIT,
+        has_mass = tl.max(tl.load(res_max_ptr + tl.arange(0, BLOCK_S), mask=tl.arange(0, BLOCK_S) < SPLIT,
                                   other=0.0), axis=0) > 0.0
-        extra_r = tl.sum(pick_split(pm_ptr, pi_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
-        extra_p = tl.sum(pick_split(pv_ptr, pix_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
+        extra_r = tl.sum(pick_split(score_ptr, idx_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
+        extra_p = tl.sum(pick_split(p_score_ptr, p_idx_ptr, first, first < 1, SPLIT, BLOCK_S), axis=0)
         extra = tl.where(has_mass, extra_r, extra_p).to(tl.int64)
         tokens = tl.where(j < c, d, extra)
     else:
-        a = pick_split(pm_ptr, pi_ptr, j, rows, SPLIT, BLOCK_S).to(tl.int64)
+        a = pick_split(score_ptr, idx_ptr, j, rows, SPLIT, BLOCK_S).to(tl.int64)
         c = tl.min(tl.where((j < L) & (a != d), j, L), axis=0)
         tokens = a
     tl.store(tok_ptr + j, tl.where(j <= c, tokens, -1), mask=rows)
@@ -352,23 +352,30 @@ def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
         sq = 0
     # empty tensors (L = 0) may have no storage: hand the kernels any live pointer, they read nothing
     draft_arg = draft if L else tokens
+    # The scan's partials, per (row, split) under the greedy rule and per split of row c when sampled:
+    #   score, idx      the winner of the rule's race: the max logit and its lowest column (greedy),
+    #                   or argmax(r / noise) on the residual r of row c (sampled)
+    #   p_score, p_idx  sampled: the same race on p[c] itself, the draw when r has no mass
+    #   res_max         sampled: the largest r, i.e. whether r has any mass
+    # The same names at the kernels' ends; under the greedy rule the last three alias score / idx
+    # and are never read.
     partial = {}
 
     def run(cfg):
         split, per = scan_split(V, cfg)
-        vals = torch.empty(L + 1 if not sampled else 1, split, dtype=torch.float32, device=dev)
-        idx = torch.empty(vals.shape, dtype=torch.int32, device=dev)
+        score = torch.empty(L + 1 if not sampled else 1, split, dtype=torch.float32, device=dev)
+        idx = torch.empty(score.shape, dtype=torch.int32, device=dev)
         if sampled:
-            pv, pix = torch.empty_like(vals), torch.empty_like(idx)
-            rmax = torch.empty(split, dtype=torch.float32, device=dev)
-            _residual_partial_kernel[(split,)](draft_arg, target, q, u, e, vals, idx, pv, pix, rmax, L, V,
-                                               target.stride(0), sq, per, BLOCK_L=block_l,
+            p_score, p_idx = torch.empty_like(score), torch.empty_like(idx)
+            res_max = torch.empty(split, dtype=torch.float32, device=dev)
+            _residual_partial_kernel[(split,)](draft_arg, target, q, u, e, score, idx, p_score, p_idx, res_max,
+                                               L, V, target.stride(0), sq, per, BLOCK_L=block_l,
                                                BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
         else:
-            pv, pix, rmax = vals, idx, vals
-            _argmax_partial_kernel[(L + 1, split)](target, vals, idx, V, target.stride(0), per, split,
+            p_score, p_idx, res_max = score, idx, score
+            _argmax_partial_kernel[(L + 1, split)](target, score, idx, V, target.stride(0), per, split,
                                                    BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
-        partial.update(vals=vals, idx=idx, pv=pv, pix=pix, rmax=rmax, split=split)
+        partial.update(score=score, idx=idx, p_score=p_score, p_idx=p_idx, res_max=res_max, split=split)
 
     if config is None:
         key = ("sampled" if sampled else "greedy", autotune.bucket(L + 1), V, autotune.dtype_key(target))
@@ -381,8 +388,8 @@ def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
         _compact(k_cache, v_cache, cache_len, L + 1, int(stride))
     split = partial["split"]
     block_s = triton.next_power_of_2(split)
-    _accept_kernel[(1,)](draft_arg, partial["vals"], partial["idx"], partial["pv"], partial["pix"], partial["rmax"],
-                         target, q, u, tokens, count, cache_len if update else count, L,
+    _accept_kernel[(1,)](draft_arg, partial["score"], partial["idx"], partial["p_score"], partial["p_idx"],
+                         partial["res_max"], target, q, u, tokens, count, cache_len if update else count, L,
                          target.stride(0), sq, split, SAMPLED=sampled, UPDATE_LEN=update,
                          BLOCK_L=block_l, BLOCK_S=block_s, num_warps=_accept_warps(block_l, block_s))
     return tokens, count
@@ -432,18 +439,19 @@ def aot_variants(arch: int):
     out = []
     for c in CONFIGS:
         launch = {"num_warps": c["num_warps"]}
-        sig = {"x_ptr": "*bf16", "pm_ptr": "*fp32", "pi_ptr": "*i32", "V": "i32", "sx": "i64", "chunk": "i32",
+        sig = {"x_ptr": "*bf16", "score_ptr": "*fp32", "idx_ptr": "*i32", "V": "i32", "sx": "i64", "chunk": "i32",
                "SPLIT": "i32"}
         out.append(AotVariant("verify_argmax", _argmax_partial_kernel, sig, {"BLOCK_V": c["BLOCK_V"]},
                               {**c, **launch}))
         sig = {"draft_ptr": "*i64", "p_ptr": "*fp32", "q_ptr": "*fp32", "u_ptr": "*fp32", "e_ptr": "*fp32",
-               "rv_ptr": "*fp32", "ri_ptr": "*i32", "pv_ptr": "*fp32", "pix_ptr": "*i32", "rmax_ptr": "*fp32",
-               "L": "i32", "V": "i32", "sp": "i64", "sq": "i64", "chunk": "i32"}
+               "score_ptr": "*fp32", "idx_ptr": "*i32", "p_score_ptr": "*fp32", "p_idx_ptr": "*i32",
+               "res_max_ptr": "*fp32", "L": "i32", "V": "i32", "sp": "i64", "sq": "i64", "chunk": "i32"}
         out.append(AotVariant("verify_residual", _residual_partial_kernel, sig,
                               {"BLOCK_L": MAX_CHAIN, "BLOCK_V": c["BLOCK_V"]}, {**c, **launch}))
-    sig = {"draft_ptr": "*i64", "pm_ptr": "*fp32", "pi_ptr": "*i32", "pv_ptr": "*fp32", "pix_ptr": "*i32",
-           "rmax_ptr": "*fp32", "p_ptr": "*fp32", "q_ptr": "*fp32", "u_ptr": "*fp32", "tok_ptr": "*i64",
-           "count_ptr": "*i64", "len_ptr": "*i64", "L": "i32", "sp": "i64", "sq": "i64", "SPLIT": "i32"}
+    sig = {"draft_ptr": "*i64", "score_ptr": "*fp32", "idx_ptr": "*i32", "p_score_ptr": "*fp32",
+           "p_idx_ptr": "*i32", "res_max_ptr": "*fp32", "p_ptr": "*fp32", "q_ptr": "*fp32", "u_ptr": "*fp32",
+           "tok_ptr": "*i64", "count_ptr": "*i64", "len_ptr": "*i64", "L": "i32", "sp": "i64", "sq": "i64",
+           "SPLIT": "i32"}
     for sampled in (False, True):
         for block_l in (32, MAX_CHAIN):  # a typical block and the largest chain
             block_s = 32  # the widest split of CONFIGS

@@ -12,7 +12,7 @@ from decode_helpers import run
 from util import random_model, tiny_config
 
 import trikern
-from trikern.decode.policy import AutoPolicy, candidates
+from trikern.decode.policy import Acceptance, AutoPolicy, candidates
 from trikern.decode.profile import StepProfile, measure
 
 
@@ -52,50 +52,70 @@ def test_auto_on_an_ar_only_model_is_ar():
     assert out == ar and set(st.as_dict()["strategies"]) == {"ar/1"} and st.switches == 0
 
 
-A, L, Q = ("ar", 1), ("spec-linear", 4), ("spec-quadratic", 4)
+A, L2, L8, Q4 = ("ar", 1), ("spec-linear", 2), ("spec-linear", 8), ("spec-quadratic", 4)
 
 
-def warmed(policy, table):
-    """Feed each key MEASURE warm steps of (tokens, seconds)."""
-    for key, (tokens, seconds) in table.items():
-        for _ in range(policy.MEASURE):
-            policy.observe(key, tokens, seconds, cold=False)
+def costed(keys, seconds):
+    """A policy whose candidates' step costs are known (as from a profile)."""
+    p = AutoPolicy(keys)
+    for k, s in zip(keys, seconds):
+        for _ in range(p.MEASURE):
+            p.observe(k, 1, s, cold=False)
+    return p
 
 
-def test_policy_measures_then_picks_the_highest_rate():
-    p = AutoPolicy([A, L, Q])
+def test_acceptance_model():
+    a = Acceptance()
+    assert a.rate == 0.5 and a.expected_tokens(1) == 1 and a.expected_tokens(3) == pytest.approx(1.75)
+    p = AutoPolicy([L2, L8, Q4])
+    for _ in range(20):  # B = 8 steps that accept every draft: the rate goes to 1 for B = 2 as well
+        p.observe(L8, 8, 1.0, cold=False, drafted=7)
+    assert p.acc["spec-linear"].rate > 0.95 and p.tokens(L2) > 1.9 and p.tokens(L8) > 6
+    for _ in range(20):  # then nothing is accepted
+        p.observe(L2, 1, 1.0, cold=False, drafted=1)
+    assert p.acc["spec-linear"].rate < 0.3 and p.tokens(L8) < 1.5
+    assert p.acc["spec-quadratic"].rate == 0.5  # the other family learnt nothing
+    p.observe(Q4, 1, 1.0, cold=False, drafted=0)  # a quadratic restart verifies no draft: no evidence
+    assert p.acc["spec-quadratic"].rate == 0.5
+
+
+def test_policy_measures_each_candidate_then_picks_the_highest_rate():
+    p = AutoPolicy([A, L2, L8])
     seen = []
     for _ in range(3 * p.MEASURE):
         k = p.choose()
         seen.append(k)
-        p.observe(k, {A: 1, L: 3, Q: 4}[k], {A: 1.0, L: 1.5, Q: 4.0}[k], cold=False)
-    assert seen == [A] * p.MEASURE + [L] * p.MEASURE + [Q] * p.MEASURE
-    assert p.choose() == L  # 3 / 1.5 = 2 tok/s beats AR's 1 and quadratic's 1
+        p.observe(k, 1 if k == A else k[1], {A: 1.0, L2: 1.5, L8: 2.0}[k], cold=False, drafted=k[1] - 1)
+    assert seen == [A] * p.MEASURE + [L2] * p.MEASURE + [L8] * p.MEASURE
+    assert p.choose() == L8  # everything accepted: 8 tokens in 2 s beats 2 in 1.5 s and AR's 1 in 1 s
 
 
 def test_policy_ignores_cold_steps_and_keeps_hysteresis():
-    p = AutoPolicy([A, L])
+    p = AutoPolicy([A, L2])
     p.observe(A, 1, 50.0, cold=True)  # a compile or graph capture: not a cost
-    assert p.est[A].measured == 0
-    warmed(p, {A: (1, 1.0), L: (2, 1.94)})
-    p.current = A
-    p.steps = 1
-    assert p.choose() == A  # 1.03 tok/s is within the hysteresis of 1.0
-    p.observe(L, 4, 1.94, cold=False)  # acceptance went up
-    assert p.choose() == L
+    assert p.cost[A].measured == 0
+    p = costed([A, L2], [1.0, 1.45])  # L2 at a = 0.5: 1.5 tokens / 1.45 s = 1.03 tok/s
+    p.current, p.steps = A, 1
+    assert p.choose() == A  # within the hysteresis of AR's 1.0
+    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # acceptance went up
+    assert p.choose() == L2
 
 
-def test_policy_explores_a_stale_candidate_that_could_win():
-    p = AutoPolicy([A, L, Q])
-    warmed(p, {A: (1, 1.0), L: (1, 0.9), Q: (1, 10.0)})  # L best; Q could reach 4/10 < 1.1: never
-    picks = [p.choose() for _ in range(2 * p.EXPLORE_EVERY)]
-    assert Q not in picks
-    p.est[A].last = -5  # A (could reach 1 / 1.0 < 1.11): not worth exploring either
-    assert set(picks) == {L}
-    p = AutoPolicy([A, L, Q])
-    warmed(p, {A: (1, 0.5), L: (1, 1.0), Q: (1, 2.0)})  # A best (2 tok/s); L could reach 4: explore
-    picks = [p.choose() for _ in range(p.EXPLORE_EVERY)]
-    assert picks.count(L) == 1 and picks[-1] == L and Q not in picks
+def test_policy_explores_what_could_win_within_its_time_share():
+    p = costed([A, L2, Q4], [1.0, 10.0, 10.0])  # AR best; L2 could reach 2 / 10 s: never worth it
+    assert [p.choose() for _ in range(3 * p.EXPLORE_EVERY)] == [A] * 3 * p.EXPLORE_EVERY
+    cost = {A: 1.0, L2: 1.6, Q4: 3.5}  # AR best at a = 0.5, but L2 (2 / 1.6) and Q4 (4 / 3.5) could win
+    p = costed(list(cost), list(cost.values()))
+    picks = []
+    for _ in range(8 * p.EXPLORE_EVERY):
+        k = p.choose()
+        picks.append((k, p.explored is not None))
+        p.observe(k, 1, cost[k], cold=False, drafted=k[1] - 1)  # nothing accepted: AR stays best
+    explored = [i for i, (k, e) in enumerate(picks) if e]
+    assert all(k == A for k, e in picks if not e)
+    assert {picks[i][0] for i in explored} == {L2, Q4}  # the stale one first, in turn
+    assert all((i + 1) % p.EXPLORE_EVERY == 0 for i in explored)
+    assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + max(cost.values())  # the cap, up to one step
 
 
 def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
@@ -105,12 +125,13 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     files = list(Path(tmp_path).rglob("decode-steps-*.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())["results"]
-    keys = {k.rsplit("/", 1)[0] for k in saved}
+    keys = {k.rsplit("/", 1)[0] for k in saved if k.count("/") == 2}
     assert keys == {f"{mode}/{b}" for mode, b in candidates("auto", 4, m.cfg)}
-    assert all(v["seconds"] > 0 and v["tokens"] >= 1 for v in saved.values())
+    assert all(v["seconds"] > 0 and v["tokens"] >= 1 for k, v in saved.items() if k.count("/") == 2)
+    assert 0 <= saved["spec-linear/acceptance"]["rate"] <= 1  # the acceptance it ended with
     policy = AutoPolicy(candidates("auto", 4, m.cfg), StepProfile(m, 3))
-    assert all(e.measured for e in policy.est.values())
-    best = max(policy.keys, key=lambda k: policy.est[k].rate)
+    assert all(c.measured for c in policy.cost.values())
+    best = max(policy.keys, key=policy.rate)
     assert policy.first() == best and policy.choose() == best  # no measuring needed
 
 

@@ -67,7 +67,7 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
             seconds = time.perf_counter() - t0  # the step ends in its host read: no extra sync
             timer.flush()
             ctx.stats.record(key, len(tokens), forwards, seconds, spec=key[0].startswith("spec"))
-            policy.observe(key, len(tokens), seconds, run.cold)
+            policy.observe(key, len(tokens), seconds, run.cold, cur.drafted)
             if on_step is not None:
                 on_step(key, len(tokens), seconds, run.cold)
             out, done, forced = em.take(tokens)

@@ -1,13 +1,20 @@
 """Which strategy (mode, block size) runs the next step: one fixed choice, or `mode="auto"`.
 
 `auto` picks, before every step, the candidate with the highest expected tokens per second =
-expected tokens per step / expected seconds per step. Both are running estimates (exponential
-moving averages) of the steps the generation actually ran, seeded by the persisted step-cost
-profile (profile.py) when there is one; a candidate with no estimate yet is measured by running it
-(a few real steps, so the exploration still produces tokens). At most every EXPLORE_EVERY steps,
-and only while exploring has cost under EXPLORE_SHARE of the decode time, the candidate not run for
-longest among those that could beat the current one if a whole block were accepted runs once, so
-estimates of modes not chosen stay current (acceptance moves with the text).
+expected tokens per step / expected seconds per step.
+
+- Seconds per step depend on the device and the shapes, not on the text: a running average per
+  candidate of the warm steps it ran (steps that compiled or captured a graph do not count), seeded
+  by the persisted step-cost profile (profile.py). A candidate with no figure yet is measured by
+  running it (real steps: the exploration still produces tokens).
+- Tokens per step depend on the text: each speculative family (linear, quadratic) keeps one
+  acceptance rate a = P(the next draft token is accepted), from exponentially decayed counts of
+  accepted drafts and rejections over the steps it ran. With B-1 drafts a step then yields
+  1 + a + ... + a^(B-1) tokens in expectation, so one step at any block size informs every block size
+  of its family. AR yields 1.
+- At most every EXPLORE_EVERY steps, and only while exploring has cost under EXPLORE_SHARE of the
+  decode time, the candidate not run for longest among those that could win if a whole block were
+  accepted runs once, so the other family's rate stays current (acceptance moves with the text).
 
 Only lossless strategies are candidates (AR, linear and quadratic self-speculation; never
 diffusion): each step starts and ends in the shared state and keeps AR's output distribution, so
@@ -24,6 +31,7 @@ from .spec_quadratic import QuadraticSpec
 
 STRATEGIES = {cls.mode: cls for cls in (AR, Diffusion, LinearSpec, QuadraticSpec)}
 AUTO = "auto"
+SPEC_FAMILIES = ("spec-linear", "spec-quadratic")
 AUTO_LINEAR_BLOCKS = (2, 4, 8, 16, 32)
 AUTO_QUADRATIC_BLOCKS = (2, 4, 8, 16)  # B(B+1) rows per forward: wider steps cost more than they accept
 
@@ -55,7 +63,7 @@ class FixedPolicy:
     def choose(self):
         return self.key
 
-    def observe(self, key, tokens, seconds, cold):
+    def observe(self, key, tokens, seconds, cold, drafted=0):
         pass
 
     def finish(self):
@@ -63,82 +71,115 @@ class FixedPolicy:
 
 
 @dataclass
-class Estimate:
-    tokens: float = 0.0  # tokens per step
-    seconds: float = 0.0  # seconds per step
-    measured: int = 0  # warm steps seen (this generation or the profile's)
-    live: int = 0  # warm steps seen in this generation
-    prior: bool = False  # started from the persisted profile
+class Cost:
+    seconds: float = 0.0  # per step, running average
+    measured: int = 0  # warm steps behind it (the profile's count as MEASURE)
+    live: int = 0  # warm steps this generation
     last: int = -1  # index of the last step this candidate ran
+
+
+@dataclass
+class Acceptance:
+    """Decayed counts of accepted draft tokens and of rejections (a step that stopped short)."""
+    accepted: float = 1.0  # a weak prior of a = 0.5, forgotten within a few steps
+    rejected: float = 1.0
 
     @property
     def rate(self) -> float:
-        return self.tokens / self.seconds if self.measured and self.seconds > 0 else 0.0
+        return self.accepted / (self.accepted + self.rejected)
+
+    def expected_tokens(self, B: int) -> float:
+        a = min(self.rate, 1 - 1e-9)
+        return (1 - a ** B) / (1 - a)
 
 
 class AutoPolicy:
-    ALPHA = 0.3  # weight of the newest step: acceptance changes within a few steps of new text
     MEASURE = 2  # warm steps a candidate runs before it competes
+    COST_ALPHA = 0.3  # weight of the newest step time
+    DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
     EXPLORE_SHARE = 0.05  # of the decode time: a slow candidate is re-checked, never paid for long
-    HYSTERESIS = 1.05  # switching drops quadratic's drafts: only switch for a clear gain
-    REFRESH = 8  # live steps after which a candidate's persisted estimate is rewritten
+    HYSTERESIS = 1.05  # switching into quadratic costs a one-token step: only switch for a clear gain
+    REFRESH = 8  # live steps after which a candidate's persisted cost is rewritten
 
     def __init__(self, keys, profile=None):
         self.keys = list(keys)
-        self.est = {k: Estimate() for k in self.keys}
+        self.cost = {k: Cost() for k in self.keys}
+        self.acc = {f: Acceptance() for f in SPEC_FAMILIES}
+        self.prior = set()
         self.profile = profile
         if profile is not None:
-            for k, e in self.est.items():
-                prior = profile.get(k)
-                if prior is not None:
-                    e.tokens, e.seconds, e.measured = prior["tokens"], prior["seconds"], self.MEASURE
-                    e.prior = True
+            for k, c in self.cost.items():
+                p = profile.get(k)
+                if p is not None:
+                    c.seconds, c.measured = p["seconds"], self.MEASURE
+                    self.prior.add(k)
+            for f, a in self.acc.items():
+                p = profile.get_acceptance(f)
+                if p is not None:  # the last generation's rate, as a weak prior
+                    a.accepted, a.rejected = 2 * p, 2 * (1 - p)
         self.current = None
-        self.steps = 0
         self.explored = None  # the key chosen to explore in this step
+        self.steps = 0
         self.seconds = self.explore_s = 0.0
 
+    def tokens(self, key) -> float:
+        mode, B = key
+        return 1.0 if mode == "ar" else self.acc[mode].expected_tokens(B)
+
+    def rate(self, key) -> float:
+        c = self.cost[key]
+        return self.tokens(key) / c.seconds if c.measured and c.seconds > 0 else 0.0
+
     def first(self):
-        measured = [k for k in self.keys if self.est[k].measured]
-        return max(measured, key=lambda k: self.est[k].rate) if measured else self.keys[0]
+        measured = [k for k in self.keys if self.cost[k].measured]
+        return max(measured, key=self.rate) if measured else self.keys[0]
 
     def choose(self):
         self.steps += 1
-        need = [k for k in self.keys if self.est[k].measured < self.MEASURE]
+        self.explored = None
+        need = [k for k in self.keys if self.cost[k].measured < self.MEASURE]
         if need:  # measure on the fly, the current candidate first (no switch)
             self.current = self.current if self.current in need else need[0]
             return self.current
-        best = max(self.keys, key=lambda k: self.est[k].rate)
+        best = max(self.keys, key=self.rate)
         cur = self.current
-        if cur is not None and self.est[best].rate < self.HYSTERESIS * self.est[cur].rate:
+        if cur is not None and self.rate(best) < self.HYSTERESIS * self.rate(cur):
             best = cur
-        self.current, self.explored = best, None
+        self.current = best
         if self.steps % self.EXPLORE_EVERY == 0 and self.explore_s <= self.EXPLORE_SHARE * self.seconds:
-            stale = [k for k in self.keys if k != best and k[1] / self.est[k].seconds > self.est[best].rate]
+            bar = self.rate(best)
+            stale = [k for k in self.keys if k != best and k[1] / self.cost[k].seconds > bar]
             if stale:
-                self.explored = min(stale, key=lambda k: self.est[k].last)
+                self.explored = min(stale, key=lambda k: self.cost[k].last)
                 return self.explored
         return best
 
-    def observe(self, key, tokens, seconds, cold):
-        e = self.est[key]
-        e.last = self.steps
+    def observe(self, key, tokens, seconds, cold, drafted=0):
+        """A step of `key` produced `tokens` (accepted drafts + the bonus, before any EOS / budget
+        cut) after verifying `drafted` draft tokens, in `seconds`."""
+        mode, B = key
+        c = self.cost[key]
+        c.last = self.steps
         self.seconds += seconds
         if key == self.explored:
             self.explore_s += seconds
+        if mode in self.acc and drafted > 0:
+            a = self.acc[mode]
+            accepted = min(tokens - 1, drafted)
+            a.accepted = self.DECAY * a.accepted + accepted
+            a.rejected = self.DECAY * a.rejected + (accepted < drafted)
         if cold:  # a step that compiled or captured a graph says nothing about the replay cost
             return
-        if e.measured == 0:
-            e.tokens, e.seconds = float(tokens), seconds
-        else:
-            e.tokens += self.ALPHA * (tokens - e.tokens)
-            e.seconds += self.ALPHA * (seconds - e.seconds)
-        e.measured += 1
-        e.live += 1
+        c.seconds = seconds if c.measured == 0 else c.seconds + self.COST_ALPHA * (seconds - c.seconds)
+        c.measured += 1
+        c.live += 1
 
     def finish(self):
         """Persist what was measured: new candidates, and refreshed ones that ran a while."""
-        if self.profile is not None:
-            self.profile.update({k: e for k, e in self.est.items()
-                                 if e.live >= self.MEASURE and (not e.prior or e.live >= self.REFRESH)})
+        if self.profile is None:
+            return
+        fresh = {k: c for k, c in self.cost.items()
+                 if c.live >= self.MEASURE and (k not in self.prior or c.live >= self.REFRESH)}
+        self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
+                            {f: a.rate for f, a in self.acc.items() if a.accepted + a.rejected > 2})

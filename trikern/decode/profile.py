@@ -63,16 +63,26 @@ class StepProfile:
 
     def save(self, key, bucket, seconds: float, tokens: float, steps: int):
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
-        ks = self.key_str(key, bucket)
+        self._write(self.key_str(key, bucket), entry)
+
+    def get_acceptance(self, family: str) -> float | None:
+        """The acceptance rate a generation in `family` last ended with (a prior), or None."""
+        e = self.entries.get(f"{family}/acceptance")
+        return e["rate"] if e is not None and 0 <= e.get("rate", -1) <= 1 else None
+
+    def update(self, costs: dict, acceptance: dict):
+        """costs: key -> (seconds, tokens, steps); acceptance: family -> rate."""
+        for key, (seconds, tokens, steps) in costs.items():
+            self.save(key, self.bucket, seconds, tokens, steps)
+        for family, rate in acceptance.items():
+            self._write(f"{family}/acceptance", {"rate": float(rate)})
+
+    def _write(self, ks: str, entry: dict):
         self.entries[ks] = entry
         try:
             autotune.save_result(autotune.write_dir(), self.device, self.op, ks, entry)
         except OSError as e:  # a read-only install still decodes, it just measures again next time
-            warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=2)
-
-    def update(self, estimates: dict):
-        for key, e in estimates.items():
-            self.save(key, self.bucket, e.seconds, e.tokens, e.live)
+            warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=3)
 
 
 def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:

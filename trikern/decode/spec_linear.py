@@ -71,4 +71,5 @@ class LinearSpec(Strategy):
         timer.mark("verify")
         host = produced(tokens.tolist())  # the step's one host sync
         self.seed = seed.clone()  # graph outputs are overwritten by the next replay
+        self.drafted = B - 1
         return host, 2 if B > 1 else 1

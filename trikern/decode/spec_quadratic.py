@@ -78,6 +78,7 @@ class QuadraticSpec(Strategy):
         return out, count, torch.cat([bonus, nxt]), nq
 
     def _advance(self, run) -> list[int]:
+        self.drafted = self.draft.shape[0] - 1
         tokens, _, draft, q = run(("quadratic", self.draft.shape[0], self.B), self.forward, self.draft, self.q)
         host = produced(tokens.tolist())  # the step's one host sync
         self.draft, self.q = draft.clone(), None if q is None else q.clone()  # outlive the next replay

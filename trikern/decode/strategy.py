@@ -21,6 +21,7 @@ class Strategy:
     def __init__(self, ctx: DecodeContext, B: int):
         self.ctx, self.B = ctx, B
         self.seed: torch.Tensor | None = None
+        self.drafted = 0  # draft tokens the last step verified (what its acceptance is out of)
 
     @staticmethod
     def scratch(B: int) -> int:

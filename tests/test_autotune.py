@@ -4,13 +4,13 @@ the launcher protocol (choose returns a config, the launcher launches it), `tuni
 option errors."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from install_util import install, package_copy
 import torch
 
 from trikern.kernels import autotune as at
@@ -205,16 +205,10 @@ def test_read_only_checkout_falls_back_to_user_cache(monkeypatch, tmp_path):
 
 def test_shipped_results_found_after_plain_install(tmp_path):
     """Build and install (non-editable) a copy carrying a shipped result; a fresh process reads it."""
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", src)
-    shutil.copy(ROOT / "README.md", src)
-    shutil.copytree(ROOT / "trikern", src / "trikern", ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    src = package_copy(tmp_path, "*.json")
     shipped = {"BLOCK": 32, "num_warps": 2}
     at.save_result(src / "trikern" / "autotune", at.INTERPRETER_GPU, "t_ship", str((7,)), shipped)
-    site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    site = install(src, tmp_path)
     code = "\n".join([
         "from trikern.kernels import autotune as at",
         "assert 'site' in at.__file__, at.__file__",

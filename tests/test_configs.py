@@ -2,17 +2,15 @@
 a path or a checkpoint folder, and that a non-editable install carries the JSON files."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from install_util import install, package_copy
 
 from trikern import configs
 from trikern.config import ConfigError, ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # Hand-checked against the published model geometry (hidden, layers, intermediate, rope_theta).
 GEOMETRY = {
@@ -94,15 +92,8 @@ def test_path_errors_name_the_file(tmp_path):
 
 def test_shipped_after_plain_install(tmp_path):
     """A non-editable install carries configs/*.json (pyproject package-data) and loads each one."""
-    src = tmp_path / "src"
-    src.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", src)
-    shutil.copy(ROOT / "README.md", src)
     # The 13 MB embedded model is irrelevant here; leaving it out keeps the install quick.
-    shutil.copytree(ROOT / "trikern", src / "trikern", ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(src)], check=True, capture_output=True)
+    site = install(package_copy(tmp_path, "assets"), tmp_path)
     installed = site / "trikern" / "configs"
     assert sorted(p.name for p in installed.glob("*.json")) == sorted(f"{n}.json" for n in configs.names())
     code = ("from trikern import configs\n"

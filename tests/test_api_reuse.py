@@ -49,3 +49,19 @@ def test_stopped_stream_keeps_a_usable_cache(m):
 def test_reuse_prefix_must_be_a_bool(m):
     with pytest.raises(ValueError, match="reuse_prefix"):
         m.generate("x", max_new_tokens=2, reuse_prefix="yes")
+
+
+def test_should_stop_ends_within_one_step_and_keeps_the_cache(m):
+    import itertools
+
+    m.reset()
+    calls = itertools.count()
+    pieces = list(m.stream("def main():\n", max_new_tokens=40, should_stop=lambda: next(calls) >= 3))
+    r = m.last_result
+    assert len(r.token_ids) == 3 and r.finish_reason == "cancelled"  # AR: one token per step
+    assert "".join(pieces) == r.text
+    again = m.generate("def main():\n", max_new_tokens=10)
+    assert again.stats["cached_tokens"] > 0
+    assert again.token_ids == m.generate("def main():\n", max_new_tokens=10, reuse_prefix=False).token_ids
+    with pytest.raises(ValueError, match="should_stop"):
+        m.stream("x", should_stop=True)

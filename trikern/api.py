@@ -28,7 +28,7 @@ class GenerationResult:
     text: str
     token_ids: list[int]  # generated tokens only
     stats: dict = field(default_factory=dict)
-    finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length"
+    finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length" | "cancelled" (should_stop)
 
 
 class Model:
@@ -181,7 +181,7 @@ class Model:
         """Forget the previous generation's cache (frees its memory; the next prompt is prefilled whole)."""
         self._held = None
 
-    def _pieces(self, ctx, mode, ids, stops) -> Iterator[str]:
+    def _pieces(self, ctx, mode, ids, stops, should_stop=None) -> Iterator[str]:
         """Stream text pieces; the finished result lands in self.last_result."""
         from .decode import decode as run_decoder  # noqa: PLC0415
 
@@ -196,6 +196,9 @@ class Model:
         intact = False  # the cache matches prompt + output: stopped at a yield, not inside a step
         try:
             for chunk in steps:
+                if should_stop is not None and should_stop():  # between steps: the cache stays usable
+                    reason = "cancelled"
+                    break
                 out_ids.extend(chunk)
                 if chunk and chunk[-1] in eos:
                     reason = "stop"
@@ -228,10 +231,12 @@ class Model:
                 yield tail
         self.last_result = GenerationResult("".join(text), out_ids, ctx.stats.as_dict(), reason)
 
-    def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> Iterator[str]:
+    def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, should_stop=None, **kw) -> Iterator[str]:
         """Yield text pieces as tokens are committed (multi-byte characters are never split). The
         request is checked here, so a bad option raises at the call, not at the first piece."""
-        return self._pieces(*self._start(prompt, mode, stop, kw))
+        if should_stop is not None and not callable(should_stop):
+            raise ValueError(f"should_stop={should_stop!r}: expected a callable (checked after every decode step)")
+        return self._pieces(*self._start(prompt, mode, stop, kw), should_stop)
 
     def generate(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> GenerationResult:
         """`prompt`: raw text (no chat template) or a list of token ids."""
@@ -253,5 +258,6 @@ class Model:
     def chat(self, messages, mode="ar", stop=None, template_kwargs=None, **kw) -> GenerationResult:
         return self.generate(self._chat_ids(messages, template_kwargs), mode, stop, **kw)
 
-    def chat_stream(self, messages, mode="ar", stop=None, template_kwargs=None, **kw) -> Iterator[str]:
-        return self.stream(self._chat_ids(messages, template_kwargs), mode, stop, **kw)
+    def chat_stream(self, messages, mode="ar", stop=None, template_kwargs=None, should_stop=None,
+                    **kw) -> Iterator[str]:
+        return self.stream(self._chat_ids(messages, template_kwargs), mode, stop, should_stop, **kw)

@@ -4,8 +4,8 @@ The Model is not thread-safe (one static KV cache, `last_result`), so every gene
 one thread, in arrival order. The HTTP side submits a `Work`, gets a `Job`, and awaits its events on
 the event loop: ("piece", str)* then exactly one of ("done", GenerationResult), ("error", exception),
 ("cancelled", None). A job is cancelled when its client goes away: a queued job is dropped at once,
-a running one stops at its next text piece, where the Model's stream generator is closed (which
-closes the decode loop and releases its cache) and the thread moves on to the next job.
+a running one stops after its current decode step (the Model checks `should_stop` between steps),
+and the thread moves on to the next job; the cache stays valid for the next request's prefix reuse.
 """
 from __future__ import annotations
 
@@ -39,12 +39,13 @@ class Work:
     options: dict = field(default_factory=dict)  # Model keyword options: max_new_tokens, temperature, ...
     template_kwargs: dict | None = None
 
-    def open(self, model):
-        """The Model's piece iterator; the request is fully checked here (ValueError names the field)."""
+    def open(self, model, should_stop=None):
+        """The Model's piece iterator; the request is fully checked here (ValueError names the field).
+        `should_stop` is checked after every decode step (a client that left)."""
         if self.messages is not None:
             return model.chat_stream(self.messages, mode=self.mode, stop=self.stop,
-                                     template_kwargs=self.template_kwargs, **self.options)
-        return model.stream(self.prompt, mode=self.mode, stop=self.stop, **self.options)
+                                     template_kwargs=self.template_kwargs, should_stop=should_stop, **self.options)
+        return model.stream(self.prompt, mode=self.mode, stop=self.stop, should_stop=should_stop, **self.options)
 
 
 class Job:
@@ -155,7 +156,7 @@ class Engine:
         m.queue_wait.observe(job.started - job.submitted)
         mode = job.work.mode
         try:
-            pieces = job.work.open(self.model)
+            pieces = job.work.open(self.model, should_stop=job.cancelled.is_set)
         except Exception as e:  # noqa: BLE001 - ValueError is the client's; the HTTP side maps the rest to 500
             if not isinstance(e, ValueError):
                 log.exception("request failed before decoding")
@@ -172,6 +173,9 @@ class Engine:
                     m.ttft.observe(time.monotonic() - job.submitted, mode=mode)
                     first = False
                 job.emit("piece", piece)
+            if job.cancelled.is_set():  # the decode loop saw it after a step and ended early
+                m.cancelled.inc()
+                return ("cancelled", None)
         except Exception as e:  # noqa: BLE001 - reported to the client as a server error, logged here
             log.exception("decoding failed")
             return ("error", e)

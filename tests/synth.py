@@ -81,10 +81,11 @@ def write_weights(folder, tensors: dict, shards: int = 1) -> Path:
 
 
 def checkpoint_tensors(model, dtype=torch.bfloat16) -> dict:
-    """The model's parameters under the checkpoint's names (prefix + head name), cast to dtype."""
+    """The model's parameters under the checkpoint's names (prefix + head name), cast to dtype; the
+    fused qkv / gate-up weights as the checkpoint's separate q/k/v_proj and gate/up_proj tensors."""
     cfg = model.cfg
     out = {}
-    for name, p in model.state_dict().items():
+    for name, p in model.checkpoint_state().items():
         key = cfg.head_name if name == "lm_head.weight" else f"{cfg.prefix}.{name}"
         out[key] = p.to(dtype)
     return out

@@ -29,7 +29,8 @@ def random_model(cfg: ModelConfig | None = None, seed: int = 0, dtype=torch.floa
     g = torch.Generator().manual_seed(seed)
     m = Transformer(cfg, backend=backend)
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        # Per checkpoint tensor (row views of the fused weights): the same draws for every layout.
+        for name, p in m.checkpoint_state().items():
             if name.endswith("layernorm.weight") or name == "norm.weight":
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             else:

@@ -6,7 +6,10 @@ A checkpoint folder holds `config.json` and either `model.safetensors` or shards
 
 The model is built on the `meta` device and filled tensor by tensor from memory-mapped files, each
 converted to the target dtype on the target device as it is read, so loading never holds a second
-copy of the model: at most one tensor is in flight besides the model's own storage.
+copy of the model: at most one tensor is in flight besides the model's own storage. The model's
+fused weights (q/k/v as `qkv_proj`, gate/up as `gate_up_proj`; see `trikern.model`) are allocated
+once and each checkpoint tensor is copied into its rows as it is read; checkpoints keep the separate
+HF tensors, and every check and error names those.
 
 An optional PEFT LoRA adapter (`linear_spec_lora/` by default: adapter_config.json +
 adapter_model.safetensors) on `o_proj` is attached to the attention layers; the model applies it
@@ -69,7 +72,8 @@ def load_model(path, device=None, dtype=None, backend: str = "auto", lora=None,
     expected = _expected_tensors(model, cfg)
     sources = _tensor_sources(folder)
     _check_names(folder, expected, sources, cfg)
-    state = _read_tensors(folder, expected, sources, device, dtype, progress)
+    shapes = {name: t.shape for name, t in model.state_dict().items()}
+    state = _read_tensors(folder, expected, sources, device, dtype, progress, shapes)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers were built on meta; recompute them where the weights now live.
     model.inv_freq = inv_freq(cfg.rope, cfg.head_dim).to(device)
@@ -164,12 +168,13 @@ def checkpoint_dir(path) -> Path:
     return p
 
 
-def _expected_tensors(model: Transformer, cfg: ModelConfig) -> dict[str, tuple[str, tuple]]:
-    """Checkpoint tensor name -> (parameter name, shape)."""
+def _expected_tensors(model: Transformer, cfg: ModelConfig) -> dict[str, tuple[str, slice | None, tuple]]:
+    """Checkpoint tensor name -> (parameter name, its rows there or None for all, shape on disk)."""
+    pieces, state = model.checkpoint_pieces(), model.checkpoint_state()
     out = {}
-    for pname, t in model.state_dict().items():
-        cname = cfg.head_name if pname == "lm_head.weight" else f"{cfg.prefix}.{pname}"
-        out[cname] = (pname, tuple(t.shape))
+    for local, (pname, rows) in pieces.items():
+        cname = cfg.head_name if local == "lm_head.weight" else f"{cfg.prefix}.{local}"
+        out[cname] = (pname, rows, tuple(state[local].shape))
     return out
 
 
@@ -223,8 +228,9 @@ def _ignorable(name: str, cfg: ModelConfig) -> bool:
     return bool(_IGNORED.match(name)) or (cfg.tie_word_embeddings and name == cfg.head_name)
 
 
-def _read_tensors(folder, expected, sources, device, dtype, progress):
-    """Read, check and convert every expected tensor; returns parameter name -> tensor."""
+def _read_tensors(folder, expected, sources, device, dtype, progress, shapes):
+    """Read, check and convert every expected tensor; returns parameter name -> tensor. A fused
+    parameter (`shapes` gives its full shape) is allocated at its first piece and filled by rows."""
     by_file = {}
     for name in expected:
         by_file.setdefault(sources[name], []).append(name)
@@ -238,7 +244,7 @@ def _read_tensors(folder, expected, sources, device, dtype, progress):
                     raise CheckpointError(
                         f"{f}: tensor '{name}' is stored as {disk}; trikern loads bf16, fp16 or fp32 "
                         f"weights (quantized int8 / fp8 checkpoints are not supported)")
-                want = expected[name][1]
+                want = expected[name][2]
                 if shape != want:
                     raise CheckpointError(f"{f}: tensor '{name}' has shape {list(shape)}, expected {list(want)} "
                                           f"(from config.json)")
@@ -256,7 +262,13 @@ def _read_tensors(folder, expected, sources, device, dtype, progress):
                         t = h.get_tensor(name)
                     except Exception as e:  # noqa: BLE001 - safetensors raises several types
                         raise CheckpointError(f"{f}: cannot read tensor '{name}': {e}") from None
-                    state[expected[name][0]] = t.to(dtype=dtype)
+                    pname, rows, _ = expected[name]
+                    if rows is None:
+                        state[pname] = t.to(dtype=dtype)
+                    else:
+                        if pname not in state:  # every row is written: _check_names saw each piece
+                            state[pname] = torch.empty(shapes[pname], dtype=dtype, device=device)
+                        state[pname][rows].copy_(t)
                     del t
                     bar.update(math.prod(meta[name][1]) * meta[name][2].itemsize)
     finally:

@@ -6,6 +6,12 @@ writes its K/V to the cache is explicit. Batch 1: tokens are a flat [T] chunk. E
 matmuls goes through `trikern.kernels`, so the model runs on Triton kernels or on their PyTorch
 references (`backend`). `forward_hidden` exposes the layer stack to the trainer, which supplies its
 own attention (the joint objective's mask) over batched sequences.
+
+Fused weights: each layer holds q/k/v as one `qkv_proj` weight [(Hq + 2 Hkv) D, H] and gate/up as one
+`gate_up_proj` weight [2 I, H], so a forward does one matmul for each and splits the output by views.
+At batch 1 a forward is bound by reading weights and by per-launch cost, and one larger matmul beats
+three small ones on both counts. Checkpoints keep the separate HF tensors: `FUSED` says which rows of
+a fused weight each one is, `checkpoint_pieces` / `checkpoint_state` map between the two layouts.
 """
 from __future__ import annotations
 
@@ -26,13 +32,19 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
 
+# Fused parameter (under a layer) -> the checkpoint tensors it stacks, in row order.
+FUSED = {
+    "self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+}
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         H, D = cfg.hidden_size, cfg.head_dim
-        self.q_proj = nn.Linear(H, cfg.num_attention_heads * D, bias=False)
-        self.k_proj = nn.Linear(H, cfg.num_key_value_heads * D, bias=False)
-        self.v_proj = nn.Linear(H, cfg.num_key_value_heads * D, bias=False)
+        self.sizes = (cfg.num_attention_heads * D, cfg.num_key_value_heads * D, cfg.num_key_value_heads * D)
+        self.qkv_proj = nn.Linear(H, sum(self.sizes), bias=False)
         self.o_proj = nn.Linear(cfg.num_attention_heads * D, H, bias=False)
         self.lora = None  # (A [r, in], B [out, r], scale) when a draft adapter is loaded
 
@@ -47,8 +59,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.sizes = (cfg.intermediate_size, cfg.intermediate_size)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
 
@@ -62,7 +74,8 @@ class Layer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Parameter names match the checkpoint's minus its prefix (`encoder.` / `model.`)."""
+    """Parameter names match the checkpoint's minus its prefix (`encoder.` / `model.`), except the
+    fused `qkv_proj` / `gate_up_proj`, which stand for the checkpoint's separate tensors (`FUSED`)."""
 
     def __init__(self, cfg: ModelConfig, backend: str = "auto"):
         super().__init__()
@@ -75,6 +88,32 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq(cfg.rope, cfg.head_dim), persistent=False)
         self.attn_factor = attention_factor(cfg.rope)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+    # -- checkpoint layout ---------------------------------------------------------------
+    def checkpoint_pieces(self) -> dict[str, tuple[str, slice | None]]:
+        """Checkpoint-layout name (no prefix) -> (parameter name, its rows: a slice, or None for the
+        whole parameter), in the order the unfused model declared them (q, k, v, o, gate, up, down,
+        norms), so code that walks the pieces in order (random init) draws what it always drew."""
+        out = {}
+        for pname in self.state_dict():
+            local = next((f for f in FUSED if pname.endswith("." + f)), None)
+            if local is None:
+                out[pname] = (pname, None)
+                continue
+            prefix = pname[: -len(local)]
+            start = 0
+            for piece, n in zip(FUSED[local], self.get_submodule(prefix + local.split(".")[0]).sizes):
+                out[prefix + piece] = (pname, slice(start, start + n))
+                start += n
+        return out
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The parameters under their checkpoint-layout names (no prefix), detached as in
+        `state_dict`; the pieces of a fused weight are row views of it (no copies): export them, or
+        fill them in place (under no_grad, like any in-place write to a parameter's storage)."""
+        state = self.state_dict()
+        return {name: state[p] if rows is None else state[p][rows]
+                for name, (p, rows) in self.checkpoint_pieces().items()}
 
     # -- pieces --------------------------------------------------------------------------
     def head_weight(self):
@@ -98,16 +137,19 @@ class Transformer(nn.Module):
             else:
                 h, residual = K.add_rmsnorm(x, residual, layer.input_layernorm.weight, cfg.rms_norm_eps, backend=be)
             at = layer.self_attn
-            q = at.q_proj(h).view(N, cfg.num_attention_heads, cfg.head_dim)
-            k = at.k_proj(h).view(N, cfg.num_key_value_heads, cfg.head_dim)
-            v = at.v_proj(h).view(N, cfg.num_key_value_heads, cfg.head_dim)
+            # One matmul; q / k / v are column views of its output (the kernels take row strides).
+            q, k, v = at.qkv_proj(h).split(at.sizes, dim=-1)
+            q = q.view(N, cfg.num_attention_heads, cfg.head_dim)
+            k = k.view(N, cfg.num_key_value_heads, cfg.head_dim)
+            v = v.view(N, cfg.num_key_value_heads, cfg.head_dim)
             q, k = self._rope(q, k, positions)
             o = attend(i, q, k, v).reshape(N, -1)
             x = at.out(o, lora)
             h, residual = K.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight, cfg.rms_norm_eps,
                                         backend=be)
             m = layer.mlp
-            x = m.down_proj(K.swiglu(m.gate_proj(h), m.up_proj(h), backend=be))
+            gate, up = m.gate_up_proj(h).split(m.sizes, dim=-1)
+            x = m.down_proj(K.swiglu(gate, up, backend=be))
         return K.add_rmsnorm(x, residual, self.norm.weight, cfg.rms_norm_eps, backend=be)[0]
 
     def logits(self, hidden):

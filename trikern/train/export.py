@@ -51,10 +51,12 @@ def atomic_write_json(path: Path, obj):
 
 
 def checkpoint_tensors(model, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Model parameters under their checkpoint names (prefix + name; the head as cfg.head_name)."""
+    """Model parameters under their checkpoint names (prefix + name; the head as cfg.head_name).
+    The fused qkv / gate-up weights are written as the separate HF tensors (q/k/v_proj, gate/up_proj)
+    every HF loader expects; `clone` gives each row slice its own storage, as safetensors requires."""
     cfg = model.cfg
     out = {}
-    for name, p in model.state_dict().items():
+    for name, p in model.checkpoint_state().items():
         key = cfg.head_name if name == "lm_head.weight" else f"{cfg.prefix}.{name}"
         out[key] = p.detach().to(dtype).contiguous().clone()
     return out

@@ -167,7 +167,9 @@ def build_model(tc: TrainConfig, ids: dict[str, int]) -> Transformer:
     model = Transformer(ModelConfig.from_dict(model_config_dict(tc, ids), "trainer"), backend="torch")
     std = 0.02
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        # Per checkpoint tensor (row views of the fused qkv / gate-up weights), in the unfused
+        # order: the same seed draws the same weights as before the weights were fused.
+        for name, p in model.checkpoint_state().items():
             if p.dim() == 2:
                 # Residual-branch outputs scaled down with depth (GPT-2 style) for a stable start.
                 scale = 1 / math.sqrt(2 * tc.num_hidden_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0

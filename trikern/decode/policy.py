@@ -9,9 +9,10 @@ expected tokens per step / expected seconds per step.
   running it (real steps: the exploration still produces tokens).
 - Tokens per step depend on the text: each speculative family (linear, quadratic) keeps one
   acceptance rate a = P(the next draft token is accepted), from exponentially decayed counts of
-  accepted drafts and rejections over the steps it ran. With B-1 drafts a step then yields
-  1 + a + ... + a^(B-1) tokens in expectation, so one step at any block size informs every block size
-  of its family. AR yields 1.
+  accepted drafts and rejections over the steps it ran, drifting back to the generation's long-run
+  rate over the steps it did not run. With B-1 drafts a step then yields 1 + a + ... + a^(B-1)
+  tokens in expectation, so one step at any block size informs every block size of its family.
+  AR yields 1.
 - At most every EXPLORE_EVERY steps, and only while exploring has cost under EXPLORE_SHARE of the
   decode time, the candidate not run for longest among those that could win if a whole block were
   accepted runs once, so the other family's rate stays current (acceptance moves with the text).
@@ -80,13 +81,30 @@ class Cost:
 
 @dataclass
 class Acceptance:
-    """Decayed counts of accepted draft tokens and of rejections (a step that stopped short)."""
+    """Decayed counts of accepted draft tokens and of rejections (a step that stopped short), which
+    drift back to the long-run rate while the family does not run: a family left because the text
+    turned unpredictable is tried again once what was learnt about that text has faded."""
     accepted: float = 1.0  # a weak prior of a = 0.5, forgotten within a few steps
     rejected: float = 1.0
+    total_accepted: float = 1.0  # the whole generation's counts (and the profile's prior)
+    total_rejected: float = 1.0
+    PRIOR = 2.0  # weight, in rejections, of the long-run rate in the recent counts
 
     @property
     def rate(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
+
+    @property
+    def long_run(self) -> float:
+        return self.total_accepted / (self.total_accepted + self.total_rejected)
+
+    def step(self, decay: float, accepted: float = 0.0, rejected: float = 0.0):
+        """One decode step: forget a little (towards the long-run rate), then add what it saw."""
+        keep = (1 - decay) * self.PRIOR
+        self.accepted = decay * self.accepted + keep * self.long_run + accepted
+        self.rejected = decay * self.rejected + keep * (1 - self.long_run) + rejected
+        self.total_accepted += accepted
+        self.total_rejected += rejected
 
     def expected_tokens(self, B: int) -> float:
         a = min(self.rate, 1 - 1e-9)
@@ -98,7 +116,7 @@ class AutoPolicy:
     COST_ALPHA = 0.3  # weight of the newest step time
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
-    EXPLORE_SHARE = 0.05  # of the decode time: a slow candidate is re-checked, never paid for long
+    EXPLORE_SHARE = 0.1  # of the decode time: a slow candidate is re-checked, never paid for long
     HYSTERESIS = 1.05  # switching into quadratic costs a one-token step: only switch for a clear gain
     REFRESH = 8  # live steps after which a candidate's persisted cost is rewritten
 
@@ -117,7 +135,8 @@ class AutoPolicy:
             for f, a in self.acc.items():
                 p = profile.get_acceptance(f)
                 if p is not None:  # the last generation's rate, as a weak prior
-                    a.accepted, a.rejected = 2 * p, 2 * (1 - p)
+                    a.accepted, a.rejected = a.PRIOR * p, a.PRIOR * (1 - p)
+                    a.total_accepted, a.total_rejected = a.accepted, a.rejected
         self.current = None
         self.explored = None  # the key chosen to explore in this step
         self.steps = 0
@@ -164,11 +183,12 @@ class AutoPolicy:
         self.seconds += seconds
         if key == self.explored:
             self.explore_s += seconds
-        if mode in self.acc and drafted > 0:
-            a = self.acc[mode]
-            accepted = min(tokens - 1, drafted)
-            a.accepted = self.DECAY * a.accepted + accepted
-            a.rejected = self.DECAY * a.rejected + (accepted < drafted)
+        for family, a in self.acc.items():
+            if family == mode and drafted > 0:
+                accepted = min(tokens - 1, drafted)
+                a.step(self.DECAY, accepted, float(accepted < drafted))
+            else:
+                a.step(self.DECAY)
         if cold:  # a step that compiled or captured a graph says nothing about the replay cost
             return
         c.seconds = seconds if c.measured == 0 else c.seconds + self.COST_ALPHA * (seconds - c.seconds)
@@ -182,4 +202,4 @@ class AutoPolicy:
         fresh = {k: c for k, c in self.cost.items()
                  if c.live >= self.MEASURE and (k not in self.prior or c.live >= self.REFRESH)}
         self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
-                            {f: a.rate for f, a in self.acc.items() if a.accepted + a.rejected > 2})
+                            {f: a.long_run for f, a in self.acc.items() if a.total_accepted + a.total_rejected > 2 * a.PRIOR})

@@ -106,7 +106,9 @@ def test_policy_ignores_cold_steps_and_keeps_hysteresis():
     p = costed([A, L2], [1.0, 1.45])  # L2 at a = 0.5: 1.5 tokens / 1.45 s = 1.03 tok/s
     p.current, p.steps = A, 1
     assert p.choose() == A  # within the hysteresis of AR's 1.0
-    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # acceptance went up
+    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # acceptance went up: 1.67 / 1.45 = 1.15 tok/s
+    assert p.choose() == A
+    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # and up again: clearly better
     assert p.choose() == L2
 
 
@@ -153,3 +155,14 @@ def test_measure_writes_every_candidate(tmp_path, monkeypatch):
     saved = json.loads(next(Path(tmp_path).rglob("decode-steps-*.json")).read_text())["results"]
     assert set(saved) == {f"{mode}/{b}/256" for mode, b in candidates("auto", 2, m.cfg)}  # smallest bucket
     assert all(prof.get(key)["seconds"] > 0 for key in candidates("auto", 2, m.cfg))
+
+
+def test_a_slow_spell_moves_the_speed_not_the_running_candidates_cost():
+    p = costed([A, L2], [1.0, 1.2])
+    for _ in range(5):
+        p.observe(L2, 2, 1.2, cold=False, drafted=1)  # L2 accepts: 1.8 tokens / 1.2 s beats AR
+    assert p.choose() == L2
+    for _ in range(10):  # the machine slows down 3x while L2 runs (accepting as before)
+        p.observe(L2, 2, 3.6, cold=False, drafted=1)
+    assert p.speed > 2.5  # (the first steps, before the speed caught up, leak a little into the cost)
+    assert p.cost[L2].seconds < 1.2 * 1.2 and p.choose() == L2  # a plain running average would say 3.6

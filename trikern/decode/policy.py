@@ -3,10 +3,12 @@
 `auto` picks, before every step, the candidate with the highest expected tokens per second =
 expected tokens per step / expected seconds per step.
 
-- Seconds per step depend on the device and the shapes, not on the text: a running average per
-  candidate of the warm steps it ran (steps that compiled or captured a graph do not count), seeded
-  by the persisted step-cost profile (profile.py). A candidate with no figure yet is measured by
-  running it (real steps: the exploration still produces tokens).
+- Seconds per step depend on the device and the shapes, not on the text: a slow running average
+  per candidate of the warm steps it ran (steps that compiled or captured a graph do not count),
+  seeded by the persisted step-cost profile (profile.py), kept apart from a fast estimate of the
+  machine's current speed so that a shared machine's slow spell does not single out whichever
+  candidate ran during it. A candidate with no figure yet is measured by running it (real steps:
+  the exploration still produces tokens).
 - Tokens per step depend on the text: each speculative family (linear, quadratic) keeps one
   acceptance rate a = P(the next draft token is accepted), from exponentially decayed counts of
   accepted drafts and rejections over the steps it ran, drifting back to the generation's long-run
@@ -113,12 +115,13 @@ class Acceptance:
 
 class AutoPolicy:
     MEASURE = 2  # warm steps a candidate runs before it competes
-    COST_ALPHA = 0.3  # weight of the newest step time
+    COST_ALPHA = 0.1  # a candidate's own cost is a property of its shapes: it moves slowly
+    SPEED_ALPHA = 0.5  # the machine's speed (other processes, clocks) moves fast
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
     EXPLORE_SHARE = 0.1  # of the decode time: a slow candidate is re-checked, never paid for long
-    HYSTERESIS = 1.05  # switching into quadratic costs a one-token step: only switch for a clear gain
-    REFRESH = 8  # live steps after which a candidate's persisted cost is rewritten
+    HYSTERESIS = 1.15  # a switch into quadratic starts with a one-token step: only switch for a clear gain
+    OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
 
     def __init__(self, keys, profile=None):
         self.keys = list(keys)
@@ -137,6 +140,7 @@ class AutoPolicy:
                 if p is not None:  # the last generation's rate, as a weak prior
                     a.accepted, a.rejected = a.PRIOR * p, a.PRIOR * (1 - p)
                     a.total_accepted, a.total_rejected = a.accepted, a.rejected
+        self.speed = 1.0  # step times now / the costs' scale (a shared machine's slow spell: > 1)
         self.current = None
         self.explored = None  # the key chosen to explore in this step
         self.steps = 0
@@ -191,15 +195,22 @@ class AutoPolicy:
                 a.step(self.DECAY)
         if cold:  # a step that compiled or captured a graph says nothing about the replay cost
             return
-        c.seconds = seconds if c.measured == 0 else c.seconds + self.COST_ALPHA * (seconds - c.seconds)
+        # Costs are kept at one scale and the machine's current speed apart: a slow spell that hits
+        # whichever candidate is running then moves the speed, not that candidate's cost, so it
+        # does not change which candidate wins (the speed cancels out of the comparison).
+        if c.measured:
+            ratio = min(max(seconds / c.seconds, self.speed / self.OUTLIER), self.speed * self.OUTLIER)
+            self.speed += self.SPEED_ALPHA * (ratio - self.speed)
+            c.seconds += self.COST_ALPHA * (seconds / self.speed - c.seconds)
+        else:
+            c.seconds = seconds / self.speed
         c.measured += 1
         c.live += 1
 
     def finish(self):
-        """Persist what was measured: new candidates, and refreshed ones that ran a while."""
+        """Persist the estimates this generation moved: the next one starts from them."""
         if self.profile is None:
             return
-        fresh = {k: c for k, c in self.cost.items()
-                 if c.live >= self.MEASURE and (k not in self.prior or c.live >= self.REFRESH)}
+        fresh = {k: c for k, c in self.cost.items() if c.live >= (1 if k in self.prior else self.MEASURE)}
         self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
                             {f: a.long_run for f, a in self.acc.items() if a.total_accepted + a.total_rejected > 2 * a.PRIOR})

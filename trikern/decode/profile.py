@@ -9,6 +9,7 @@ and `AutoPolicy.finish` saves what it saw.
 from __future__ import annotations
 
 import platform
+import statistics
 import sys
 import warnings
 
@@ -87,31 +88,39 @@ class StepProfile:
 
 def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:
     """Time `steps` warm steps of every auto candidate at each cache length (a random prompt of that
-    length, greedy) and persist them. Tokens per step are the random prompt's, i.e. a floor."""
+    length, greedy) and persist the median. The candidates take turns step by step, so a slow spell
+    of a shared machine lands on all of them alike. Tokens per step are the random prompt's: a floor."""
     from .common import DecodeContext, GenerationConfig  # noqa: PLC0415
     from .driver import drive  # noqa: PLC0415
     from .policy import AUTO, candidates  # noqa: PLC0415
 
     cfg = model.cfg
     device = model.embed_tokens.weight.device
-    B = block_size or cfg.block_size
+    keys = candidates(AUTO, block_size or cfg.block_size, cfg)
     prof = None
     for n in cache_lengths:
         n = min(int(n), cfg.max_position_embeddings - 64)
-        for key in candidates(AUTO, B, cfg):
-            gen = GenerationConfig(max_new_tokens=8 * key[1] * steps + 16, block_size=key[1])
+        prompt = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).to(device)
+        timings = {key: [] for key in keys}
+        running = {}
+        for key in keys:
+            gen = GenerationConfig(max_new_tokens=8 * key[1] * (steps + 4) + 16, block_size=key[1])
             ctx = DecodeContext(model, gen, n, key[0])
-            prompt = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).to(device)
-            timings = []
-            for _ in drive(ctx, prompt, key[0], on_step=lambda k, t, s, cold: cold or timings.append((t, s))):
-                if len(timings) >= steps:
-                    break
-            prof = prof or StepProfile(model, n)
-            prof.bucket = autotune.bucket(n, floor=256)
-            if timings:
-                tok = sum(t for t, _ in timings) / len(timings)
-                sec = sum(s for _, s in timings) / len(timings)
-                prof.save(key, prof.bucket, sec, tok, len(timings))
+            running[key] = drive(ctx, prompt, key[0],
+                                 on_step=lambda k, t, s, cold: cold or timings[k].append((t, s)))
+        for _ in range(steps + 4):  # a few more rounds than warm steps needed: the first may be cold
+            for key, it in list(running.items()):
+                if len(timings[key]) >= steps or next(it, None) is None:
+                    running.pop(key).close()
+        for it in running.values():
+            it.close()
+        prof = prof or StepProfile(model, n)
+        prof.bucket = autotune.bucket(n, floor=256)
+        for key in keys:
+            if timings[key]:
+                tok = sum(t for t, _ in timings[key]) / len(timings[key])
+                sec = statistics.median(s for _, s in timings[key])
+                prof.save(key, prof.bucket, sec, tok, len(timings[key]))
                 log(f"{key[0]:>15} B={key[1]:<3} cache {n:>6}: {1e3 * sec:8.2f} ms/step, "
                     f"{tok:5.2f} tokens/step, {tok / sec:8.1f} tok/s")
     return prof

@@ -21,8 +21,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpu_linear
 from . import kernels as K
 from .config import ModelConfig, attention_factor, inv_freq
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose bf16 inference on the CPU reads a oneDNN-packed weight (cpu_linear.py)."""
+
+    def forward(self, x):
+        return cpu_linear.linear(x, self.weight, self)
 
 
 class RMSNorm(nn.Module):
@@ -44,8 +52,8 @@ class Attention(nn.Module):
         super().__init__()
         H, D = cfg.hidden_size, cfg.head_dim
         self.sizes = (cfg.num_attention_heads * D, cfg.num_key_value_heads * D, cfg.num_key_value_heads * D)
-        self.qkv_proj = nn.Linear(H, sum(self.sizes), bias=False)
-        self.o_proj = nn.Linear(cfg.num_attention_heads * D, H, bias=False)
+        self.qkv_proj = Linear(H, sum(self.sizes), bias=False)
+        self.o_proj = Linear(cfg.num_attention_heads * D, H, bias=False)
         self.lora = None  # (A [r, in], B [out, r], scale) when a draft adapter is loaded
 
     def out(self, x, lora: bool):
@@ -60,8 +68,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.sizes = (cfg.intermediate_size, cfg.intermediate_size)
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, sum(self.sizes), bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
 
 class Layer(nn.Module):
@@ -84,7 +92,7 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", inv_freq(cfg.rope, cfg.head_dim), persistent=False)
         self.attn_factor = attention_factor(cfg.rope)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
@@ -153,7 +161,7 @@ class Transformer(nn.Module):
         return K.add_rmsnorm(x, residual, self.norm.weight, cfg.rms_norm_eps, backend=be)[0]
 
     def logits(self, hidden):
-        return F.linear(hidden, self.head_weight())
+        return cpu_linear.linear(hidden, self.head_weight(), self)
 
     # -- the one inference entry point ---------------------------------------------------
     def forward(self, tokens, positions, cache=None, pattern=K.CAUSAL, write_cache=False, sub_block=0,

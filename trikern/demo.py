@@ -42,6 +42,9 @@ def main(argv=None) -> int:
               f"{acc:>10}{s['tokens_per_second']:>9.1f}")
     how = "greedy" if a.temperature == 0 else f"temperature {a.temperature}, seed {a.seed}"
     print(f"\nblock size {a.block_size}, {how}; forwards exclude the prefill (counted separately).")
+    print("auto picks the fastest lossless mode and block size (up to the block size) before every step; on a "
+          "machine it has not seen, its first generation also measures each candidate ('trikern tune --decode' "
+          "does that up front).")
     if a.model is None:
         print("The embedded model has 6.5M parameters: its greedy text soon loops, which flatters speculation; "
               "docs/EVAL.md has held-out figures.")

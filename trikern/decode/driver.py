@@ -43,7 +43,6 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
         return made[key]
 
     cur = strategy(policy.first())
-    em = None
     try:
         first = cur.prefill(prompt_ids, run, timer)
         em = Emitter(ctx)

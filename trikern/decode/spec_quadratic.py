@@ -61,7 +61,7 @@ class QuadraticSpec(Strategy):
     def forward(self, draft, q):
         """draft [A], q [A-1, V] or None -> (tokens [A] padded with -1, count [], next draft [B],
         next q [B-1, V] or None)."""
-        ctx, cache, B, S = self.ctx, self.ctx.cache, self.B, self.S
+        ctx, cache, S = self.ctx, self.ctx.cache, self.S
         A = draft.shape[0]
         tokens, pos = K.draft_tree(draft, cache.length, S, self.mask_id, backend=self.backend)
         # The head runs on the A anchors, then on the B-1 draft rows of the one sub-block that the

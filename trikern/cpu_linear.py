@@ -23,8 +23,8 @@ enabled = bool(torch.backends.mkldnn.is_available() and _mkldnn is not None
 def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
     """x @ weight.T; `holder` (the module that owns the weight) keeps the packed copy."""
     global enabled
-    if not (enabled and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.dim() == 2
-            and weight.device.type == "cpu" and x.device.type == "cpu" and not torch.is_grad_enabled()):
+    if not (enabled and weight.is_cpu and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
+            and x.dim() == 2 and x.is_cpu and not torch.is_grad_enabled()):
         return F.linear(x, weight)
     try:
         stamp = (weight._version, weight.data_ptr())

@@ -30,7 +30,6 @@ from .strategy import Strategy
 
 class Diffusion(Strategy):
     mode = "diffusion"
-    lossless = False
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)

@@ -61,8 +61,7 @@ class Emitter:
 
     def ends(self, tokens: list[int]) -> bool:
         """Whether taking `tokens` would end the generation (first EOS or the token budget)."""
-        eos = self.ctx.gen.stop_token_ids
-        return self.emitted + len(tokens) >= self.ctx.max_new_tokens or any(t in eos for t in tokens)
+        return finish(tokens, self.ctx, self.emitted)[1]
 
     def cache_length(self) -> int:
         """What the cache length is between steps: every emitted token but the newest (the seed,

@@ -16,7 +16,6 @@ from .common import DecodeContext
 
 class Strategy:
     mode: str = ""
-    lossless = True  # greedy output equals AR's and sampled output keeps AR's distribution
 
     def __init__(self, ctx: DecodeContext, B: int):
         self.ctx, self.B = ctx, B

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from decode_helpers import run
+from decode_helpers import run, run_cycle
 from util import random_model, tiny_config
 
 import trikern
@@ -35,6 +35,23 @@ def test_auto_greedy_equals_ar_while_switching(embedded, monkeypatch):
     assert st.forwards == sum(r["forwards"] for r in used.values())
 
 
+def test_switching_quadratic_block_sizes_keeps_the_draft(monkeypatch):
+    """A quadratic step after another quadratic block size verifies that strategy's draft (cut to B,
+    or shorter than B) instead of restarting from one token; greedy output stays AR's (fp32: no
+    bf16 near-ties between differently shaped passes)."""
+    m = trikern.load(device="cpu", dtype=torch.float32)
+    model, tok = m.model, m.tokenizer
+    prompt = tok.encode("| id | name |\n|----|------|\n| 1 | ant |\n| 2 | bee |\n| 3 | cat |\n")
+    ar, _, _ = run(model, prompt, "ar", max_new_tokens=40)
+    Q8, Q2, Q4 = ("spec-quadratic", 8), ("spec-quadratic", 2), ("spec-quadratic", 4)
+    out, st, _, policy = run_cycle(monkeypatch, model, prompt, [Q8, Q2, Q4], max_new_tokens=40, block_size=8)
+    assert out == ar
+    assert st.switches == len(policy.drafted)  # every step switches (the prefill ran Q8)
+    # The draft left by the step before, cut to this step's B (Q8 -> Q2: 1 draft; Q2 -> Q4: 1; Q4 -> Q8: 3).
+    assert [d for _, d in policy.drafted] == [{Q8: 3, Q2: 1, Q4: 1}[k] for k, _ in policy.drafted]
+    assert any(t > 2 for t in st.acceptance_lengths)  # drafts were accepted past the restart token
+
+
 def test_auto_candidates():
     cfg = tiny_config(block_size=8)
     assert candidates("auto", 8, cfg) == [("ar", 1), ("spec-linear", 2), ("spec-linear", 4), ("spec-linear", 8),
@@ -52,7 +69,7 @@ def test_auto_on_an_ar_only_model_is_ar():
     assert out == ar and set(st.as_dict()["strategies"]) == {"ar/1"} and st.switches == 0
 
 
-A, L2, L8, Q4 = ("ar", 1), ("spec-linear", 2), ("spec-linear", 8), ("spec-quadratic", 4)
+A, L2, L4, L8, Q4 = ("ar", 1), ("spec-linear", 2), ("spec-linear", 4), ("spec-linear", 8), ("spec-quadratic", 4)
 
 
 def costed(keys, seconds):
@@ -64,28 +81,49 @@ def costed(keys, seconds):
     return p
 
 
-def test_acceptance_model():
-    a = Acceptance()
-    assert a.rate == 0.5 and a.expected_tokens(1) == 1 and a.expected_tokens(3) == pytest.approx(1.75)
+def test_acceptance_prior_and_per_position_hazards():
+    a = Acceptance(horizon=15)
+    assert a.hazards(3) == [0.5] * 3 and a.expected_tokens(1) == 1 and a.expected_tokens(3) == pytest.approx(1.75)
+    # Steps of 15 drafts whose accepted lengths are far from geometric (as measured on the embedded
+    # model: mostly 1-3 tokens, else the whole block): per-position hazards recover the expected
+    # tokens of every block size, which one acceptance rate cannot.
+    hist = {1: 128, 2: 150, 3: 204, 4: 32, 5: 16, 6: 12, 7: 2, 8: 8, 9: 6, 16: 46}
+    steps = [t for t, c in hist.items() for _ in range(c)]
+    for t in steps:
+        a.step(1.0, drafted=15, accepted=t - 1)  # no decay: the long run
+    for B in (2, 4, 8, 16):
+        assert a.expected_tokens(B) == pytest.approx(sum(min(t, B) for t in steps) / len(steps), rel=0.01)
+    # Positions never reached inherit the hazard of the last one measured (a geometric tail).
+    b = Acceptance(horizon=15)
+    for i in range(40):
+        b.step(1.0, drafted=3, accepted=3 if i % 4 else 1)
+    h = b.hazards(8)
+    assert h[0] < 0.1 and h[3:] == pytest.approx([h[2]] * 5, abs=0.02)
+    assert b.long_run() == pytest.approx(b.hazards(3), abs=0.05)
+
+
+def test_acceptance_is_live_and_fades_back_to_the_long_run():
     p = AutoPolicy([L2, L8, Q4])
-    for _ in range(20):  # B = 8 steps that accept every draft: the rate goes to 1 for B = 2 as well
+    for _ in range(20):  # B = 8 steps that accept every draft: B = 2 gains as well
         p.observe(L8, 8, 1.0, cold=False, drafted=7)
-    assert p.acc["spec-linear"].rate > 0.95 and p.tokens(L2) > 1.9 and p.tokens(L8) > 6
+    assert p.tokens(L2) > 1.9 and p.tokens(L8) > 6
     for _ in range(20):  # then nothing is accepted
         p.observe(L2, 1, 1.0, cold=False, drafted=1)
-    low = p.acc["spec-linear"].rate
-    assert low < 0.4 and p.tokens(L8) < 1.7  # (the long-run rate, 0.87 so far, still holds it up a little)
+    # Position 1 now fails; past it, the long run says the block goes through (it always did).
+    assert p.acc["spec-linear"].hazards(1)[0] > 0.7 and p.tokens(L2) < 1.2 and p.tokens(L8) < 2.2
     p = AutoPolicy([A, L2, L8, Q4])
-    p.acc["spec-linear"].total_accepted, p.acc["spec-linear"].total_rejected = 80.0, 20.0
-    for _ in range(10):
+    for _ in range(40):  # the long run: half of the first drafts accepted
+        p.observe(L2, 1 + _ % 2, 1.0, cold=False, drafted=1)
+    for _ in range(10):  # lately: none
         p.observe(L2, 1, 1.0, cold=False, drafted=1)
-    assert p.acc["spec-linear"].rate < 0.5
-    for _ in range(30):  # while AR runs, what was learnt fades back to the long-run rate
+    lin = p.acc["spec-linear"]
+    assert lin.hazards(1)[0] > 0.8
+    for _ in range(30):  # while AR runs, what was learnt fades back to the long-run hazard
         p.observe(A, 1, 1.0, cold=False)
-    assert p.acc["spec-linear"].rate == pytest.approx(p.acc["spec-linear"].long_run, abs=0.05)
-    assert p.acc["spec-quadratic"].rate == pytest.approx(0.5)  # the other family learnt nothing
+    assert lin.hazards(1)[0] == pytest.approx(lin.long_run(1)[0], abs=0.02)
+    assert p.tokens(Q4) == pytest.approx(1.875)  # the other family learnt nothing
     p.observe(Q4, 1, 1.0, cold=False, drafted=0)  # a quadratic restart verifies no draft: no evidence
-    assert p.acc["spec-quadratic"].rate == pytest.approx(0.5)
+    assert p.tokens(Q4) == pytest.approx(1.875)
 
 
 def test_policy_measures_each_candidate_then_picks_the_highest_rate():
@@ -99,34 +137,55 @@ def test_policy_measures_each_candidate_then_picks_the_highest_rate():
     assert p.choose() == L8  # everything accepted: 8 tokens in 2 s beats 2 in 1.5 s and AR's 1 in 1 s
 
 
-def test_policy_ignores_cold_steps_and_keeps_hysteresis():
+def test_policy_ignores_cold_steps_and_keeps_hysteresis_into_quadratic():
     p = AutoPolicy([A, L2])
     p.observe(A, 1, 50.0, cold=True)  # a compile or graph capture: not a cost
     assert p.cost[A].measured == 0
-    p = costed([A, L2], [1.0, 1.45])  # L2 at a = 0.5: 1.5 tokens / 1.45 s = 1.03 tok/s
-    p.current, p.steps = A, 1
-    assert p.choose() == A  # within the hysteresis of AR's 1.0
-    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # acceptance went up: 1.67 / 1.45 = 1.15 tok/s
-    assert p.choose() == A
-    p.observe(L2, 2, 1.45, cold=False, drafted=1)  # and up again: clearly better
-    assert p.choose() == L2
+    Q2 = ("spec-quadratic", 2)
+    for other in (Q2, L2):
+        p = costed([A, other], [1.0, 1.6])  # at the prior: 1.5 tokens / 1.6 s < AR's 1 tok/s
+        p.current, p.steps = A, 1
+        assert p.choose() == A
+        held = False
+        for _ in range(10):  # acceptance goes up step by step
+            p.observe(other, 2, 1.6, cold=False, drafted=1)
+            r = p.rate(other) / p.rate(A)
+            # Entering quadratic restarts from one token: only for a clear gain. Other switches are free.
+            bar = p.HYSTERESIS if other == Q2 else 1.0
+            held |= 1 < r < bar
+            assert p.choose() == (other if r >= bar else A)
+            if r >= bar:
+                break
+        assert p.current == other and held == (other == Q2)
 
 
-def test_policy_explores_what_could_win_within_its_time_share():
+def test_policy_explores_the_other_family_within_its_time_share():
     p = costed([A, L2, Q4], [1.0, 10.0, 10.0])  # AR best; L2 could reach 2 / 10 s: never worth it
     assert [p.choose() for _ in range(3 * p.EXPLORE_EVERY)] == [A] * 3 * p.EXPLORE_EVERY
-    cost = {A: 1.0, L2: 1.6, Q4: 3.5}  # AR best at a = 0.5, but L2 (2 / 1.6) and Q4 (4 / 3.5) could win
+    cost = {A: 1.0, L2: 1.6, L4: 2.0, Q4: 3.5}  # AR best at the prior, but L2, L4 and Q4 could win
     p = costed(list(cost), list(cost.values()))
     picks = []
-    for _ in range(8 * p.EXPLORE_EVERY):
+    for _ in range(12 * p.EXPLORE_EVERY):
         k = p.choose()
         picks.append((k, p.explored is not None))
-        p.observe(k, 1, cost[k], cold=False, drafted=k[1] - 1)  # nothing accepted: AR stays best
-    explored = [i for i, (k, e) in enumerate(picks) if e]
+        restart = k == Q4 and p.explore_left == 1  # the first quadratic step after AR verifies nothing
+        p.observe(k, 1, cost[k], cold=False, drafted=0 if restart else k[1] - 1)  # nothing accepted
     assert all(k == A for k, e in picks if not e)
-    assert {picks[i][0] for i in explored} == {L2, Q4}  # the stale one first, in turn
-    assert all((i + 1) % p.EXPLORE_EVERY == 0 for i in explored)
-    assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + max(cost.values())  # the cap, up to one step
+    runs, i = [], 0  # explorations: (first step, keys)
+    while i < len(picks):
+        if picks[i][1]:
+            j = i
+            while j < len(picks) and picks[j][1]:
+                j += 1
+            runs.append((i, [k for k, _ in picks[i:j]]))
+            i = j
+        else:
+            i += 1
+    assert all((i + 1) % p.EXPLORE_EVERY == 0 for i, _ in runs)
+    # The families take turns, each with its best candidate now (linear: B = 2, cheaper than B = 4
+    # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
+    assert [keys for _, keys in runs[:4]] == [[L2], [Q4, Q4], [L2], [Q4, Q4]]
+    assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
 
 
 def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
@@ -139,9 +198,11 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     keys = {k.rsplit("/", 1)[0] for k in saved if k.count("/") == 2}
     assert keys == {f"{mode}/{b}" for mode, b in candidates("auto", 4, m.cfg)}
     assert all(v["seconds"] > 0 and v["tokens"] >= 1 for k, v in saved.items() if k.count("/") == 2)
-    assert 0 <= saved["spec-linear/acceptance"]["rate"] <= 1  # the acceptance it ended with
+    hazards = StepProfile(m, 3).get_acceptance("spec-linear")  # what its acceptance ended with
+    assert hazards and all(0 <= h <= 1 for h in hazards)
     policy = AutoPolicy(candidates("auto", 4, m.cfg), StepProfile(m, 3))
     assert all(c.measured for c in policy.cost.values())
+    assert policy.acc["spec-linear"].long_run() == pytest.approx(hazards, abs=1e-3)  # the prior
     best = max(policy.keys, key=policy.rate)
     assert policy.first() == best and policy.choose() == best  # no measuring needed
 

@@ -193,15 +193,16 @@ def _prompt_set(a) -> int:
                            cuda_graphs=False if a.no_cuda_graphs else None)
     device = m.model.embed_tokens.weight.device
     env = report.environment(device, m.model.embed_tokens.weight.dtype)
-    rows, records = promptset.run(m, prompts, ids, s)
+    hf = peer.HFPeer(m) if a.peer else None
+    rows, records, peer_gens = promptset.run(m, prompts, ids, s, peer=hf)
     ar = next((r for r in rows if r["mode"] == "ar"), None)
     summary, peer_recs = None, []
-    if a.peer:
-        summary, peer_recs = peer.run(m, prompts, ids, s.max_new_tokens, [r for r in records if r["mode"] == "ar"])
+    if hf is not None:
+        summary, peer_recs = peer.summarize(hf, peer_gens, [r for r in records if r["mode"] == "ar"])
         hf_tps = summary["tokens_per_second"]
         summary["ratio"] = ar["tokens_per_second"] / hf_tps if hf_tps else None
         rows.append({"mode": "hf", "block_size": None, "label": "hf transformers", "prompts": len(prompts),
-                     "repeats": 1, "generated_tokens": summary["generated_tokens"],
+                     "repeats": s.repeats, "generated_tokens": summary["generated_tokens"],
                      "tokens_per_second": summary["tokens_per_second"], "tokens_per_forward": None,
                      "acceptance_histogram": {}, "prefill_tokens_per_second": summary["prefill_tokens_per_second"],
                      "peak_memory_mb": summary["peak_memory_mb"], "equal_ar": summary["tokens_agree"],

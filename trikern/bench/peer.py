@@ -8,20 +8,19 @@ a second copy of the weights.
 
 Timing follows trikern's stats: tokens/s = generated tokens / time after the first token (the
 prefill and its token are the prefill phase), measured with a streamer that HF calls once with
-the prompt and once per new token.
+the prompt and once per new token. The bench runs HF in turn with trikern's configurations,
+prompt by prompt and repeat by repeat (promptset.run), so a slow spell of a shared machine lands
+on both alike.
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from . import report
-
-WARMUP_TOKENS = 8
 
 
 class PeerError(ValueError):
@@ -99,45 +98,51 @@ class _Clock:
         pass
 
 
-def run(tmodel, prompts, ids: list[list[int]], max_new_tokens: int, ar_records: list[dict],
-        log=None) -> tuple[dict, list[dict]]:
-    """(peer summary, per-prompt records); `ar_records` are trikern's AR greedy generations."""
-    device = tmodel.model.embed_tokens.weight.device
-    dtype = tmodel.model.embed_tokens.weight.dtype
-    t0 = time.perf_counter()
-    hf, cls = load_hf(Path(tmodel.path), dtype, device)
-    tf = _transformers()
-    eos = list(tmodel._eos_ids())
-    limit = tmodel.cfg.max_position_embeddings
+class HFPeer:
+    """HF greedy generation of trikern's checkpoint; the prompt-set bench (promptset.run) calls
+    `generate` in turn with its own configurations, prompt by prompt, so both see the same machine."""
 
-    def generate(x: list[int], n: int):
+    label = "hf transformers"
+
+    def __init__(self, tmodel):
+        self.device = tmodel.model.embed_tokens.weight.device
+        self.hf, self.cls = load_hf(Path(tmodel.path), tmodel.model.embed_tokens.weight.dtype, self.device)
+        self.transformers = _transformers().__version__
+        self.eos = list(tmodel._eos_ids())
+        self.limit = tmodel.cfg.max_position_embeddings
+
+    def generate(self, x: list[int], max_new_tokens: int) -> dict:
+        """{'token_ids', 'prompt_tokens', 'prefill_s', 'decode_s'} of one greedy generation."""
         clock = _Clock()
-        inp = torch.tensor([x], device=device)
+        inp = torch.tensor([x], device=self.device)
+        n = min(max_new_tokens, self.limit - len(x))
         with torch.inference_mode():
-            out = hf.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=n, do_sample=False,
-                              eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0, streamer=clock)
-        return out[0, len(x):].tolist(), clock.times
+            out = self.hf.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=n, do_sample=False,
+                                   eos_token_id=self.eos or None, pad_token_id=self.eos[0] if self.eos else 0,
+                                   streamer=clock)
+        t = clock.times
+        return {"token_ids": out[0, len(x):].tolist(), "prompt_tokens": len(x), "prefill_s": t[1] - t[0],
+                "decode_s": t[-1] - t[1] if len(t) > 2 else 0.0}
 
-    report.reset_peak_memory(device)
-    generate(ids[0], min(WARMUP_TOKENS, max_new_tokens))
-    ours = {r["prompt_id"]: r["token_ids"] for r in ar_records if r["repeat"] == 0}
-    recs, gen, dec, ptok, pre = [], 0, 0.0, 0, 0.0
-    for p, x in zip(prompts, ids):
-        toks, times = generate(x, min(max_new_tokens, limit - len(x)))
-        d = times[-1] - times[1] if len(times) > 2 else 0.0
-        gen, dec, ptok, pre = gen + len(toks), dec + d, ptok + len(x), pre + (times[1] - times[0])
-        mine = ours.get(p.id)
+
+def summarize(peer: HFPeer, gens: list[dict], ar_records: list[dict]) -> tuple[dict, list[dict]]:
+    """(peer summary, per-generation records) from `peer.generate` results tagged with prompt_id,
+    kind and repeat; tokens are compared with trikern's AR greedy generation of the same prompt."""
+    ours = {(r["prompt_id"], r["repeat"]): r["token_ids"] for r in ar_records}
+    recs = []
+    for g in gens:
+        toks, mine = g["token_ids"], ours.get((g["prompt_id"], g["repeat"]))
         first_diff = next((i for i, (a, b) in enumerate(zip(toks, mine)) if a != b), None) if mine else None
         if mine is not None and first_diff is None and len(toks) != len(mine):
             first_diff = min(len(toks), len(mine))
-        recs.append({"prompt_id": p.id, "kind": p.kind, "token_ids": toks, "agree": mine == toks,
-                     "first_difference": first_diff})
-    tps = gen / dec if dec > 0 else 0.0
-    summary = {"peer": "hf", "transformers": tf.__version__, "hf_class": cls, "generated_tokens": gen,
-               "tokens_per_second": tps, "prefill_tokens_per_second": ptok / pre if pre > 0 else 0.0,
-               "peak_memory_mb": report.peak_memory_mb(device),
-               "tokens_agree": f"{sum(r['agree'] for r in recs)}/{len(recs)}", "ratio": None,
-               "wall_s": round(time.perf_counter() - t0, 3)}
-    print(f"[bench] hf transformers: {gen} tokens, {tps:.1f} tok/s ({summary['wall_s']:.1f} s)",
-          file=log or sys.stderr, flush=True)
+        recs.append({**g, "agree": mine == toks, "first_difference": first_diff})
+    gen = sum(len(g["token_ids"]) for g in gens)
+    dec = sum(g["decode_s"] for g in gens)
+    pre = sum(g["prefill_s"] for g in gens)
+    first = [r for r in recs if r["repeat"] == 0]
+    summary = {"peer": "hf", "transformers": peer.transformers, "hf_class": peer.cls, "generated_tokens": gen,
+               "tokens_per_second": gen / dec if dec > 0 else 0.0,
+               "prefill_tokens_per_second": sum(g["prompt_tokens"] for g in gens) / pre if pre > 0 else 0.0,
+               "peak_memory_mb": max((g["peak_memory_mb"] for g in gens), default=0.0),
+               "tokens_agree": f"{sum(r['agree'] for r in first)}/{len(first)}", "ratio": None}
     return summary, recs

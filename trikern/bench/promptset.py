@@ -84,12 +84,14 @@ def aggregate(stats: list[dict]) -> dict:
     }
 
 
-def run(model, prompts, ids: list[list[int]], s: Settings, log=None) -> tuple[list[dict], list[dict]]:
-    """(rows, per-generation records) for every (mode, block size) of `s`.
+def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
+        ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rows, per-generation records, the peer's generations) for every (mode, block size) of `s`.
 
-    The configurations take turns prompt by prompt (not one configuration after another), so a slow
-    spell of a shared machine lands on all of them alike. Prefix reuse is off: every generation
-    prefills its whole prompt, as the first request of a session does."""
+    The configurations take turns prompt by prompt (not one configuration after another), and the
+    peer (`peer.HFPeer`), when given, takes its turn with them, so a slow spell of a shared machine
+    lands on all of them alike. Prefix reuse is off: every generation prefills its whole prompt, as
+    the first request of a session does."""
     device = model.model.embed_tokens.weight.device
     configs = s.configs()
     kws = {c: dict(mode=c[0], block_size=c[1], temperature=s.temperature, top_p=s.top_p, threshold=s.threshold,
@@ -102,6 +104,9 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None) -> tuple[li
         t0 = time.perf_counter()
         model.generate(ids[0], max_new_tokens=min(WARMUP_TOKENS, s.max_new_tokens), seed=s.seed, **kws[c])
         wall[c] += time.perf_counter() - t0
+    peer_gens = []
+    if peer is not None:
+        peer.generate(ids[0], min(WARMUP_TOKENS, s.max_new_tokens))
     for rep in range(s.repeats):
         for i, (p, x) in enumerate(zip(prompts, ids)):
             # A distinct seed per generation, fixed by (seed, repeat, prompt): reruns reproduce.
@@ -115,6 +120,11 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None) -> tuple[li
                 stats[c].append(r.stats)
                 recs[c].append({"mode": c[0], "block_size": c[1], "prompt_id": p.id, "kind": p.kind, "repeat": rep,
                                 "seed": seed, "token_ids": r.token_ids, "text": r.text, "stats": r.stats})
+            if peer is not None:
+                report.reset_peak_memory(device)
+                g = peer.generate(x, s.max_new_tokens)
+                peer_gens.append({"prompt_id": p.id, "kind": p.kind, "repeat": rep, **g,
+                                  "peak_memory_mb": report.peak_memory_mb(device)})
     rows, records = [], []
     for mode, block in configs:
         c = (mode, block)
@@ -135,7 +145,7 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None) -> tuple[li
                 same = [r["token_ids"] == ar[r["prompt_id"]] for r in records
                         if (r["mode"], r["block_size"], r["repeat"]) == (row["mode"], row["block_size"], 0)]
                 row["equal_ar"] = f"{sum(same)}/{len(same)}"
-    return rows, records
+    return rows, records, peer_gens
 
 
 def _by_kind(recs: list[dict]) -> dict:

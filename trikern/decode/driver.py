@@ -55,7 +55,7 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
             key = policy.choose()
             if key != cur.key:
                 nxt = strategy(key)
-                nxt.start(cur.seed)
+                nxt.take_over(cur)
                 cur = nxt
                 ctx.stats.switches += 1
             check_room(ctx, em.cache_length(), cur.scratch(cur.B))

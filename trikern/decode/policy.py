@@ -9,15 +9,16 @@ expected tokens per step / expected seconds per step.
   machine's current speed so that a shared machine's slow spell does not single out whichever
   candidate ran during it. A candidate with no figure yet is measured by running it (real steps:
   the exploration still produces tokens).
-- Tokens per step depend on the text: each speculative family (linear, quadratic) keeps one
-  acceptance rate a = P(the next draft token is accepted), from exponentially decayed counts of
-  accepted drafts and rejections over the steps it ran, drifting back to the generation's long-run
-  rate over the steps it did not run. With B-1 drafts a step then yields 1 + a + ... + a^(B-1)
-  tokens in expectation, so one step at any block size informs every block size of its family.
-  AR yields 1.
+- Tokens per step depend on the text: each speculative family (linear, quadratic) keeps, per draft
+  position k, the hazard P(draft k is rejected | drafts before it were accepted) from exponentially
+  decayed counts over the steps it ran, drifting back to the generation's long-run hazards over the
+  steps it did not run (`Acceptance`). A step with B-1 drafts then yields 1 + the sum of the
+  survival probabilities of positions 1 .. B-1 in expectation, so one step at any block size
+  informs every block size of its family. AR yields 1.
 - At most every EXPLORE_EVERY steps, and only while exploring has cost under EXPLORE_SHARE of the
-  decode time, the candidate not run for longest among those that could win if a whole block were
-  accepted runs once, so the other family's rate stays current (acceptance moves with the text).
+  decode time, the other speculative family not run for longest runs a step (two when entering
+  quadratic, whose first step only restarts) with its best candidate among those that could win if
+  a whole block were accepted, so its acceptance stays current (acceptance moves with the text).
 
 Only lossless strategies are candidates (AR, linear and quadratic self-speculation; never
 diffusion): each step starts and ends in the shared state and keeps AR's output distribution, so
@@ -78,39 +79,94 @@ class Cost:
     seconds: float = 0.0  # per step, running average
     measured: int = 0  # warm steps behind it (the profile's count as MEASURE)
     live: int = 0  # warm steps this generation
-    last: int = -1  # index of the last step this candidate ran
 
 
-@dataclass
 class Acceptance:
-    """Decayed counts of accepted draft tokens and of rejections (a step that stopped short), which
-    drift back to the long-run rate while the family does not run: a family left because the text
-    turned unpredictable is tried again once what was learnt about that text has faded."""
-    accepted: float = 1.0  # a weak prior of a = 0.5, forgotten within a few steps
-    rejected: float = 1.0
-    total_accepted: float = 1.0  # the whole generation's counts (and the profile's prior)
-    total_rejected: float = 1.0
-    PRIOR = 2.0  # weight, in rejections, of the long-run rate in the recent counts
+    """What one speculative family's drafts are worth on the current text.
+
+    Per draft position k = 1, 2, ... it keeps the hazard h_k = P(draft k is rejected | drafts
+    1 .. k-1 were accepted), from decayed counts of the steps that reached k and of those that were
+    rejected there. A step at block size B then yields 1 + sum_{k<B} prod_{j<=k} (1 - h_j) tokens
+    in expectation, so one step informs every block size of its family. Hazards are not constant
+    in k: a draft is usually right for a couple of tokens, and text that survives those (a copy, a
+    table row) tends to be accepted to the end of the block, which a single acceptance rate cannot
+    express and which is what makes long blocks pay.
+
+    The recent counts shrink towards the generation's long-run hazard at k, so a family not run
+    for a while (or a position not reached lately) falls back to it; the long-run hazard of a
+    position with little evidence leans on position k-1's, so positions never reached inherit the
+    last one measured (a constant hazard, the geometric tail).
+    """
+
+    START = 0.5  # hazard before any evidence
+    PRIOR = 2.0  # weight, in steps, of the long-run hazard in the recent estimate
+    SMOOTH = 2.0  # weight, in steps, of position k-1's long-run hazard in position k's
+
+    def __init__(self, horizon: int = 1, prior=None, weight: float = 4.0):
+        """`horizon`: the most drafts a step verifies (largest block size - 1); `prior`: long-run
+        hazards per position from an earlier generation (the profile), held as `weight` steps each."""
+        self.horizon = horizon
+        self.prior, self.weight = list(prior or ()), weight
+        self.reach: list[float] = []  # recent (decayed) steps that reached position k+1
+        self.reject: list[float] = []  # recent steps rejected at position k+1
+        self.total_reach: list[float] = []  # this generation's counts
+        self.total_reject: list[float] = []
+        self._survival: list[float] | None = None
+
+    def long_run(self, n: int | None = None) -> list[float]:
+        """Long-run hazards of positions 1 .. n (default: as far as there is evidence): this
+        generation's counts shrunk towards the prior's hazard, or where it has none, position k-1's."""
+        out, prev = [], self.START
+        for k in range(max(len(self.total_reach), len(self.prior)) if n is None else n):
+            reach = self.total_reach[k] if k < len(self.total_reach) else 0.0
+            rej = self.total_reject[k] if k < len(self.total_reach) else 0.0
+            base, w = (self.prior[k], self.weight) if k < len(self.prior) else (prev, self.SMOOTH)
+            prev = (rej + w * base) / (reach + w)
+            out.append(prev)
+        return out
+
+    def hazards(self, n: int) -> list[float]:
+        """Current hazards of draft positions 1 .. n."""
+        out = []
+        for k, h in enumerate(self.long_run(n)):
+            reach = self.reach[k] if k < len(self.reach) else 0.0
+            rej = self.reject[k] if k < len(self.reach) else 0.0
+            out.append((rej + self.PRIOR * h) / (reach + self.PRIOR))
+        return out
 
     @property
-    def rate(self) -> float:
-        return self.accepted / (self.accepted + self.rejected)
+    def evidence(self) -> float:
+        """Steps of this generation that verified a draft."""
+        return self.total_reach[0] if self.total_reach else 0.0
 
-    @property
-    def long_run(self) -> float:
-        return self.total_accepted / (self.total_accepted + self.total_rejected)
-
-    def step(self, decay: float, accepted: float = 0.0, rejected: float = 0.0):
-        """One decode step: forget a little (towards the long-run rate), then add what it saw."""
-        keep = (1 - decay) * self.PRIOR
-        self.accepted = decay * self.accepted + keep * self.long_run + accepted
-        self.rejected = decay * self.rejected + keep * (1 - self.long_run) + rejected
-        self.total_accepted += accepted
-        self.total_rejected += rejected
+    def step(self, decay: float, drafted: int = 0, accepted: int = 0):
+        """One decode step (of any strategy): forget a little, then add what it saw -- `accepted` of
+        `drafted` drafts (a step of this family; 0 drafted: no evidence)."""
+        for k in range(len(self.reach)):
+            self.reach[k] *= decay
+            self.reject[k] *= decay
+        if drafted > 0:
+            reached = min(accepted + 1, drafted)
+            while len(self.reach) < reached:
+                for counts in (self.reach, self.reject, self.total_reach, self.total_reject):
+                    counts.append(0.0)
+            for k in range(reached):
+                self.reach[k] += 1
+                self.total_reach[k] += 1
+            if accepted < drafted:
+                self.reject[accepted] += 1
+                self.total_reject[accepted] += 1
+        self._survival = None
 
     def expected_tokens(self, B: int) -> float:
-        a = min(self.rate, 1 - 1e-9)
-        return (1 - a ** B) / (1 - a)
+        if self._survival is None or len(self._survival) < B:
+            alive, total, cum = 1.0, 1.0, [1.0]
+            for h in self.hazards(max(B - 1, self.horizon)):
+                alive *= 1 - h
+                total += alive
+                cum.append(total)
+            self._survival = cum  # cum[k] = expected tokens of a step with k drafts
+        return self._survival[B - 1]
 
 
 class AutoPolicy:
@@ -120,29 +176,29 @@ class AutoPolicy:
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
     EXPLORE_SHARE = 0.1  # of the decode time: a slow candidate is re-checked, never paid for long
-    HYSTERESIS = 1.15  # a switch into quadratic starts with a one-token step: only switch for a clear gain
+    HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
+    # make it for a clear gain (the other switches cost nothing: no hysteresis)
     OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
 
     def __init__(self, keys, profile=None):
         self.keys = list(keys)
         self.cost = {k: Cost() for k in self.keys}
-        self.acc = {f: Acceptance() for f in SPEC_FAMILIES}
         self.prior = set()
         self.profile = profile
+        horizon = max(B for _, B in self.keys) - 1
+        # The last generation's long-run hazards, as a weak prior (acceptance moves with the text).
+        self.acc = {f: Acceptance(horizon, profile and profile.get_acceptance(f)) for f in SPEC_FAMILIES}
         if profile is not None:
             for k, c in self.cost.items():
                 p = profile.get(k)
                 if p is not None:
                     c.seconds, c.measured = p["seconds"], self.MEASURE
                     self.prior.add(k)
-            for f, a in self.acc.items():
-                p = profile.get_acceptance(f)
-                if p is not None:  # the last generation's rate, as a weak prior
-                    a.accepted, a.rejected = a.PRIOR * p, a.PRIOR * (1 - p)
-                    a.total_accepted, a.total_rejected = a.accepted, a.rejected
         self.speed = 1.0  # step times now / the costs' scale (a shared machine's slow spell: > 1)
         self.current = None
         self.explored = None  # the key chosen to explore in this step
+        self.explore_left = 0  # further steps of the same exploration
+        self.last_run: dict[str, int] = {}  # mode -> the last step index it ran
         self.steps = 0
         self.seconds = self.explore_s = 0.0
 
@@ -160,6 +216,9 @@ class AutoPolicy:
 
     def choose(self):
         self.steps += 1
+        if self.explore_left:  # a quadratic exploration's second step: its first only restarted
+            self.explore_left -= 1
+            return self.explored
         self.explored = None
         need = [k for k in self.keys if self.cost[k].measured < self.MEASURE]
         if need:  # measure on the fly, the current candidate first (no switch)
@@ -167,14 +226,24 @@ class AutoPolicy:
             return self.current
         best = max(self.keys, key=self.rate)
         cur = self.current
-        if cur is not None and self.rate(best) < self.HYSTERESIS * self.rate(cur):
+        if cur is not None and best[0] != cur[0] and best[0] == "spec-quadratic" \
+                and self.rate(best) < self.HYSTERESIS * self.rate(cur):
             best = cur
         self.current = best
         if self.steps % self.EXPLORE_EVERY == 0 and self.explore_s <= self.EXPLORE_SHARE * self.seconds:
+            # Only acceptance needs exploring (costs are known), and one step of a family informs all
+            # its block sizes: refresh the family not run for longest, with its best candidate among
+            # those that could win if a whole block were accepted.
             bar = self.rate(best)
-            stale = [k for k in self.keys if k != best and k[1] / self.cost[k].seconds > bar]
-            if stale:
-                self.explored = min(stale, key=lambda k: self.cost[k].last)
+            could = {}
+            for k in self.keys:
+                if k[0] in SPEC_FAMILIES and k[0] != best[0] and k[1] / self.cost[k].seconds > bar:
+                    could.setdefault(k[0], []).append(k)
+            if could:
+                family = min(could, key=lambda f: self.last_run.get(f, -1))
+                self.explored = max(could[family], key=self.rate)
+                # Entering quadratic, the first step restarts (verifies nothing): take one more.
+                self.explore_left = int(family == "spec-quadratic" and (cur is None or cur[0] != family))
                 return self.explored
         return best
 
@@ -183,14 +252,13 @@ class AutoPolicy:
         cut) after verifying `drafted` draft tokens, in `seconds`."""
         mode, B = key
         c = self.cost[key]
-        c.last = self.steps
+        self.last_run[mode] = self.steps
         self.seconds += seconds
         if key == self.explored:
             self.explore_s += seconds
         for family, a in self.acc.items():
-            if family == mode and drafted > 0:
-                accepted = min(tokens - 1, drafted)
-                a.step(self.DECAY, accepted, float(accepted < drafted))
+            if family == mode:
+                a.step(self.DECAY, drafted, min(tokens - 1, drafted))
             else:
                 a.step(self.DECAY)
         if cold:  # a step that compiled or captured a graph says nothing about the replay cost
@@ -213,4 +281,4 @@ class AutoPolicy:
             return
         fresh = {k: c for k, c in self.cost.items() if c.live >= (1 if k in self.prior else self.MEASURE)}
         self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
-                            {f: a.long_run for f, a in self.acc.items() if a.total_accepted + a.total_rejected > 2 * a.PRIOR})
+                            {f: a.long_run() for f, a in self.acc.items() if a.evidence})

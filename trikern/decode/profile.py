@@ -66,17 +66,21 @@ class StepProfile:
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
         self._write(self.key_str(key, bucket), entry)
 
-    def get_acceptance(self, family: str) -> float | None:
-        """The acceptance rate a generation in `family` last ended with (a prior), or None."""
-        e = self.entries.get(f"{family}/acceptance")
-        return e["rate"] if e is not None and 0 <= e.get("rate", -1) <= 1 else None
+    def get_acceptance(self, family: str) -> list[float] | None:
+        """The long-run hazard per draft position (policy.Acceptance) a generation in `family` last
+        ended with (a prior), or None. Stored as h1, h2, ... (result files hold scalars only)."""
+        e = self.entries.get(f"{family}/acceptance") or {}
+        out = []
+        while isinstance(e.get(f"h{len(out) + 1}"), (int, float)) and 0 <= e[f"h{len(out) + 1}"] <= 1:
+            out.append(float(e[f"h{len(out) + 1}"]))
+        return out or None
 
     def update(self, costs: dict, acceptance: dict):
-        """costs: key -> (seconds, tokens, steps); acceptance: family -> rate."""
+        """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position."""
         for key, (seconds, tokens, steps) in costs.items():
             self.save(key, self.bucket, seconds, tokens, steps)
-        for family, rate in acceptance.items():
-            self._write(f"{family}/acceptance", {"rate": float(rate)})
+        for family, hazards in acceptance.items():
+            self._write(f"{family}/acceptance", {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)})
 
     def _write(self, ks: str, entry: dict):
         self.entries[ks] = entry

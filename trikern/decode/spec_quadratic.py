@@ -1,9 +1,10 @@
 """Quadratic self-speculation (docs/ALGORITHMS.md): one forward verifies the draft and drafts the next block
 for every possible acceptance length.
 
-State between steps: the shared state (strategy.py) plus the draft d_0 .. d_{A-1} (A = B, or A = 1 right after the prompt or a forced
-token) and, when sampling, q [A-1, V], the distributions d_1 .. d_{A-1} were drawn from. d_0 is
-verified and already emitted; its K/V are not in the cache yet; it sits at n = cache length.
+State between steps: the shared state (strategy.py) plus the draft d_0 .. d_{A-1} (A = B; A = 1
+right after the prompt or a forced token; up to B after a switch from another block size, see
+`take_over`) and, when sampling, q [A-1, V], the distributions d_1 .. d_{A-1} were drawn from. d_0
+is verified and already emitted; its K/V are not in the cache yet; it sits at n = cache length.
 A step (`QuadraticSpec.step`, host-sync free):
 
 1. kernels.draft_tree: A sub-blocks of B+1 tokens, sub-block i = `[d_i, M x B]`, d_i at n+i and
@@ -26,7 +27,8 @@ AR logit gives d_0 and its masks d_1 .. d_{B-1}. Both calls are the prefill of i
 count as `prefill_forwards` (2, or 1 for a one-token prompt); like AR's prefill it yields the first
 token. Every later step costs one forward; `acceptance_lengths[c + 1]` counts tokens produced per
 step (before the EOS / budget cut). After a forced end-think token or a switch from another mode the
-state restarts with the A = 1 step on `[seed, M x B]` (one forward, produces 1 token).
+state restarts with the A = 1 step on `[seed, M x B]` (one forward, produces 1 token); a switch
+from another block size of this mode keeps that strategy's draft instead.
 """
 from __future__ import annotations
 
@@ -57,6 +59,14 @@ class QuadraticSpec(Strategy):
         self.draft = seed.reshape(1)
         self.q = None if self.ctx.gen.temperature <= 0 else torch.empty(0, self.ctx.cfg.vocab_size,
                                                                          device=seed.device)
+
+    def take_over(self, prev):
+        """From another block size of this mode, keep its next draft (the first B tokens; a shorter
+        one is verified as it is, A < B sub-blocks): no one-token restart step."""
+        if not isinstance(prev, QuadraticSpec):
+            return super().take_over(prev)
+        self.seed, self.draft = prev.seed, prev.draft[: self.B]
+        self.q = None if prev.q is None else prev.q[: self.draft.shape[0] - 1]
 
     def forward(self, draft, q):
         """draft [A], q [A-1, V] or None -> (tokens [A] padded with -1, count [], next draft [B],

@@ -35,6 +35,10 @@ class Strategy:
         """Take over the shared state (after the prefill, a switch or a forced token)."""
         self.seed = seed
 
+    def take_over(self, prev: "Strategy"):
+        """Continue from another strategy's state (a switch): its seed; a subclass may keep more."""
+        self.start(prev.seed)
+
     def first_token(self, logits: torch.Tensor) -> torch.Tensor:
         g = self.ctx.gen
         return sample(logits, g.temperature, g.top_k, g.top_p, self.ctx.generator)

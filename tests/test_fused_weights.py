@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 import trikern
 from synth import checkpoint_tensors, write_json, write_nld_checkpoint, write_weights
 from trikern.kernels import CAUSAL
+from trikern.kernels.rope import rope_ref
 from trikern.loading import CheckpointError, load_model
 from trikern.train.export import export
 from util import nld_config_dict, random_model, tiny_config
@@ -41,7 +42,7 @@ def unfused_logits(model, t, ids):
         q = (h @ w(p + "self_attn.q_proj.weight").T).view(N, Hq, D)
         k = (h @ w(p + "self_attn.k_proj.weight").T).view(N, Hkv, D)
         v = (h @ w(p + "self_attn.v_proj.weight").T).view(N, Hkv, D)
-        q, k = model._rope(q, k, torch.arange(N))
+        q, k = rope_ref(q, k, torch.arange(N), *model._rope_args())
         k, v = (z.repeat_interleave(Hq // Hkv, dim=1).transpose(0, 1) for z in (k, v))
         o = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, is_causal=True, scale=model.scale)
         x = x + o.transpose(0, 1).reshape(N, -1) @ w(p + "self_attn.o_proj.weight").T

@@ -127,10 +127,9 @@ class Transformer(nn.Module):
     def head_weight(self):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def _rope(self, q, k, positions):
+    def _rope_args(self):
         r = self.cfg.rope
-        return K.rope(q, k, positions, self.inv_freq, self.attn_factor, r.llama_4_scaling_beta,
-                      r.original_max_position_embeddings or 1, backend=self.backend)
+        return self.inv_freq, self.attn_factor, r.llama_4_scaling_beta, r.original_max_position_embeddings or 1
 
     def forward_hidden(self, tokens, positions, attend, lora=False):
         """Layer stack over flat tokens [N] at `positions` [N]; `attend(i, q, k, v) -> o` gives the
@@ -138,6 +137,8 @@ class Transformer(nn.Module):
         cfg, be = self.cfg, self.backend
         N = tokens.shape[0]
         x = self.embed_tokens(tokens)
+        # The PyTorch reference's cos / sin, once for every layer (the Triton kernel computes its own).
+        table = None if K.use_triton(be, x) else K.rope_table(positions, *self._rope_args())
         residual = None
         for i, layer in enumerate(self.layers):
             if residual is None:
@@ -150,7 +151,7 @@ class Transformer(nn.Module):
             q = q.view(N, cfg.num_attention_heads, cfg.head_dim)
             k = k.view(N, cfg.num_key_value_heads, cfg.head_dim)
             v = v.view(N, cfg.num_key_value_heads, cfg.head_dim)
-            q, k = self._rope(q, k, positions)
+            q, k = K.rope(q, k, positions, *self._rope_args(), backend=be, table=table)
             o = attend(i, q, k, v).reshape(N, -1)
             x = at.out(o, lora)
             h, residual = K.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight, cfg.rms_norm_eps,

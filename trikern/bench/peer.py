@@ -23,6 +23,10 @@ import torch
 from . import report
 
 
+# HF's default and its fastest here (the embedded model on this project's CPU: ~15% over "eager").
+ATTENTION = "sdpa"
+
+
 class PeerError(ValueError):
     """The peer cannot run (transformers missing, checkpoint it cannot represent)."""
 
@@ -41,7 +45,7 @@ def load_hf(path: Path, dtype: torch.dtype, device: torch.device):
     tf = _transformers()
     d = json.loads((path / "config.json").read_text())
     if d.get("model_type") != "nemotron_labs_diffusion":
-        m = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+        m = tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION)
         return m.to(device).eval(), type(m).__name__
     kw = {k: v for k, v in d.items() if k not in ("model_type", "architectures")}
     rope = {**(d.get("rope_scaling") or {}), **(d.get("rope_parameters") or {})}
@@ -49,7 +53,7 @@ def load_hf(path: Path, dtype: torch.dtype, device: torch.device):
         conf, cls = tf.Ministral3Config(**kw), tf.Ministral3ForCausalLM
     else:
         conf, cls = tf.LlamaConfig(**kw), tf.LlamaForCausalLM
-    conf._attn_implementation = "eager"
+    conf._attn_implementation = ATTENTION
     with torch.device("meta"):
         m = cls(conf)
     m.load_state_dict(_renamed_tensors(path, dtype, device), strict=False, assign=True)

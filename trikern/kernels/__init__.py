@@ -13,12 +13,12 @@ from .dispatch import BACKENDS, check_backend, use_triton
 from .draft_tree import draft_tree
 from .rmsnorm import add_rmsnorm, rmsnorm
 from .reveal import reveal
-from .rope import rope
+from .rope import rope, rope_table
 from .swiglu import swiglu
 from .verify import verify
 
 __all__ = [
     "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC",
-    "add_rmsnorm", "attention", "check_backend", "draft_tree", "reveal", "rmsnorm", "rope", "swiglu", "use_triton",
+    "add_rmsnorm", "attention", "check_backend", "draft_tree", "reveal", "rmsnorm", "rope", "rope_table", "swiglu", "use_triton",
     "verify",
 ]

@@ -81,14 +81,18 @@ def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_bloc
     if T == 0:
         return q.new_empty(0, Hq, D)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if not k_cache.is_cuda:
-        # Reading the committed length costs nothing here: attend to those entries only, not to every
-        # slot under a mask (a cache sized for wide quadratic steps would make each pass pay for
-        # all its scratch). On a GPU the mask covers all slots: no host sync, so CUDA graphs capture.
-        cache_len = int(cache_len)
-        k_cache, v_cache = k_cache[:, :cache_len], v_cache[:, :cache_len]
-    S = k_cache.shape[1]
-    mask = full_mask(pattern, T, S, cache_len, sub_block, q.device)
+    if k_cache.is_cuda:  # the mask covers every slot: no host sync, so CUDA graphs capture
+        mask = full_mask(pattern, T, k_cache.shape[1], cache_len, sub_block, q.device)
+    else:
+        # Reading the committed length costs nothing here: attend to those entries only, not to
+        # every slot under a mask (a cache sized for wide quadratic steps would make each pass pay
+        # for all its scratch); a one-token or bidirectional chunk then needs no mask at all.
+        n = int(cache_len)
+        k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
+        if pattern not in PATTERNS.values():
+            raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+        every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
+        mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
     keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)[None]  # [1, Hkv, S+T, D]
     vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)[None]
     out = F.scaled_dot_product_attention(

@@ -30,27 +30,42 @@ CONFIGS = [
 ]
 
 
-def rope_ref(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1):
+def rope_table(positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1):
+    """What the reference rotates by: (cos, signed sin) [T, 1, D] fp32 -- the halves repeated, the
+    first half's sin negated -- and the Llama-4 query scale [T, 1, 1] (None without it). Every layer
+    of a forward rotates by the same table, so the model computes it once per forward (`table=`)."""
     ang = positions.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]  # [T, D/2]
-    cos = (torch.cos(ang) * attn_factor)[:, None, :]
-    sin = (torch.sin(ang) * attn_factor)[:, None, :]
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    if attn_factor != 1.0:
+        cos, sin = cos * attn_factor, sin * attn_factor
+    qscale = None
+    if llama4_beta is not None:
+        qscale = (1 + llama4_beta * torch.log1p(torch.floor(positions.to(torch.float32) / llama4_len)))[:, None, None]
+    return torch.cat([cos, cos], -1)[:, None, :], torch.cat([-sin, sin], -1)[:, None, :], qscale
+
+
+def rope_ref(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, table=None):
+    """NeoX rotate-half: [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin], in fp32 (`table`: from
+    `rope_table`, else computed here)."""
+    cos, sin, qscale = table if table is not None else rope_table(positions, inv_freq, attn_factor, llama4_beta,
+                                                                  llama4_len)
 
     def rot(x):
         xf = x.float()
-        x1, x2 = xf.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return xf * cos + xf.roll(x.shape[-1] // 2, -1) * sin  # roll by D/2 = [x2, x1]
 
     qr, kr = rot(q), rot(k)
-    if llama4_beta is not None:
-        scale = 1 + llama4_beta * torch.log1p(torch.floor(positions.to(torch.float32) / llama4_len))
-        qr = qr * scale[:, None, None]
+    if qscale is not None:
+        qr = qr * qscale
     return qr.to(q.dtype), kr.to(k.dtype)
 
 
-def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto"):
+def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto", table=None):
+    """`table` (from `rope_table`) spares the reference recomputing cos / sin; the kernel computes
+    its own."""
     if use_triton(backend, q):
         return rope_triton(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
-    return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
+    return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len, table)
 
 
 # cos / sin without libdevice. Its cosf / sinf carry a Payne-Hanek path for |x| > 105615 whose

@@ -23,7 +23,8 @@ CONFIGS = [
 
 
 def swiglu_ref(gate, up):
-    return (F.silu(gate.float()) * up.float()).to(gate.dtype)
+    # silu(gate) * up in fp32: in place on the fresh fp32 copy of gate (up is widened exactly by mul_).
+    return F.silu(gate.float(), inplace=gate.dtype != torch.float32).mul_(up).to(gate.dtype)
 
 
 def swiglu(gate, up, backend="auto"):

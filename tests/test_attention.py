@@ -19,7 +19,7 @@ import torch
 
 from trikern.kernels import autotune
 from trikern.kernels.attention import (
-    BIDIRECTIONAL, CAUSAL, QUADRATIC, attention, attention_ref, attention_triton, config_space,
+    BIDIRECTIONAL, CAUSAL, QUADRATIC, attention, attention_ref, attention_triton, config_space, full_mask,
 )
 
 # Per-dtype tolerance: fp32 is exact up to summation order. fp16 must be within 2x the error of
@@ -231,6 +231,25 @@ def test_aot_variants_cover_every_config(arch):
     for v in variants:
         assert set(v.signature) | set(v.constexprs) == set(v.fn.arg_names), v.kernel_name
         assert not set(v.signature) & set(v.constexprs), v.kernel_name
+
+
+@pytest.mark.parametrize("T,pattern,sub_block", [
+    (1, CAUSAL, 0), (1, BIDIRECTIONAL, 0), (1, QUADRATIC, 1), (5, CAUSAL, 0), (5, BIDIRECTIONAL, 0),
+    (6, QUADRATIC, 3), (6, QUADRATIC, 2)])
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_reference_on_cpu_equals_the_dense_mask_over_every_slot(T, pattern, sub_block, n):
+    """On a CPU the reference attends to the committed entries only (and to no mask where every
+    key is visible): the same as softmax under the full [T, S + T] mask over every slot, which
+    is what it computes on a GPU. Slots past n hold NaN: none may leak."""
+    (q, k, v, kc, vc), clean = make_case(T, 4, 2, 16, n, S=n + 9, seed=n + T)
+    out = attention_ref(q, k, v, kc, vc, torch.tensor(n), pattern, sub_block)
+    cq, ck, cv, ckc, cvc = clean
+    keys = torch.cat([ckc, ck.transpose(0, 1)], 1).repeat_interleave(2, 0)  # [Hq, S + T, D]
+    vals = torch.cat([cvc, cv.transpose(0, 1)], 1).repeat_interleave(2, 0)
+    scores = (cq.transpose(0, 1) @ keys.transpose(1, 2)) / 4.0  # 1 / sqrt(16)
+    scores = scores.masked_fill(~full_mask(pattern, T, n + 9, n, sub_block), float("-inf"))
+    dense = (scores.softmax(-1) @ vals).transpose(0, 1)
+    torch.testing.assert_close(out, dense, **FP32_TOL)
 
 
 def test_cacheless_forward():

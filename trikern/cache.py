@@ -42,6 +42,7 @@ class KVCache:
         return new
 
     def layer(self, i):
+        """(K, V) of layer i: [Hkv, slots, D] views."""
         return self.k[i], self.v[i]
 
     def scratch_slots(self, T: int) -> torch.Tensor:
@@ -49,9 +50,9 @@ class KVCache:
         return self.length + torch.arange(T, device=self.length.device)
 
     def write(self, i, k, v, idx):
-        """Write chunk K/V ([T, Hkv, D]) of layer i to the slots `idx` (from `scratch_slots`)."""
-        self.k[i].index_copy_(1, idx, k.transpose(0, 1).to(self.k.dtype))
-        self.v[i].index_copy_(1, idx, v.transpose(0, 1).to(self.v.dtype))
+        """Write chunk K/V ([T, Hkv, D], the cache's dtype) of layer i to the slots `idx` (from `scratch_slots`)."""
+        self.k[i].index_copy_(1, idx, k.transpose(0, 1))
+        self.v[i].index_copy_(1, idx, v.transpose(0, 1))
 
     def commit(self, count):
         """Make the first `count` scratch entries part of the cache (append / truncate-to-accepted)."""

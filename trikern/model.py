@@ -182,19 +182,21 @@ class Transformer(nn.Module):
             empty = torch.empty(self.cfg.num_key_value_heads, 0, self.cfg.head_dim,
                                 dtype=self.embed_tokens.weight.dtype, device=tokens.device)
             length = 0
-        elif write_cache:
-            slots = cache.scratch_slots(tokens.shape[0])
+        else:
+            # On a GPU the length stays on the device (no host sync: CUDA graphs capture); on a CPU
+            # reading it is free, and read once here rather than by every layer's attention.
+            length = cache.length if cache.length.is_cuda else int(cache.length)
+            if write_cache:
+                slots = cache.scratch_slots(tokens.shape[0])
 
         def attend(i, q, k, v):
             if cache is None:
                 kc = vc = empty
-                n = length
             else:
                 kc, vc = cache.layer(i)
-                n = cache.length
                 if write_cache:
                     cache.write(i, k, v, slots)
-            return K.attention(q, k, v, kc, vc, n, pattern, sub_block, self.scale, backend=self.backend)
+            return K.attention(q, k, v, kc, vc, length, pattern, sub_block, self.scale, backend=self.backend)
 
         hidden = self.forward_hidden(tokens, positions, attend, lora)
         if return_hidden:

@@ -93,12 +93,10 @@ def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_bloc
             raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
         every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
         mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
-    keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)[None]  # [1, Hkv, S+T, D]
-    vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)[None]
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], keys, vals, attn_mask=mask, scale=scale, enable_gqa=True
-    )
-    return out[0].transpose(0, 1).contiguous()
+    keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)  # [Hkv, S+T, D]
+    vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), keys, vals, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1).contiguous()
 
 
 def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto"):

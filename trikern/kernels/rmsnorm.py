@@ -11,6 +11,7 @@ hidden sizes are at most a few thousand, so one pass over the row is enough.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -30,8 +31,8 @@ _MAX_PER_THREAD = 64  # fp32 row elements one thread holds before register press
 
 
 def rmsnorm_ref(x, weight, eps):
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+    # x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then the weight in that dtype.
+    return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * weight
 
 
 def add_rmsnorm_ref(x, residual, weight, eps):

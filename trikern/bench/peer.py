@@ -20,9 +20,6 @@ from pathlib import Path
 
 import torch
 
-from . import report
-
-
 # HF's default and its fastest here (the embedded model on this project's CPU: ~15% over "eager").
 ATTENTION = "sdpa"
 

@@ -103,13 +103,22 @@ def test_peer_hf_on_a_ministral3_shaped_checkpoint(tmp_path, capsys):
         assert [r["tokens_agree"] for r in csv.DictReader(f)] == ["", "", "2/2"]
 
 
-def test_peer_hf_on_the_embedded_model(capsys):
-    """The embedded checkpoint has no llama-4 scaling: HF runs it as a Llama."""
+def test_peer_hf_on_the_embedded_model(capsys, tmp_path):
+    """The embedded checkpoint has no llama-4 scaling: HF runs it as a Llama, once per prompt and
+    repeat, in turn with trikern's generations."""
     pytest.importorskip("transformers")
-    rc, out, err = run(capsys, "--limit", 1, "--modes", "ar", "--dtype", "float32", "--max-new-tokens", 5,
-                       "--peer", "hf")
+    j = tmp_path / "b.json"
+    rc, out, err = run(capsys, "--limit", 2, "--modes", "ar", "--dtype", "float32", "--max-new-tokens", 5,
+                       "--repeats", 2, "--peer", "hf", "--json", j)
     assert rc == 0, err
-    assert "LlamaForCausalLM" in out and "tokens agree on 1/1 prompts" in out
+    assert "LlamaForCausalLM" in out and "tokens agree on 2/2 prompts" in out
+    res = json.loads(j.read_text())
+    gens = res["peer_generations"]
+    assert sorted((g["prompt_id"], g["repeat"]) for g in gens) == sorted(
+        (g["prompt_id"], g["repeat"]) for g in res["generations"])  # one HF run per trikern run
+    assert all(g["agree"] and g["decode_s"] > 0 for g in gens)
+    hf = res["rows"][-1]
+    assert hf["mode"] == "hf" and hf["repeats"] == 2 and hf["generated_tokens"] == sum(len(g["token_ids"]) for g in gens)
 
 
 # -- the synthetic bench ----------------------------------------------------------------------------------

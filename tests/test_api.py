@@ -1,7 +1,6 @@
 """trikern.load / generate / stream / chat on a real on-disk checkpoint with a trained tokenizer."""
 import pytest
 import torch
-from synth import write_chat_checkpoint
 
 import trikern
 from trikern.decode import decode
@@ -9,8 +8,8 @@ from trikern.decode.common import DecodeContext, GenerationConfig
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_chat_checkpoint(tmp_path_factory.mktemp("chat"))
+def ckpt(chat_ckpt):
+    return chat_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,16 @@ from util import nld_config_dict, random_model, tiny_config
 import trikern
 from trikern.checks import MAX_BLOCK_SIZE, QUADRATIC_BUDGET_BYTES, check_block_size, quadratic_step_bytes
 from trikern.config import ConfigError, ModelConfig
-from trikern.decode.common import DecodeContext, GenerationConfig
+from trikern.decode.common import STEP_MODES, DecodeContext, GenerationConfig
 from trikern.loading import CheckpointError
 
-MODES = ["ar", "diffusion", "spec-linear", "spec-quadratic"]
+MODES = STEP_MODES
 NAN, INF = float("nan"), float("inf")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_chat_checkpoint(tmp_path_factory.mktemp("bad"))
+def ckpt(chat_ckpt):
+    return chat_ckpt
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-from synth import write_chat_checkpoint
 
 ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
@@ -16,8 +15,8 @@ def trikern(*args, stdin=None):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return str(write_chat_checkpoint(tmp_path_factory.mktemp("cli")))
+def ckpt(chat_ckpt):
+    return str(chat_ckpt)
 
 
 def test_help_lists_every_command_and_option():

@@ -52,7 +52,11 @@ def chunk_mask(pattern: int, T: int, sub_block: int = 0, device=None) -> torch.T
         anchor = (off[None, :] == 0) & (blk[None, :] <= blk[:, None])
         own = (off[:, None] > 0) & (blk[None, :] == blk[:, None])
         return anchor | own
-    raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    raise _bad_pattern(pattern)
+
+
+def _bad_pattern(pattern) -> ValueError:
+    return ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
 
 
 def full_mask(pattern, T, S, cache_len, sub_block=0, device=None) -> torch.Tensor:
@@ -90,7 +94,7 @@ def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_bloc
         n = int(cache_len)
         k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
         if pattern not in PATTERNS.values():
-            raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+            raise _bad_pattern(pattern)
         every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
         mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
     keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)  # [Hkv, S+T, D]
@@ -384,8 +388,8 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
             raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
     if q.dtype not in _DTYPES:
         raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
-    if pattern not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
-        raise ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    if pattern not in PATTERNS.values():
+        raise _bad_pattern(pattern)
     if pattern == QUADRATIC and (sub_block < 1 or T % sub_block):
         raise ValueError(f"quadratic attention: chunk length {T} is not a multiple of sub_block={sub_block}")
     n = _cache_len_tensor(cache_len, S, q.device)

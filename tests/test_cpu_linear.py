@@ -1,6 +1,7 @@
-"""The CPU bf16 matmul with a oneDNN-packed weight gives F.linear's bits (odd batch sizes, sliced
-rows), follows in-place weight changes, and leaves autograd and other dtypes to F.linear; a model
-decodes the same tokens with it on and off."""
+"""The CPU bf16 matmul: the packed path gives F.linear's bits and the wide (fp32) path is within an
+ulp of the exact product (odd batch sizes, sliced rows); the choice between them is measured once
+per (shape, row bucket, threads) or forced by TRIKERN_CPU_LINEAR; both copies follow in-place weight
+changes; autograd and other dtypes take F.linear; a model decodes the same tokens with it on and off."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,26 +16,79 @@ class Holder:
     pass
 
 
-@pytest.mark.parametrize("M", [1, 2, 7, 33])
+@pytest.fixture
+def path(monkeypatch, request):
+    """Force one path for the test (and forget choices made before it)."""
+    def force(name):
+        monkeypatch.setenv("TRIKERN_CPU_LINEAR", name)
+        monkeypatch.setattr(cpu_linear, "_choices", {})
+    return force
+
+
+def within_an_ulp(y, x, w):
+    exact = x.double() @ w.double().T
+    ulp = exact.abs().clamp_min(2.0 ** -126) * 2.0 ** -7  # bf16 keeps 8 significant bits
+    assert y.dtype == torch.bfloat16 and ((y.double() - exact).abs() <= ulp).all()
+
+
+@pytest.mark.parametrize("M", [0, 1, 2, 7, 33])
 @pytest.mark.parametrize("out_f,in_f", [(96, 64), (704, 256), (5, 3)])
-def test_same_bits_as_f_linear(M, out_f, in_f):
+def test_both_paths(M, out_f, in_f, path):
     g = torch.Generator().manual_seed(M)
     w = torch.randn(out_f, in_f, generator=g).bfloat16()
     x = torch.randn(M + 3, in_f, generator=g).bfloat16()[2:2 + M]  # rows of a larger tensor
     with torch.inference_mode():
+        path("packed")
         assert torch.equal(cpu_linear.linear(x, w, Holder()), F.linear(x, w))
+        path("wide")
+        within_an_ulp(cpu_linear.linear(x, w, Holder()), x, w)
 
 
-def test_packed_copy_follows_in_place_changes():
+def test_choice_is_measured_once_per_shape_bucket_and_threads(monkeypatch):
+    monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    timed = []
+    real = cpu_linear._measure
+    monkeypatch.setattr(cpu_linear, "_measure", lambda x, lay: timed.append(x.shape[0]) or real(x, lay))
+    w = torch.randn(64, 32).bfloat16()
+    with torch.no_grad():
+        for rows in (1, 1, 3, 4, 5, 1):
+            x = torch.randn(rows, 32).bfloat16()
+            within_an_ulp(cpu_linear.linear(x, w, Holder()), x, w)
+        cpu_linear.linear(torch.randn(64, 32).bfloat16(), w, Holder())  # past MAX_WIDE_ROWS: never timed
+    assert timed == [1, 3, 5]  # buckets 1, 4 (3 and 4), 8 (5)
+    assert set(cpu_linear._choices.values()) <= {"packed", "wide"} and len(cpu_linear._choices) == 3
+    key = next(iter(cpu_linear._choices))
+    assert key[:2] == (64, 32) and key[3] == torch.get_num_threads()
+
+
+def test_big_weights_have_no_wide_copy(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "MAX_WIDE_BYTES", 1024)
+    h = Holder()
+    with torch.no_grad():
+        cpu_linear.linear(torch.randn(1, 32).bfloat16(), torch.randn(16, 32).bfloat16(), h)  # 2 KiB in fp32
+    assert h._cpu_layouts.wide is None and h._cpu_layouts.packed is not None
+
+
+def test_a_bad_forced_path_names_the_variable(path):
+    path("fast")
+    with pytest.raises(ValueError, match="TRIKERN_CPU_LINEAR='fast'"), torch.no_grad():
+        cpu_linear.linear(torch.randn(1, 4).bfloat16(), torch.randn(4, 4).bfloat16(), Holder())
+
+
+@pytest.mark.parametrize("name", ["packed", "wide"])
+def test_copies_follow_in_place_changes(name, path):
+    path(name)
     w = torch.randn(32, 16).bfloat16()
     x = torch.randn(3, 16).bfloat16()
     h = Holder()
     with torch.no_grad():
         first = cpu_linear.linear(x, w, h)
-        packed = h._cpu_packed
-        assert torch.equal(cpu_linear.linear(x, w, h), first) and h._cpu_packed is packed  # reused
+        lay = h._cpu_layouts
+        assert torch.equal(cpu_linear.linear(x, w, h), first) and h._cpu_layouts is lay  # reused
         w.mul_(2)
-        assert torch.equal(cpu_linear.linear(x, w, h), F.linear(x, w))
+        within_an_ulp(cpu_linear.linear(x, w, h), x, w)
+        assert h._cpu_layouts is not lay
 
 
 def test_autograd_and_other_dtypes_take_f_linear():
@@ -43,18 +97,20 @@ def test_autograd_and_other_dtypes_take_f_linear():
     h = Holder()
     y = cpu_linear.linear(x, w, h)
     y.sum().backward()
-    assert w.grad is not None and not hasattr(h, "_cpu_packed")
+    assert w.grad is not None and not hasattr(h, "_cpu_layouts")
     with torch.no_grad():
         cpu_linear.linear(x.bfloat16(), w.detach().bfloat16(), h)
-    assert hasattr(h, "_cpu_packed")
+    assert hasattr(h, "_cpu_layouts")
 
 
-def test_model_decodes_the_same_tokens_with_and_without(monkeypatch):
+@pytest.mark.parametrize("name", ["packed", "wide"])
+def test_model_decodes_the_same_tokens_with_and_without(name, path, monkeypatch):
     from decode_helpers import run
 
+    path(name)
     m = random_model(tiny_config(), seed=2, dtype=torch.bfloat16)
     on, _, _ = run(m, [1, 2, 3], "spec-linear", max_new_tokens=12, block_size=4)
-    assert any("_cpu_packed" in mod.__dict__ for mod in m.modules())
+    assert any("_cpu_layouts" in mod.__dict__ for mod in m.modules())
     monkeypatch.setattr(cpu_linear, "enabled", False)
     off, _, _ = run(m, [1, 2, 3], "spec-linear", max_new_tokens=12, block_size=4)
     assert on == off

@@ -1,15 +1,27 @@
-"""bf16 matmuls on the CPU with the weight laid out once for oneDNN.
+"""bf16 matmuls on the CPU: each weight laid out once, for the faster of two paths, chosen by measurement.
 
 PyTorch's CPU `F.linear` on bf16 lays the weight out for oneDNN again on every call; at decoding's
 batch sizes that costs more than the product (2-3x at the embedded model's sizes, measured here).
-Laying it out once, as torch.compile's CPU freezing does, gives the same bits faster. The packed
-copy is made on first use and made again whenever the weight changes (its version counter or
-storage), so a trained or edited weight is never read stale; it costs one more copy of the bf16
-weights in memory. Anything else -- other dtypes or devices, autograd, a torch build without the
-oneDNN ops -- takes `F.linear`.
+Laying it out once, as torch.compile's CPU freezing does, gives the same bits faster ("packed").
+
+Even packed, a oneDNN bf16 product pays ~40 us per call on this project's CPU whatever its size,
+while MKL's fp32 product on a pre-transposed fp32 copy of a small weight takes 10-30 us ("wide":
+the input widened, the output rounded back to bf16; bf16 x bf16 products are exact in fp32 and both
+paths sum in fp32, so they differ only in summation order, at most an ulp of the bf16 result).
+Which is faster depends on the CPU, the shape, the row count and the thread count, so the first
+call of each (shape, row bucket, threads) in a process times both and keeps the winner
+(`TRIKERN_CPU_LINEAR=packed|wide` forces one). A wide copy is made only for weights of at most `MAX_WIDE_BYTES`: past
+that a product is bound by reading the weight, and fp32 reads twice the bytes.
+
+The copies are made on first use and made again whenever the weight changes (its version counter
+or storage), so a trained or edited weight is never read stale; they cost the packed copy (the bf16
+size) and, for small weights, the wide one (twice it). Anything else -- other dtypes or devices,
+autograd, a torch build without the oneDNN ops -- takes `F.linear`.
 """
 from __future__ import annotations
 
+import os
+import time
 import warnings
 
 import torch
@@ -19,24 +31,85 @@ _mkldnn = getattr(torch.ops, "mkldnn", None)
 enabled = bool(torch.backends.mkldnn.is_available() and _mkldnn is not None
                and hasattr(_mkldnn, "_reorder_linear_weight") and hasattr(_mkldnn, "_linear_pointwise"))
 
+PACKED, WIDE = "packed", "wide"
+MAX_WIDE_BYTES = 8 << 20
+MAX_WIDE_ROWS = 32  # above this many rows oneDNN's bf16 compute wins outright: not worth timing
+_ROUNDS, _REPS = 5, 3
+_choices: dict[tuple, str] = {}  # (out, in, row bucket, threads) -> PACKED / WIDE
+
+
+def forced() -> str | None:
+    """The path `TRIKERN_CPU_LINEAR` forces (None: measure)."""
+    v = os.environ.get("TRIKERN_CPU_LINEAR", "").strip().lower()
+    if v in ("", "auto"):
+        return None
+    if v not in (PACKED, WIDE):
+        raise ValueError(f"TRIKERN_CPU_LINEAR={v!r}: expected 'packed', 'wide' or 'auto'")
+    return v
+
+
+class _Layouts:
+    __slots__ = ("stamp", "packed", "wide")
+
+    def __init__(self, stamp, packed, wide):
+        self.stamp, self.packed, self.wide = stamp, packed, wide
+
+
+def _packed(x, lay):
+    return _mkldnn._linear_pointwise(x.contiguous(), lay.packed, None, "none", [], "")
+
+
+def _wide(x, lay):
+    return torch.mm(x.float(), lay.wide).to(torch.bfloat16)
+
+
+def _layouts(weight, holder):
+    try:
+        stamp = (weight._version, weight.data_ptr())
+    except RuntimeError:  # an inference-mode tensor has no version counter: it cannot change in place either
+        stamp = (-1, weight.data_ptr())
+    lay = holder.__dict__.get("_cpu_layouts")
+    if lay is None or lay.stamp != stamp:
+        packed = _mkldnn._reorder_linear_weight(weight, 1)
+        wide = weight.t().float().contiguous() if weight.numel() * 4 <= MAX_WIDE_BYTES else None
+        lay = holder.__dict__["_cpu_layouts"] = _Layouts(stamp, packed, wide)
+    return lay
+
+
+def _measure(x, lay) -> str:
+    """The faster path for this product, timed in alternation (this machine's speed drifts)."""
+    paths = ((PACKED, _packed), (WIDE, _wide))
+    best = {name: float("inf") for name, _ in paths}
+    for _ in range(_ROUNDS):
+        for name, fn in paths:
+            t = time.perf_counter()
+            for _ in range(_REPS):
+                fn(x, lay)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return min(best, key=best.get)
+
+
+def _choose(x, weight, lay) -> str:
+    rows = x.shape[0]
+    if lay.wide is None or rows > MAX_WIDE_ROWS:
+        return PACKED
+    key = (*weight.shape, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _choices[key] = forced() or _measure(x, lay)
+    return choice
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
-    """x @ weight.T; `holder` (the module that owns the weight) keeps the packed copy."""
+    """x @ weight.T; `holder` (the module that owns the weight) keeps the laid-out copies."""
     global enabled
     if not (enabled and weight.is_cpu and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and x.dim() == 2 and x.is_cpu and not torch.is_grad_enabled()):
         return F.linear(x, weight)
     try:
-        stamp = (weight._version, weight.data_ptr())
-    except RuntimeError:  # an inference-mode tensor has no version counter: it cannot change in place either
-        stamp = (-1, weight.data_ptr())
-    packed = holder.__dict__.get("_cpu_packed")
-    if packed is None or packed[0] != stamp:
-        try:
-            packed = (stamp, _mkldnn._reorder_linear_weight(weight, 1))
-        except RuntimeError as e:  # a build whose oneDNN lacks the op: the plain path from now on
-            warnings.warn(f"oneDNN weight packing unavailable ({e}); using F.linear", RuntimeWarning, stacklevel=2)
-            enabled = False
-            return F.linear(x, weight)
-        holder.__dict__["_cpu_packed"] = packed
-    return _mkldnn._linear_pointwise(x.contiguous(), packed[1], None, "none", [], "")
+        lay = _layouts(weight, holder)
+    except RuntimeError as e:  # a build whose oneDNN lacks the op: the plain path from now on
+        warnings.warn(f"oneDNN weight packing unavailable ({e}); using F.linear", RuntimeWarning, stacklevel=2)
+        enabled = False
+        return F.linear(x, weight)
+    return (_wide if _choose(x, weight, lay) == WIDE else _packed)(x, lay)

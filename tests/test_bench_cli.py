@@ -119,6 +119,22 @@ def test_peer_hf_on_the_embedded_model(capsys, tmp_path):
     assert all(g["agree"] and g["decode_s"] > 0 for g in gens)
     hf = res["rows"][-1]
     assert hf["mode"] == "hf" and hf["repeats"] == 2 and hf["generated_tokens"] == sum(len(g["token_ids"]) for g in gens)
+    ar = res["rows"][0]
+    ar_gens = [g for g in res["generations"] if g["mode"] == "ar"]
+    assert ar["tokens_per_second_median"] == pytest.approx(P.median_rate(
+        [(g["prompt_id"], g["stats"]["generated_tokens"], g["stats"]["decode_s"]) for g in ar_gens]))
+    peer = res["peer"]
+    assert hf["tokens_per_second_median"] == peer["tokens_per_second_median"] > 0
+    assert peer["ratio_median"] == pytest.approx(ar["tokens_per_second_median"] / peer["tokens_per_second_median"])
+    assert "median over repeats" in out
+
+
+def test_median_rate_ignores_one_slow_repeat_per_prompt():
+    # prompt a: 10 tokens in 0.1 s twice and once in 1.0 s (a slow spell); prompt b: 20 tokens, 0.2 s
+    gens = [("a", 10, 0.1), ("a", 10, 1.0), ("a", 10, 0.1), ("b", 20, 0.2), ("b", 20, 0.2), ("b", 20, 0.2)]
+    assert P.median_rate(gens) == pytest.approx(30 / 0.3)
+    assert P.median_rate([("a", 10, 0.1), ("a", 30, 0.3)]) == pytest.approx(20 / 0.2)  # two repeats: the mean
+    assert P.median_rate([]) == 0.0
 
 
 # -- the synthetic bench ----------------------------------------------------------------------------------

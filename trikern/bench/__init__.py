@@ -201,9 +201,12 @@ def _prompt_set(a) -> int:
         summary, peer_recs = peer.summarize(hf, peer_gens, [r for r in records if r["mode"] == "ar"])
         hf_tps = summary["tokens_per_second"]
         summary["ratio"] = ar["tokens_per_second"] / hf_tps if hf_tps else None
+        hf_med = summary["tokens_per_second_median"]
+        summary["ratio_median"] = ar["tokens_per_second_median"] / hf_med if hf_med else None
         rows.append({"mode": "hf", "block_size": None, "label": "hf transformers", "prompts": len(prompts),
                      "repeats": s.repeats, "generated_tokens": summary["generated_tokens"],
-                     "tokens_per_second": summary["tokens_per_second"], "tokens_per_forward": None,
+                     "tokens_per_second": summary["tokens_per_second"],
+                     "tokens_per_second_median": summary["tokens_per_second_median"], "tokens_per_forward": None,
                      "acceptance_histogram": {}, "prefill_tokens_per_second": summary["prefill_tokens_per_second"],
                      "peak_memory_mb": summary["peak_memory_mb"], "equal_ar": summary["tokens_agree"],
                      "tokens_agree": summary["tokens_agree"]})

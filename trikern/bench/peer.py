@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .promptset import median_rate
+
 # HF's default and its fastest here (the embedded model on this project's CPU: ~15% over "eager").
 ATTENTION = "sdpa"
 
@@ -143,7 +145,10 @@ def summarize(peer: HFPeer, gens: list[dict], ar_records: list[dict]) -> tuple[d
     first = [r for r in recs if r["repeat"] == 0]
     summary = {"peer": "hf", "transformers": peer.transformers, "hf_class": peer.cls, "generated_tokens": gen,
                "tokens_per_second": gen / dec if dec > 0 else 0.0,
+               "tokens_per_second_median": median_rate([(g["prompt_id"], len(g["token_ids"]), g["decode_s"])
+                                                        for g in gens]),
                "prefill_tokens_per_second": sum(g["prompt_tokens"] for g in gens) / pre if pre > 0 else 0.0,
                "peak_memory_mb": max((g["peak_memory_mb"] for g in gens), default=0.0),
-               "tokens_agree": f"{sum(r['agree'] for r in first)}/{len(first)}", "ratio": None}
+               "tokens_agree": f"{sum(r['agree'] for r in first)}/{len(first)}", "ratio": None,
+               "ratio_median": None}
     return summary, recs

@@ -2,12 +2,15 @@
 
 Per (mode, block size) the rows add up all prompts and repeats before dividing (tokens/s = all
 generated tokens / all decode time; tokens per forward = all tokens / all forwards), so a long
-generation weighs more than a short one, as it does for a user. One short warm-up generation per
+generation weighs more than a short one, as it does for a user. With repeats, "tok/s med" takes
+each prompt's median over its repeats first (tokens and seconds), then adds up the prompts: a slow
+spell of a shared machine that hits one repeat of one configuration does not move it. One short warm-up generation per
 row runs first and is not counted (it pays for Triton compiles and CUDA-graph captures on a GPU);
 then the rows take turns prompt by prompt.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections import Counter
@@ -84,6 +87,21 @@ def aggregate(stats: list[dict]) -> dict:
     }
 
 
+def median_rate(gens) -> float:
+    """Tokens/s from (prompt id, generated tokens, decode seconds) triples: per prompt the median
+    over its repeats, then all prompts' tokens over all their seconds."""
+    by: dict[str, list] = {}
+    for pid, tokens, seconds in gens:
+        by.setdefault(pid, []).append((tokens, seconds))
+    tok = sum(statistics.median(t for t, _ in g) for g in by.values())
+    sec = sum(statistics.median(x for _, x in g) for g in by.values())
+    return tok / sec if sec > 0 else 0.0
+
+
+def _triples(recs):
+    return [(r["prompt_id"], r["stats"]["generated_tokens"], r["stats"]["decode_s"]) for r in recs]
+
+
 def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
         ) -> tuple[list[dict], list[dict], list[dict]]:
     """(rows, per-generation records, the peer's generations) for every (mode, block size) of `s`.
@@ -129,7 +147,8 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
     for mode, block in configs:
         c = (mode, block)
         row = {"mode": mode, "block_size": block, "label": label(mode, block), "prompts": len(prompts),
-               "repeats": s.repeats, **aggregate(stats[c]), "peak_memory_mb": peak[c],
+               "repeats": s.repeats, **aggregate(stats[c]), "tokens_per_second_median": median_rate(_triples(recs[c])),
+               "peak_memory_mb": peak[c],
                "by_kind": _by_kind(recs[c]), "equal_ar": None, "wall_s": round(wall[c], 3)}
         if mode != "auto":
             row["switches"] = None  # only auto changes strategy
@@ -151,21 +170,23 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
 def _by_kind(recs: list[dict]) -> dict:
     kinds: dict[str, list[dict]] = {}
     for r in recs:
-        kinds.setdefault(r["kind"], []).append(r["stats"])
+        kinds.setdefault(r["kind"], []).append(r)
     out = {}
-    for k, st in sorted(kinds.items()):
-        a = aggregate(st)
+    for k, rs in sorted(kinds.items()):
+        a = aggregate([r["stats"] for r in rs])
         out[k] = {"generated_tokens": a["generated_tokens"], "tokens_per_second": round(a["tokens_per_second"], 3),
+                  "tokens_per_second_median": round(median_rate(_triples(rs)), 3),
                   "tokens_per_forward": a["tokens_per_forward"] and round(a["tokens_per_forward"], 4)}
     return out
 
 
-COLUMNS = [("label", "mode"), ("tokens_per_second", "tok/s"), ("tokens_per_forward", "tok/fwd"),
+COLUMNS = [("label", "mode"), ("tokens_per_second", "tok/s"), ("tokens_per_second_median", "tok/s med"),
+           ("tokens_per_forward", "tok/fwd"),
            ("mean_acceptance_length", "accept"), ("prefill_tokens_per_second", "prefill tok/s"),
            ("generated_tokens", "tokens"), ("tok_s_ratio_vs_ar", "vs ar"), ("peak_memory_mb", "peak MB"),
            ("equal_ar", "=AR"), ("switches", "switches")]
 CSV_COLUMNS = ["mode", "block_size", "prompts", "repeats", "generations", "generated_tokens", "forwards", "decode_s",
-               "tokens_per_second", "tokens_per_forward", "mean_acceptance_length", "acceptance_histogram",
+               "tokens_per_second", "tokens_per_second_median", "tokens_per_forward", "mean_acceptance_length", "acceptance_histogram",
                "switches", "strategies", "prefill_tokens_per_second", "peak_memory_mb", "equal_ar", "tokens_agree",
                "tok_s_ratio_vs_ar"]
 
@@ -184,8 +205,15 @@ def render(rows: list[dict], env: dict, peer: dict | None) -> str:
         per = [{"label": r["label"], **{k: r["by_kind"][k]["tokens_per_second"] for k in r.get("by_kind", {})}}
                for r in rows if r.get("by_kind")]
         lines.append(report.table(per, [("label", "mode")] + [(k, k) for k in kinds]))
+        if any(r.get("repeats", 1) > 1 for r in rows):
+            lines.append("tokens/s by prompt kind, median over repeats:")
+            per = [{"label": r["label"], **{k: r["by_kind"][k]["tokens_per_second_median"] for k in r["by_kind"]}}
+                   for r in rows if r.get("by_kind")]
+            lines.append(report.table(per, [("label", "mode")] + [(k, k) for k in kinds]))
     if peer is not None:
         lines.append(f"HF transformers {peer['transformers']} greedy ({peer['hf_class']}): "
-                     f"{peer['tokens_per_second']:.1f} tok/s; trikern ar / hf = {report.fmt(peer['ratio'])}x; "
+                     f"{peer['tokens_per_second']:.1f} tok/s; trikern ar / hf = {report.fmt(peer['ratio'])}x "
+                     f"(median over repeats: {peer['tokens_per_second_median']:.1f} tok/s, "
+                     f"{report.fmt(peer['ratio_median'])}x); "
                      f"tokens agree on {peer['tokens_agree']} prompts")
     return "\n".join(lines)

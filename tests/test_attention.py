@@ -9,6 +9,7 @@ tiles.
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ FP16_FLOOR = 1e-3
 BF16_TOL = dict(atol=1e-3, rtol=2.0 ** -7)
 
 ARCHS = (80, 90, 121)
+A = importlib.import_module("trikern.kernels.attention")  # the module (the package exports the function)
 
 
 def make_case(T, Hq, Hkv, D, n, S=None, dtype=torch.float32, seed=0):
@@ -248,12 +250,18 @@ def test_aot_variants_cover_every_config(arch):
     (1, CAUSAL, 0), (1, BIDIRECTIONAL, 0), (1, QUADRATIC, 1), (5, CAUSAL, 0), (5, BIDIRECTIONAL, 0),
     (6, QUADRATIC, 3), (6, QUADRATIC, 2)])
 @pytest.mark.parametrize("n", [0, 1, 7])
-def test_reference_on_cpu_equals_the_dense_mask_over_every_slot(T, pattern, sub_block, n):
+@pytest.mark.parametrize("how", ["concat", "chunk_in_cache", "query_chunks"])
+def test_reference_on_cpu_equals_the_dense_mask_over_every_slot(T, pattern, sub_block, n, how, monkeypatch):
     """On a CPU the reference attends to the committed entries only (and to no mask where every
     key is visible): the same as softmax under the full [T, S + T] mask over every slot, which
-    is what it computes on a GPU. Slots past n hold NaN: none may leak."""
+    is what it computes on a GPU. Slots past n (past n + T when the chunk was written there
+    first) hold NaN: none may leak. Also with queries split in chunks of 2 (a long prefill)."""
     (q, k, v, kc, vc), clean = make_case(T, 4, 2, 16, n, S=n + 9, seed=n + T)
-    out = attention_ref(q, k, v, kc, vc, torch.tensor(n), pattern, sub_block)
+    if how == "chunk_in_cache":
+        kc[:, n:n + T], vc[:, n:n + T] = k.transpose(0, 1), v.transpose(0, 1)
+    if how == "query_chunks":
+        monkeypatch.setattr(A, "CPU_SCORES", 2 * 4 * (n + T))  # 2 query rows x 4 heads x keys
+    out = attention_ref(q, k, v, kc, vc, torch.tensor(n), pattern, sub_block, chunk_in_cache=how == "chunk_in_cache")
     cq, ck, cv, ckc, cvc = clean
     keys = torch.cat([ckc, ck.transpose(0, 1)], 1).repeat_interleave(2, 0)  # [Hq, S + T, D]
     vals = torch.cat([cvc, cv.transpose(0, 1)], 1).repeat_interleave(2, 0)

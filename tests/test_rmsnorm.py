@@ -124,3 +124,15 @@ def test_one_return_shape_per_function():
             assert torch.is_tensor(rmsnorm(x, w, 1e-5, backend=be))
             y, h = add_rmsnorm(x, r, w, 1e-5, backend=be)
             assert y.shape == h.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H", [7, 256, 4096])
+def test_reference_norms_half_inputs_in_fp32_with_one_rounding(H, dtype):
+    # rmsnorm_ref hands a bf16 / fp16 row to torch's rms_norm as it is: the same bits as widening it
+    # to fp32 first and rounding the normed row once, over small, unit and large magnitudes.
+    for scale in (1e-3, 1.0, 40.0):
+        x, _, w = inputs((33, H), dtype, seed=H)
+        x = (x.float() * scale).to(dtype)
+        widened = torch.nn.functional.rms_norm(x.float(), (H,), eps=1e-5).to(dtype) * w
+        assert torch.equal(N_.rmsnorm_ref(x, w, 1e-5), widened)

@@ -196,7 +196,8 @@ class Transformer(nn.Module):
                 kc, vc = cache.layer(i)
                 if write_cache:
                     cache.write(i, k, v, slots)
-            return K.attention(q, k, v, kc, vc, length, pattern, sub_block, self.scale, backend=self.backend)
+            return K.attention(q, k, v, kc, vc, length, pattern, sub_block, self.scale, backend=self.backend,
+                               chunk_in_cache=write_cache)
 
         hidden = self.forward_hidden(tokens, positions, attend, lora)
         if return_hidden:

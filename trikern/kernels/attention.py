@@ -79,7 +79,10 @@ def _check(q, k, v, k_cache, v_cache):
         raise ValueError(f"attention: cache {tuple(k_cache.shape)} is not [Hkv={Hkv}, S, D={D}]")
 
 
-def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None):
+def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None,
+                  chunk_in_cache=False):
+    """`chunk_in_cache`: k / v were also written to slots [n, n + T) before the call; on a CPU the
+    reference then reads them there instead of concatenating (a pass that writes the cache)."""
     _check(q, k, v, k_cache, v_cache)
     T, Hq, D = q.shape
     if T == 0:
@@ -92,11 +95,13 @@ def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_bloc
         # every slot under a mask (a cache sized for wide quadratic steps would make each pass pay
         # for all its scratch); a one-token or bidirectional chunk then needs no mask at all.
         n = int(cache_len)
-        k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
         if pattern not in PATTERNS.values():
             raise _bad_pattern(pattern)
         every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
         mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
+        if chunk_in_cache:
+            return _softmax_fp32(q, k_cache[:, :n + T], v_cache[:, :n + T], mask, scale)
+        k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
     keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)  # [Hkv, S+T, D]
     vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)
     if not k_cache.is_cuda:
@@ -117,23 +122,29 @@ def _softmax_fp32(q, keys, vals, mask, scale):
     Hkv, L = keys.shape[:2]
     G = Hq // Hkv
     kt, vf = keys.float().transpose(1, 2), vals.float()
-    out = q.new_empty(T, Hq, D)
     step = max(1, CPU_SCORES // (Hq * L))
-    for t0 in range(0, T, step):
-        t = min(step, T - t0)
+
+    def chunk(t0, qc):
+        t = qc.shape[0]
         # [t, Hq, D] -> [Hkv, G * t, D]: query head h = kv * G + g, rows ordered (g, t)
-        qf = q[t0:t0 + t].transpose(0, 1).reshape(Hkv, G * t, D).to(torch.float32).mul_(scale)
-        s = torch.bmm(qf, kt)
+        s = torch.bmm(qc.transpose(0, 1).reshape(Hkv, G * t, D).to(torch.float32).mul_(scale), kt)
         if mask is not None:
             s.view(Hkv, G, t, L).masked_fill_(~mask[t0:t0 + t], float("-inf"))
-        out[t0:t0 + t] = torch.bmm(s.softmax(-1), vf).view(Hq, t, D).transpose(0, 1)
+        return torch.bmm(s.softmax(-1), vf).view(Hq, t, D).transpose(0, 1)
+
+    if T <= step:  # one chunk (every decoding step): no output buffer
+        return chunk(0, q).to(q.dtype)
+    out = q.new_empty(T, Hq, D)
+    for t0 in range(0, T, step):
+        out[t0:t0 + step] = chunk(t0, q[t0:t0 + step])
     return out
 
 
-def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto"):
+def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto",
+              chunk_in_cache=False):
     if use_triton(backend, q):
         return attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
-    return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
+    return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale, chunk_in_cache)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -188,6 +188,43 @@ def test_policy_explores_the_other_family_within_its_time_share():
     assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
 
 
+def test_exploring_costs_its_regret_not_its_time():
+    # AR at 1 s per token; L4 at 2 s per step. An exploration that yields 2 tokens loses nothing
+    # against AR and does not use up the share; one that yields 1 token loses 1 s.
+    for tokens, lost in ((2, 0.0), (1, 1.0)):
+        p = costed([A, L4], [1.0, 2.0])
+        while True:
+            k = p.choose()
+            if p.explored is not None:
+                break
+            p.observe(k, 1, 1.0, cold=False)
+        p.observe(k, tokens, 2.0, cold=False, drafted=3)
+        assert p.explore_s == pytest.approx(lost)
+    p = costed([A, L4], [1.0, 2.0])
+    while p.choose() != L4:
+        p.observe(A, 1, 1.0, cold=False)
+    p.observe(L4, 1, 30.0, cold=True, drafted=3)  # a cold exploration (timing, capture): not counted
+    assert p.explore_s == 0
+
+
+def test_a_step_that_times_cpu_matmul_paths_is_cold(monkeypatch):
+    from trikern import cpu_linear
+    from trikern.decode.common import DecodeContext, GenerationConfig
+    from trikern.decode.driver import drive
+
+    if not cpu_linear.enabled:
+        pytest.skip("this torch build has no oneDNN linear ops")
+    monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    m = random_model(tiny_config(), seed=4, dtype=torch.bfloat16)
+    prompt = torch.arange(1, 10)  # 9 tokens: the prefill times the 16-row bucket, the steps the 4-row one
+    steps = []
+    ctx = DecodeContext(m, GenerationConfig(max_new_tokens=12, block_size=4), len(prompt), "spec-linear")
+    for _ in drive(ctx, prompt, "spec-linear", on_step=lambda k, t, s, cold: steps.append(cold)):
+        pass
+    assert len(steps) >= 2 and steps[0] and not any(steps[1:])
+
+
 def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
     m = random_model(tiny_config(), seed=3)

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .. import cpu_linear
 from ..kernels import autotune
 from .common import DecodeContext
 from .loop import Emitter, PhaseTimer, StepRunner, check_room
@@ -60,15 +61,18 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
                 ctx.stats.switches += 1
             check_room(ctx, em.cache_length(), cur.scratch(cur.B))
             run.cold = False
+            timed = cpu_linear.measurements
             timer.start()
             t0 = time.perf_counter()
             tokens, forwards = cur.step(run, timer, em)
             seconds = time.perf_counter() - t0  # the step ends in its host read: no extra sync
             timer.flush()
+            # Cold: it captured a CUDA graph, or timed the CPU matmul paths of a new shape (once per process).
+            cold = run.cold or cpu_linear.measurements != timed
             ctx.stats.record(key, len(tokens), forwards, seconds, spec=key[0].startswith("spec"))
-            policy.observe(key, len(tokens), seconds, run.cold, cur.drafted)
+            policy.observe(key, len(tokens), seconds, cold, cur.drafted)
             if on_step is not None:
-                on_step(key, len(tokens), seconds, run.cold)
+                on_step(key, len(tokens), seconds, cold)
             out, done, forced = em.take(tokens)
             yield out
     finally:

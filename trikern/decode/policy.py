@@ -19,6 +19,10 @@ expected tokens per step / expected seconds per step.
   decode time, the other speculative family not run for longest runs a step (two when entering
   quadratic, whose first step only restarts) with its best candidate among those that could win if
   a whole block were accepted, so its acceptance stays current (acceptance moves with the text).
+  What an exploration costs is the time it lost against the candidate it displaced for the tokens
+  it produced: a speculative step is never worse than one token, so exploring from cheap AR steps
+  on a CPU costs little, while counting its whole time would cap exploring at once (one step of
+  B = 16 is worth three of AR there) and leave a stale prior in charge for the whole generation.
 
 Only lossless strategies are candidates (AR, linear and quadratic self-speculation; never
 diffusion): each step starts and ends in the shared state and keeps AR's output distribution, so
@@ -175,7 +179,8 @@ class AutoPolicy:
     SPEED_ALPHA = 0.5  # the machine's speed (other processes, clocks) moves fast
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
-    EXPLORE_SHARE = 0.1  # of the decode time: a slow candidate is re-checked, never paid for long
+    EXPLORE_SHARE = 0.1  # of the decode time lost to exploring: a slow candidate is re-checked, never
+    # paid for long
     HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
     # make it for a clear gain (the other switches cost nothing: no hysteresis)
     OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
@@ -197,6 +202,7 @@ class AutoPolicy:
         self.speed = 1.0  # step times now / the costs' scale (a shared machine's slow spell: > 1)
         self.current = None
         self.explored = None  # the key chosen to explore in this step
+        self.displaced = 0.0  # the rate (tokens / cost-scale second) of the candidate it displaced
         self.explore_left = 0  # further steps of the same exploration
         self.last_run: dict[str, int] = {}  # mode -> the last step index it ran
         self.steps = 0
@@ -240,6 +246,7 @@ class AutoPolicy:
                 if k[0] in SPEC_FAMILIES and k[0] != best[0] and k[1] / self.cost[k].seconds > bar:
                     could.setdefault(k[0], []).append(k)
             if could:
+                self.displaced = bar
                 family = min(could, key=lambda f: self.last_run.get(f, -1))
                 self.explored = max(could[family], key=self.rate)
                 # Entering quadratic, the first step restarts (verifies nothing): take one more.
@@ -254,14 +261,15 @@ class AutoPolicy:
         c = self.cost[key]
         self.last_run[mode] = self.steps
         self.seconds += seconds
-        if key == self.explored:
-            self.explore_s += seconds
+        if key == self.explored and not cold:  # its regret: the time beyond what the displaced candidate needed
+            needed = tokens * self.speed / self.displaced if self.displaced > 0 else 0.0
+            self.explore_s += max(0.0, seconds - needed)
         for family, a in self.acc.items():
             if family == mode:
                 a.step(self.DECAY, drafted, min(tokens - 1, drafted))
             else:
                 a.step(self.DECAY)
-        if cold:  # a step that compiled or captured a graph says nothing about the replay cost
+        if cold:  # a step that captured a graph or timed matmul paths says nothing about the steady cost
             return
         # Costs are kept at one scale and the machine's current speed apart: a slow spell that hits
         # whichever candidate is running then moves the speed, not that candidate's cost, so it

@@ -76,8 +76,7 @@ def costed(keys, seconds):
     """A policy whose candidates' step costs are known (as from a profile)."""
     p = AutoPolicy(keys)
     for k, s in zip(keys, seconds):
-        for _ in range(p.MEASURE):
-            p.observe(k, 1, s, cold=False)
+        p.cost[k].seconds, p.cost[k].measured = s, p.MEASURE
     return p
 
 
@@ -188,6 +187,16 @@ def test_policy_explores_the_other_family_within_its_time_share():
     assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
 
 
+def test_a_quadratic_restart_is_not_a_cost_and_is_followed_by_the_step_it_paid_for():
+    p = costed([A, Q4], [1.0, 3.0])  # AR is best: Q4 expects 1.875 tokens per 3 s
+    p.current = Q4  # as if a switch had just entered quadratic
+    p.observe(Q4, 1, 0.5, cold=False, drafted=0)  # the one-token restart: B + 1 rows, cheap
+    assert p.cost[Q4].seconds == 3.0 and p.restarted
+    assert p.choose() == Q4  # the step with drafts comes next, whatever the estimates say
+    p.observe(Q4, 1, 3.0, cold=False, drafted=3)
+    assert not p.restarted and p.choose() == A
+
+
 def test_exploring_costs_its_regret_not_its_time():
     # AR at 1 s per token; L4 at 2 s per step. An exploration that yields 2 tokens loses nothing
     # against AR and does not use up the share; one that yields 1 token loses 1 s.
@@ -223,6 +232,15 @@ def test_a_step_that_times_cpu_matmul_paths_is_cold(monkeypatch):
     for _ in drive(ctx, prompt, "spec-linear", on_step=lambda k, t, s, cold: steps.append(cold)):
         pass
     assert len(steps) >= 2 and steps[0] and not any(steps[1:])
+
+
+def test_acceptance_prior_moves_halfway_per_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    m = random_model(tiny_config(), seed=3)
+    StepProfile(m, 3).update({}, {"spec-linear": [0.2, 0.4, 0.6]})
+    assert StepProfile(m, 3).get_acceptance("spec-linear") == pytest.approx([0.2, 0.4, 0.6])  # the first: as it is
+    StepProfile(m, 3).update({}, {"spec-linear": [0.6, 0.0]})  # a shorter generation
+    assert StepProfile(m, 3).get_acceptance("spec-linear") == pytest.approx([0.4, 0.2, 0.6])
 
 
 def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):

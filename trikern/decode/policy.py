@@ -205,6 +205,7 @@ class AutoPolicy:
         self.displaced = 0.0  # the rate (tokens / cost-scale second) of the candidate it displaced
         self.explore_left = 0  # further steps of the same exploration
         self.last_run: dict[str, int] = {}  # mode -> the last step index it ran
+        self.restarted = False  # the last step entered quadratic with a one-token restart
         self.steps = 0
         self.seconds = self.explore_s = 0.0
 
@@ -225,6 +226,10 @@ class AutoPolicy:
         if self.explore_left:  # a quadratic exploration's second step: its first only restarted
             self.explore_left -= 1
             return self.explored
+        if self.restarted and self.current is not None and self.current[0] == "spec-quadratic":
+            # A switch into quadratic paid a restart that verified nothing: take the step it paid for
+            # before judging again (else the estimates, unchanged by it, can send it straight back).
+            return self.current
         self.explored = None
         need = [k for k in self.keys if self.cost[k].measured < self.MEASURE]
         if need:  # measure on the fly, the current candidate first (no switch)
@@ -269,7 +274,9 @@ class AutoPolicy:
                 a.step(self.DECAY, drafted, min(tokens - 1, drafted))
             else:
                 a.step(self.DECAY)
-        if cold:  # a step that captured a graph or timed matmul paths says nothing about the steady cost
+        # A quadratic restart (A = 1: B + 1 rows, nothing verified) is not what a step of B sub-blocks costs.
+        self.restarted = mode == "spec-quadratic" and drafted == 0
+        if cold or self.restarted:  # nor does a step that captured a graph or timed matmul paths
             return
         # Costs are kept at one scale and the machine's current speed apart: a slow spell that hits
         # whichever candidate is running then moves the speed, not that candidate's cost, so it

@@ -41,6 +41,8 @@ def model_key(model) -> str:
 
 
 class StepProfile:
+    BLEND = 0.5  # how far one generation moves the acceptance prior
+
     def __init__(self, model, cache_length: int):
         self.device = device_name(model.embed_tokens.weight.device)
         self.op = model_key(model)
@@ -67,8 +69,8 @@ class StepProfile:
         self._write(self.key_str(key, bucket), entry)
 
     def get_acceptance(self, family: str) -> list[float] | None:
-        """The long-run hazard per draft position (policy.Acceptance) a generation in `family` last
-        ended with (a prior), or None. Stored as h1, h2, ... (result files hold scalars only)."""
+        """The long-run hazard per draft position (policy.Acceptance) of `family` over recent
+        generations (a prior), or None. Stored as h1, h2, ... (result files hold scalars only)."""
         e = self.entries.get(f"{family}/acceptance") or {}
         out = []
         while isinstance(e.get(f"h{len(out) + 1}"), (int, float)) and 0 <= e[f"h{len(out) + 1}"] <= 1:
@@ -80,6 +82,11 @@ class StepProfile:
         for key, (seconds, tokens, steps) in costs.items():
             self.save(key, self.bucket, seconds, tokens, steps)
         for family, hazards in acceptance.items():
+            # Each generation moves the prior halfway: one prompt's text (a table after prose) is
+            # a poor guide to the next one's, and a prior it alone set would steer a whole generation.
+            old = self.get_acceptance(family) or []
+            hazards = [h if k >= len(old) else old[k] + self.BLEND * (h - old[k]) for k, h in enumerate(hazards)]
+            hazards += old[len(hazards):]  # positions this generation never reached keep theirs
             self._write(f"{family}/acceptance", {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)})
 
     def _write(self, ks: str, entry: dict):

@@ -173,7 +173,9 @@ def test_client_leaving_mid_stream_stops_its_generation(server, client):
 
 def test_client_leaving_while_queued_frees_its_place(server):
     before = metrics(server.url)
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "stream": True}
+    # the slowest mode here (200 tokens in ~3 s; AR's take under 1 s): still running when the other leaves
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "stream": True, "mode": "spec-quadratic",
+            "block_size": 16}
     with httpx.Client(base_url=server.url, timeout=60) as h, h.stream("POST", "/v1/completions", json=body) as r:
         lines = r.iter_lines()  # held: dropping it would close the response
         assert next(lines).startswith("data: ")  # the decoder is busy with this one

@@ -10,8 +10,8 @@ the input widened, the output rounded back to bf16; bf16 x bf16 products are exa
 paths sum in fp32, so they differ only in summation order, at most an ulp of the bf16 result).
 Which is faster depends on the CPU, the shape, the row count and the thread count, so the first
 call of each (shape, row bucket, threads) in a process times both and keeps the winner
-(`TRIKERN_CPU_LINEAR=packed|wide` forces one). A wide copy is made only for weights of at most `MAX_WIDE_BYTES`: past
-that a product is bound by reading the weight, and fp32 reads twice the bytes.
+(`TRIKERN_CPU_LINEAR=packed|wide` forces one). A wide copy is made only for weights of at most
+`MAX_WIDE_BYTES`: past that a product is bound by reading the weight, and fp32 reads twice the bytes.
 
 The copies are made on first use and made again whenever the weight changes (its version counter
 or storage), so a trained or edited weight is never read stale; they cost the packed copy (the bf16

@@ -4,9 +4,9 @@ Per (mode, block size) the rows add up all prompts and repeats before dividing (
 generated tokens / all decode time; tokens per forward = all tokens / all forwards), so a long
 generation weighs more than a short one, as it does for a user. With repeats, "tok/s med" takes
 each prompt's median over its repeats first (tokens and seconds), then adds up the prompts: a slow
-spell of a shared machine that hits one repeat of one configuration does not move it. One short warm-up generation per
-row runs first and is not counted (it pays for Triton compiles and CUDA-graph captures on a GPU);
-then the rows take turns prompt by prompt.
+spell of a shared machine that hits one repeat of one configuration does not move it. One short
+warm-up generation per row runs first and is not counted (it pays for Triton compiles and
+CUDA-graph captures on a GPU); then the rows take turns prompt by prompt.
 """
 from __future__ import annotations
 
@@ -147,8 +147,8 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
     for mode, block in configs:
         c = (mode, block)
         row = {"mode": mode, "block_size": block, "label": label(mode, block), "prompts": len(prompts),
-               "repeats": s.repeats, **aggregate(stats[c]), "tokens_per_second_median": median_rate(_triples(recs[c])),
-               "peak_memory_mb": peak[c],
+               "repeats": s.repeats, **aggregate(stats[c]),
+               "tokens_per_second_median": median_rate(_triples(recs[c])), "peak_memory_mb": peak[c],
                "by_kind": _by_kind(recs[c]), "equal_ar": None, "wall_s": round(wall[c], 3)}
         if mode != "auto":
             row["switches"] = None  # only auto changes strategy
@@ -186,9 +186,9 @@ COLUMNS = [("label", "mode"), ("tokens_per_second", "tok/s"), ("tokens_per_secon
            ("generated_tokens", "tokens"), ("tok_s_ratio_vs_ar", "vs ar"), ("peak_memory_mb", "peak MB"),
            ("equal_ar", "=AR"), ("switches", "switches")]
 CSV_COLUMNS = ["mode", "block_size", "prompts", "repeats", "generations", "generated_tokens", "forwards", "decode_s",
-               "tokens_per_second", "tokens_per_second_median", "tokens_per_forward", "mean_acceptance_length", "acceptance_histogram",
-               "switches", "strategies", "prefill_tokens_per_second", "peak_memory_mb", "equal_ar", "tokens_agree",
-               "tok_s_ratio_vs_ar"]
+               "tokens_per_second", "tokens_per_second_median", "tokens_per_forward", "mean_acceptance_length",
+               "acceptance_histogram", "switches", "strategies", "prefill_tokens_per_second", "peak_memory_mb",
+               "equal_ar", "tokens_agree", "tok_s_ratio_vs_ar"]
 
 
 def render(rows: list[dict], env: dict, peer: dict | None) -> str:

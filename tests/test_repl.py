@@ -4,6 +4,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,9 @@ def test_turns_commands_and_prefix_reuse():
 def test_ctrl_c_stops_a_reply_and_the_repl_goes_on(tmp_path):
     pid, fd = pty.fork()
     if pid == 0:  # the child: trikern chat on the pseudo-terminal
+        # As a terminal's shell would start it: a test run launched as a background job (`cmd &` in a
+        # non-interactive shell) inherits SIGINT ignored, and Python then leaves Ctrl-C ignored.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         env = dict(ENV, TRIKERN_HISTORY=str(tmp_path / "history"))
         # spec-quadratic B16, the slowest mode here: 200 tokens take ~3 s (AR's take ~0.5 s, which
         # a Ctrl-C 0.3 s after the prompt could miss)

@@ -17,7 +17,7 @@ class Holder:
 
 
 @pytest.fixture
-def path(monkeypatch, request):
+def path(monkeypatch):
     """Force one path for the test (and forget choices made before it)."""
     def force(name):
         monkeypatch.setenv("TRIKERN_CPU_LINEAR", name)

@@ -44,8 +44,8 @@ def test_ctrl_c_stops_a_reply_and_the_repl_goes_on(tmp_path):
         # non-interactive shell) inherits SIGINT ignored, and Python then leaves Ctrl-C ignored.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         env = dict(ENV, TRIKERN_HISTORY=str(tmp_path / "history"))
-        # spec-quadratic B16, the slowest mode here: 200 tokens take ~3 s (AR's take ~0.5 s, which
-        # a Ctrl-C 0.3 s after the prompt could miss)
+        # spec-quadratic B16, the slowest mode here: 200 tokens take ~3 s, a reply still streaming
+        # when the Ctrl-C comes (AR's take ~0.5 s)
         os.execvpe(sys.executable, [sys.executable, "-m", "trikern", "chat", "--dtype", "float32", "--mode",
                                     "spec-quadratic", "--block-size", "16", "--max-new-tokens", "200"], env)
     seen = b""

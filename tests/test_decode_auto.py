@@ -70,6 +70,7 @@ def test_auto_on_an_ar_only_model_is_ar():
 
 
 A, L2, L4, L8, Q4 = ("ar", 1), ("spec-linear", 2), ("spec-linear", 4), ("spec-linear", 8), ("spec-quadratic", 4)
+L16 = ("spec-linear", 16)
 
 
 def costed(keys, seconds):
@@ -123,6 +124,19 @@ def test_acceptance_is_live_and_fades_back_to_the_long_run():
     assert p.tokens(Q4) == pytest.approx(1.875)  # the other family learnt nothing
     p.observe(Q4, 1, 1.0, cold=False, drafted=0)  # a quadratic restart verifies no draft: no evidence
     assert p.tokens(Q4) == pytest.approx(1.875)
+
+
+def test_a_long_run_tail_does_not_outlive_recent_steps_that_stop_early():
+    # The long run (an earlier, copy-like text): drafts that survive 3 positions go to the end.
+    a = Acceptance(horizon=15, prior=[0.3, 0.3, 0.3] + [0.02] * 12)
+    assert a.expected_tokens(16) > a.expected_tokens(4) + 3
+    for i in range(12):  # lately (prose): every step stops within 4 drafts
+        a.step(0.85, drafted=15, accepted=[0, 1, 2, 3, 1, 2][i % 6])
+    # Past position 4, which no recent step passed, the tail takes position 4's recent hazard:
+    # B = 16 is worth what B = 4 is, not the ~0.6 extra token the long-run tail would add.
+    assert a.expected_tokens(16) < a.expected_tokens(4) + 0.15
+    a.step(0.85, drafted=15, accepted=15)  # one step through the whole block brings the tail back
+    assert a.expected_tokens(16) > a.expected_tokens(4) + 1.5
 
 
 def test_policy_measures_each_candidate_then_picks_the_highest_rate():
@@ -185,6 +199,22 @@ def test_policy_explores_the_other_family_within_its_time_share():
     # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
     assert [keys for _, keys in runs[:4]] == [[L2], [Q4, Q4], [L2], [Q4, Q4]]
     assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
+
+
+def test_a_step_that_fills_its_block_is_followed_by_a_larger_block():
+    p = costed([A, L4, L16], [1.0, 2.0, 2.5])
+    p.acc["spec-linear"] = Acceptance(15, prior=[0.1] * 3 + [0.9] * 12)  # the long run: text stops after 3
+    assert p.choose() == L4 and p.explored is None
+    p.observe(L4, 4, 2.0, cold=False, drafted=3)  # every draft accepted: nothing known past the block
+    assert p.choose() == L16 and p.explored == L16  # at once, not at the next periodic refresh
+    p.observe(L16, 5, 2.5, cold=False, drafted=15)  # it ran on for one more token, not to the end
+    assert p.choose() == L4 and p.explored is None  # a step that stopped inside its block: no exploring
+    p.observe(L4, 4, 2.0, cold=False, drafted=3)
+    assert p.choose() == L16 and p.explored == L16
+    for _ in range(2):
+        p.observe(L16, 16, 2.5, cold=False, drafted=15)  # copy-like text: the whole block, twice
+    assert p.choose() == L16 and p.explored is None  # it now wins on its own estimate
+    assert p.explore_s == 0  # those explorations produced at least what L4 would have in their time
 
 
 def test_a_quadratic_restart_is_not_a_cost_and_is_followed_by_the_step_it_paid_for():

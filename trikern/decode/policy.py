@@ -23,6 +23,9 @@ expected tokens per step / expected seconds per step.
   it produced: a speculative step is never worse than one token, so exploring from cheap AR steps
   on a CPU costs little, while counting its whole time would cap exploring at once (one step of
   B = 16 is worth three of AR there) and leave a stale prior in charge for the whole generation.
+- Within the same share, a step that accepted every draft is followed by one of a larger block
+  that could win (either family): the counts say nothing past the block it filled, and waiting for
+  the next refresh leaves copy-like text to a block size too small for it.
 
 Only lossless strategies are candidates (AR, linear and quadratic self-speculation; never
 diffusion): each step starts and ends in the shared state and keeps AR's output distribution, so
@@ -97,13 +100,15 @@ class Acceptance:
     express and which is what makes long blocks pay.
 
     The recent counts shrink towards the generation's long-run hazard at k, so a family not run
-    for a while (or a position not reached lately) falls back to it; the long-run hazard of a
+    for a while falls back to it; a position not reached lately falls back to it too, but to no
+    less than the recent hazard of the last position reached (`hazards`). The long-run hazard of a
     position with little evidence leans on position k-1's, so positions never reached inherit the
     last one measured (a constant hazard, the geometric tail).
     """
 
     START = 0.5  # hazard before any evidence
-    PRIOR = 2.0  # weight, in steps, of the long-run hazard in the recent estimate
+    PRIOR = 1.0  # weight, in steps, of the long-run hazard in the recent estimate
+    REACHED = 0.5  # recent (decayed) steps at a position for it to count as reached lately
     SMOOTH = 2.0  # weight, in steps, of position k-1's long-run hazard in position k's
 
     def __init__(self, horizon: int = 1, prior=None, weight: float = 4.0):
@@ -130,12 +135,19 @@ class Acceptance:
         return out
 
     def hazards(self, n: int) -> list[float]:
-        """Current hazards of draft positions 1 .. n."""
-        out = []
+        """Current hazards of draft positions 1 .. n: the recent counts shrunk towards the long run.
+        Past the last position that recent steps reached, the long run counts for no less than that
+        position's recent hazard: the long-run tail was learnt on text that ran to the end of the
+        block, and on text whose drafts now stop after a few tokens it would promise long blocks a
+        tail that no recent step has shown (a mixture of the two kinds of text is neither)."""
+        out, floor = [], 0.0
         for k, h in enumerate(self.long_run(n)):
             reach = self.reach[k] if k < len(self.reach) else 0.0
             rej = self.reject[k] if k < len(self.reach) else 0.0
-            out.append((rej + self.PRIOR * h) / (reach + self.PRIOR))
+            reached = reach >= self.REACHED
+            out.append((rej + self.PRIOR * (h if reached else max(h, floor))) / (reach + self.PRIOR))
+            if reached:  # reach only falls with k: once a position is not reached, none after it is
+                floor = out[-1]
         return out
 
     @property
@@ -206,6 +218,7 @@ class AutoPolicy:
         self.explore_left = 0  # further steps of the same exploration
         self.last_run: dict[str, int] = {}  # mode -> the last step index it ran
         self.restarted = False  # the last step entered quadratic with a one-token restart
+        self.saturated = 0  # the block size whose every draft the last step accepted (0: none)
         self.steps = 0
         self.seconds = self.explore_s = 0.0
 
@@ -241,23 +254,37 @@ class AutoPolicy:
                 and self.rate(best) < self.HYSTERESIS * self.rate(cur):
             best = cur
         self.current = best
-        if self.steps % self.EXPLORE_EVERY == 0 and self.explore_s <= self.EXPLORE_SHARE * self.seconds:
-            # Only acceptance needs exploring (costs are known), and one step of a family informs all
-            # its block sizes: refresh the family not run for longest, with its best candidate among
-            # those that could win if a whole block were accepted.
-            bar = self.rate(best)
-            could = {}
-            for k in self.keys:
-                if k[0] in SPEC_FAMILIES and k[0] != best[0] and k[1] / self.cost[k].seconds > bar:
-                    could.setdefault(k[0], []).append(k)
-            if could:
-                self.displaced = bar
-                family = min(could, key=lambda f: self.last_run.get(f, -1))
-                self.explored = max(could[family], key=self.rate)
-                # Entering quadratic, the first step restarts (verifies nothing): take one more.
-                self.explore_left = int(family == "spec-quadratic" and (cur is None or cur[0] != family))
-                return self.explored
-        return best
+        key = self.explore(best) if self.explore_s <= self.EXPLORE_SHARE * self.seconds else None
+        if key is None:
+            return best
+        self.displaced, self.explored = self.rate(best), key
+        # Entering quadratic, the first step restarts (verifies nothing); growing its block, the
+        # first step verifies the old, shorter draft: take one more either way.
+        self.explore_left = int(key[0] == "spec-quadratic" and (cur is None or cur[0] != key[0] or key[1] > cur[1]))
+        return key
+
+    def explore(self, best):
+        """A candidate to run instead of `best` for what it tells (its acceptance), or None. Only
+        acceptance needs exploring (costs are known), and only candidates that could win if a whole
+        block were accepted are worth it."""
+        bar = self.rate(best)
+        could = [k for k in self.keys if k[0] in SPEC_FAMILIES and k != best and k[1] / self.cost[k].seconds > bar]
+        if self.saturated and best[1] <= self.saturated:
+            # The last step accepted every draft: nothing is known past its block, so a larger block
+            # (either family) is tried now rather than at the next refresh. On copy-like text that
+            # step is no loss, and it is what lets the long blocks that pay there take over.
+            larger = [k for k in could if k[1] > self.saturated]
+            if larger:
+                return max(larger, key=lambda k: k[1] / self.cost[k].seconds)
+        if self.steps % self.EXPLORE_EVERY == 0:
+            # One step of a family informs all its block sizes: refresh the family not run for
+            # longest, with its best candidate.
+            other = [k for k in could if k[0] != best[0]]
+            if other:
+                family = min((f for f in SPEC_FAMILIES if any(k[0] == f for k in other)),
+                             key=lambda f: self.last_run.get(f, -1))
+                return max((k for k in other if k[0] == family), key=self.rate)
+        return None
 
     def observe(self, key, tokens, seconds, cold, drafted=0):
         """A step of `key` produced `tokens` (accepted drafts + the bonus, before any EOS / budget
@@ -276,6 +303,7 @@ class AutoPolicy:
                 a.step(self.DECAY)
         # A quadratic restart (A = 1: B + 1 rows, nothing verified) is not what a step of B sub-blocks costs.
         self.restarted = mode == "spec-quadratic" and drafted == 0
+        self.saturated = drafted + 1 if drafted and tokens > drafted else 0  # the block it filled
         if cold or self.restarted:  # nor does a step that captured a graph or timed matmul paths
             return
         # Costs are kept at one scale and the machine's current speed apart: a slow spell that hits

@@ -1,0 +1,66 @@
+"""Records `acceptance_traces.json`, the input of tests/test_decode_auto_replay.py.
+
+For each prompt of the shipped bench set: the embedded model's greedy AR output (64 tokens), and for
+every position i of it, the tokens one self-speculative step would produce from there (seed = token
+i, cache = prompt + tokens before it), per mode and block size. Greedy decoding makes that a function
+of the position alone, whatever ran before, so these traces replay any schedule of strategies
+exactly; the step costs are `trikern tune --decode`'s on the recording machine.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tests/data/record_acceptance.py   # ~10 min on 1 core
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import trikern
+from trikern.bench.prompts import load_prompts
+from trikern.decode import profile
+from trikern.decode.spec_linear import LinearSpec
+from trikern.decode.spec_quadratic import QuadraticSpec
+
+NEW_TOKENS = 64
+BLOCKS = {"spec-linear": (2, 4, 8, 16), "spec-quadratic": (2, 4, 8, 16)}
+
+
+def first_step_tokens(m, ids, seed, mode, B, log):
+    """Tokens produced by the first decode step after prefilling `ids` (the prefill yields `seed`)."""
+    log.clear()
+    r = m.generate(ids, mode=mode, block_size=B, max_new_tokens=1 + B, reuse_prefix=False)
+    if r.token_ids[0] != seed:  # a bf16 near-tie: a long prefill rounds differently from AR's steps
+        raise SystemExit(f"{mode} B={B} at {len(ids)}: the prefill gave {r.token_ids[0]}, AR {seed}")
+    return log[0]
+
+
+def main(out=Path(__file__).with_name("acceptance_traces.json")):
+    torch.set_num_threads(1)
+    m = trikern.load()
+    log: list[int] = []
+    for cls in (LinearSpec, QuadraticSpec):  # count what each real step produced
+        def step(self, run, timer, em, _orig=cls.step):
+            tokens, forwards = _orig(self, run, timer, em)
+            log.append(len(tokens))
+            return tokens, forwards
+        cls.step = step
+    costs = profile.measure(m.model, (128,), steps=8, block_size=16, log=lambda s: None).entries
+    traces = {}
+    for p in load_prompts():
+        ids = p.token_ids(m)
+        gen = m.generate(ids, mode="ar", max_new_tokens=NEW_TOKENS, reuse_prefix=False).token_ids
+        steps = {mode: {str(B): [first_step_tokens(m, ids + gen[:i], gen[i], mode, B, log)
+                              for i in range(len(gen) - 1)]
+                        for B in blocks} for mode, blocks in BLOCKS.items()}
+        traces[p.id] = {"kind": p.kind, **steps}
+        print(p.id, steps["spec-linear"]["16"], file=sys.stderr, flush=True)
+    doc = {"model": "embedded", "new_tokens": NEW_TOKENS, "device": profile.device_name(torch.device("cpu")),
+           "step_ms": {k.rsplit("/", 1)[0]: round(1e3 * v["seconds"], 3) for k, v in costs.items()},
+           "traces": traces}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,19 +18,21 @@ from trikern.decode.policy import AutoPolicy, FixedPolicy, candidates
 from trikern.decode.profile import StepProfile
 
 DATA = json.loads((Path(__file__).parent / "data" / "acceptance_traces.json").read_text())
-COSTS = {tuple((k.split("/")[0], int(k.split("/")[1]))): ms / 1e3 for k, ms in DATA["step_ms"].items()}
+COSTS = {(k.split("/")[0], int(k.split("/")[1])): ms / 1e3 for k, ms in DATA["step_ms"].items()}
 QUAD = "spec-quadratic"
 
 
 def replay(policy, trace) -> tuple[int, float]:
-    """(tokens, seconds) of one generation of `trace` under `policy`; the first token is the prefill's."""
+    """(tokens, seconds) of one generation of `trace` under `policy`; the first token is the prefill's.
+    Two approximations: a quadratic restart (B + 1 rows) costs what a B = 2 step (6 rows) does, and a
+    switch to a larger quadratic block verifies as many drafts as that block would have drafted."""
     n = len(trace["spec-linear"]["2"]) + 1
     first = policy.first()  # its prefill: a quadratic one drafts the first block
     made, seconds, drafts_for = 1, 0.0, first[1] if first[0] == QUAD else 0
     while made < n:
         key = policy.choose()
         mode, B = key
-        if mode == QUAD and not drafts_for:  # entering quadratic: the one-token restart, B + 1 rows
+        if mode == QUAD and not drafts_for:  # entering quadratic: the one-token restart
             tokens, drafted, cost = 1, 0, min(COSTS[key], COSTS[(QUAD, 2)])
         else:
             tokens = 1 if mode == "ar" else trace[mode][str(B)][made - 1]

@@ -1,7 +1,6 @@
 """A real `trikern serve` in a subprocess on 127.0.0.1 (the embedded model, CPU), for the server tests."""
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -9,10 +8,7 @@ import sys
 import time
 
 import httpx
-
-# The server runs the torch references on CPU, as a user's would; one thread keeps it from fighting the
-# test process (and a pytest-xdist neighbour) over two cores, and makes greedy runs reproducible.
-ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
+from util import CHILD_ENV as ENV  # the serve tests import it from here
 
 
 def free_port() -> int:

@@ -2,13 +2,13 @@
 inf, non-integers, out-of-range seeds and block sizes), prompts, stop strings, chat messages,
 config.json fields, checkpoint paths, and the `trikern` command (exit code 2, one line, no traceback)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 from synth import write_chat_checkpoint, write_llama_checkpoint
+from util import CHILD_ENV as ENV
 from util import nld_config_dict, random_model, tiny_config
 
 import trikern
@@ -274,7 +274,6 @@ def test_other_files_and_bad_paths_are_refused(ckpt):
 
 
 # -- the command ---------------------------------------------------------------------------------
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
 def run_cli(*args, stdin=None):

@@ -5,7 +5,6 @@ every column is checked for being present and consistent with the counts it is d
 """
 import csv
 import json
-import os
 import subprocess
 import sys
 import sysconfig
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from synth import write_chat_checkpoint, write_json
+from util import CHILD_ENV as ENV
 from util import nld_config_dict
 
 from trikern.bench import main
@@ -20,7 +20,6 @@ from trikern.bench import promptset as P
 from trikern.bench import synthetic as S
 from trikern.bench.prompts import PromptError, load_prompts
 
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
 def run(capsys, *args):

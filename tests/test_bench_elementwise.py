@@ -1,20 +1,19 @@
 """bench/bench_elementwise.py: exits 0 with a message without CUDA; --smoke runs every code path."""
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from util import CHILD_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_elementwise.py"
 
 
 def run(*args, **env):
-    e = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    e.update(env)
+    e = {**CHILD_ENV, **env}
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=e, capture_output=True, text=True, cwd=ROOT)
 
 

@@ -1,12 +1,10 @@
 """The `trikern` console script, run as a real subprocess on an on-disk checkpoint."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+from util import CHILD_ENV as ENV
 
 
 def trikern(*args, stdin=None):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+from util import CHILD_ENV as ENV
 
 
 def chat(stdin, *args):

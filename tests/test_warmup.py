@@ -1,11 +1,11 @@
 """Warm-up: `trikern.load(..., warmup=True)` runs every strategy auto may pick (and diffusion) before
 the first request, reports how long it took, and leaves no state behind (the next generation is
 the same as on a cold model); the CLI does it on request (by default only on CUDA)."""
-import os
 import subprocess
 import sys
 
 import pytest
+from util import CHILD_ENV
 
 import trikern
 
@@ -25,8 +25,7 @@ def test_warmup_must_be_a_bool():
 
 
 def test_cli_warmup_flag():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-m", "trikern", "generate", "--warmup", "--max-new-tokens", "4", "x"],
-                       capture_output=True, text=True, env=env, timeout=300)
+                       capture_output=True, text=True, env=CHILD_ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "warm-up took" in r.stderr

@@ -1,11 +1,20 @@
-"""Tiny in-memory models for tests: the real NLD config keys, scaled down."""
+"""Test helpers: tiny in-memory models (the real NLD config keys, scaled down), and the environment
+of a trikern child process."""
 from __future__ import annotations
+
+import os
 
 import torch
 
 from trikern.config import ModelConfig
 from trikern.configs import config_dict
 from trikern.model import Transformer
+
+# A child process (CLI, REPL, server, bench) runs what a user runs: no TRITON_INTERPRET. And one torch
+# thread, as the in-process tests run (conftest): with `make test`'s two workers on two cores, a
+# child's second OpenMP thread waits at every op's barrier for a core the other worker holds, and
+# its decoding slows 10-50x (seen: a REPL reply at 10 lines in 120 s).
+CHILD_ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
 
 
 def nld_config_dict(**overrides) -> dict:

@@ -16,6 +16,7 @@ import pytest
 import trikern
 from trikern.decode.policy import AutoPolicy, FixedPolicy, candidates
 from trikern.decode.profile import StepProfile
+from trikern.kernels import autotune
 
 DATA = json.loads((Path(__file__).parent / "data" / "acceptance_traces.json").read_text())
 COSTS = {(k.split("/")[0], int(k.split("/")[1])): ms / 1e3 for k, ms in DATA["step_ms"].items()}
@@ -48,6 +49,8 @@ def replay(policy, trace) -> tuple[int, float]:
 def rates(tmp_path_factory):
     """tokens/s per prompt kind (all, mixed) of auto and of every fixed candidate, over 3 rounds."""
     with pytest.MonkeyPatch.context() as mp:
+        # Only this run's profile: not what this checkout's autotune_cache/ learnt from other runs.
+        mp.setattr(autotune, "shipped_dirs", lambda: [])
         mp.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path_factory.mktemp("tune")))
         model = trikern.load().model
         keys = candidates("auto", 16, model.cfg)

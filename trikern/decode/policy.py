@@ -267,9 +267,12 @@ class AutoPolicy:
         """A candidate to run instead of `best` for what it tells (its acceptance), or None. Only
         acceptance needs exploring (costs are known), and only candidates that could win if a whole
         block were accepted are worth it."""
+        filled = self.saturated and best[1] <= self.saturated
+        if not filled and self.steps % self.EXPLORE_EVERY:
+            return None
         bar = self.rate(best)
         could = [k for k in self.keys if k[0] in SPEC_FAMILIES and k != best and k[1] / self.cost[k].seconds > bar]
-        if self.saturated and best[1] <= self.saturated:
+        if filled:
             # The last step accepted every draft: nothing is known past its block, so a larger block
             # (either family) is tried now rather than at the next refresh. On copy-like text that
             # step is no loss, and it is what lets the long blocks that pay there take over.

@@ -50,10 +50,11 @@ def forced() -> str | None:
 
 
 class _Layouts:
-    __slots__ = ("stamp", "packed", "wide")
+    __slots__ = ("stamp", "packed", "wide", "paths")
 
     def __init__(self, stamp, packed, wide):
         self.stamp, self.packed, self.wide = stamp, packed, wide
+        self.paths: dict[tuple, object] = {}  # (rows, threads) -> _packed / _wide: the per-call lookup
 
 
 def _packed(x, lay):
@@ -65,10 +66,8 @@ def _wide(x, lay):
 
 
 def _layouts(weight, holder):
-    try:
-        stamp = (weight._version, weight.data_ptr())
-    except RuntimeError:  # an inference-mode tensor has no version counter: it cannot change in place either
-        stamp = (-1, weight.data_ptr())
+    # An inference-mode tensor has no version counter (it cannot change in place either).
+    stamp = (weight._version if not weight.is_inference() else -1, weight.data_ptr())
     lay = holder.__dict__.get("_cpu_layouts")
     if lay is None or lay.stamp != stamp:
         packed = _mkldnn._reorder_linear_weight(weight, 1)
@@ -118,4 +117,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
         warnings.warn(f"oneDNN weight packing unavailable ({e}); using F.linear", RuntimeWarning, stacklevel=2)
         enabled = False
         return F.linear(x, weight)
-    return (_wide if _choose(x, weight, lay) == WIDE else _packed)(x, lay)
+    key = (x.shape[0], torch.get_num_threads())
+    path = lay.paths.get(key)
+    if path is None:
+        path = lay.paths[key] = _wide if _choose(x, weight, lay) == WIDE else _packed
+    return path(x, lay)

@@ -122,6 +122,9 @@ def _softmax_fp32(q, keys, vals, mask, scale):
     Hkv, L = keys.shape[:2]
     G = Hq // Hkv
     kt, vf = keys.float().transpose(1, 2), vals.float()
+    if T == 1 and mask is None:  # a one-token step: [1, Hq, D] is already [Hkv, G, D]
+        s = torch.bmm(q.reshape(Hkv, G, D).float().mul_(scale), kt)
+        return torch.bmm(s.softmax(-1), vf).view(1, Hq, D).to(q.dtype)
     step = max(1, CPU_SCORES // (Hq * L))
 
     def chunk(t0, qc):

@@ -50,14 +50,15 @@ def rope_ref(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama
     cos, sin, qscale = table if table is not None else rope_table(positions, inv_freq, attn_factor, llama4_beta,
                                                                   llama4_len)
 
-    def rot(x):
-        xf = x.float()
-        return xf * cos + xf.roll(x.shape[-1] // 2, -1) * sin  # roll by D/2 = [x2, x1]
-
-    qr, kr = rot(q), rot(k)
+    Hq = q.shape[1]
+    # q and k rotate as one [T, Hq + Hkv, D] tensor: half the ops of two rotations (a CPU decode
+    # step is bound by per-op cost).
+    x = torch.cat([q, k], 1).float()
+    r = x * cos + x.roll(x.shape[-1] // 2, -1) * sin  # roll by D/2 = [x2, x1]
     if qscale is not None:
-        qr = qr * qscale
-    return qr.to(q.dtype), kr.to(k.dtype)
+        r = torch.cat([r[:, :Hq] * qscale, r[:, Hq:]], 1)
+    r = r.to(q.dtype)
+    return r[:, :Hq], r[:, Hq:]
 
 
 def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto", table=None):

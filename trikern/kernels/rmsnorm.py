@@ -32,9 +32,13 @@ _MAX_PER_THREAD = 64  # fp32 row elements one thread holds before register press
 
 def rmsnorm_ref(x, weight, eps):
     # x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then the weight in that dtype.
-    # torch's rms_norm computes a bf16 / fp16 input in fp32 and rounds once: the same bits as
-    # widening first (test_rmsnorm checks), two ops fewer per norm on the CPU decode path.
-    return F.rms_norm(x, x.shape[-1:], eps=eps) * weight
+    # Computed as the layer norm of [x, -x], whose mean is 0 and variance mean(x^2): torch's CPU
+    # rms_norm runs as ~7 dispatched ops (~15 us for one 256-wide row here), layer_norm as one
+    # kernel (~4 us with the mirror), and a decode step has two norms per layer. Both widen a bf16 /
+    # fp16 input to fp32 and round once; the mirrored mean is 0 only up to fp32 summation order,
+    # which moves ~1e-5 of bf16 outputs by an ulp (test_rmsnorm bounds it against rms_norm).
+    H = x.shape[-1]
+    return F.layer_norm(torch.cat([x, -x], -1), (2 * H,), eps=eps)[..., :H] * weight
 
 
 def add_rmsnorm_ref(x, residual, weight, eps):

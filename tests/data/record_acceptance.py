@@ -4,7 +4,8 @@ For each prompt of the shipped bench set: the embedded model's greedy AR output 
 every position i of it, the tokens one self-speculative step would produce from there (seed = token
 i, cache = prompt + tokens before it), per mode and block size. Greedy decoding makes that a function
 of the position alone, whatever ran before, so these traces replay any schedule of strategies
-exactly; the step costs are `trikern tune --decode`'s on the recording machine.
+exactly (each step starts from the K/V the AR generation wrote, as in a real generation); the
+step costs are `trikern tune --decode`'s on the recording machine.
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/data/record_acceptance.py   # ~10 min on 1 core
 """
@@ -27,11 +28,14 @@ NEW_TOKENS = 64
 BLOCKS = {"spec-linear": (2, 4, 8, 16), "spec-quadratic": (2, 4, 8, 16)}
 
 
-def first_step_tokens(m, ids, seed, mode, B, log):
-    """Tokens produced by the first decode step after prefilling `ids` (the prefill yields `seed`)."""
+def first_step_tokens(m, ids, seed, mode, B, log, prompt):
+    """Tokens produced by the first decode step from `ids`. Past the `prompt`, the model holds the
+    K/V of all but the last token as AR's own steps wrote them (see main): the prefill re-feeds
+    that one token alone, as the AR step that produced `seed` did, so a bf16 near-tie cannot round
+    it differently. At the prompt, the prefill is the whole prompt, as AR's was."""
     log.clear()
-    r = m.generate(ids, mode=mode, block_size=B, max_new_tokens=1 + B, reuse_prefix=False)
-    if r.token_ids[0] != seed:  # a bf16 near-tie: a long prefill rounds differently from AR's steps
+    r = m.generate(ids, mode=mode, block_size=B, max_new_tokens=1 + B, reuse_prefix=not prompt)
+    if r.token_ids[0] != seed:
         raise SystemExit(f"{mode} B={B} at {len(ids)}: the prefill gave {r.token_ids[0]}, AR {seed}")
     return log[0]
 
@@ -56,9 +60,14 @@ def main(out=Path(__file__).with_name("acceptance_traces.json")):
     for p in load_prompts():
         ids = p.token_ids(m)
         gen = m.generate(ids, mode="ar", max_new_tokens=NEW_TOKENS, reuse_prefix=False).token_ids
-        steps = {mode: {str(B): [first_step_tokens(m, ids + gen[:i], gen[i], mode, B, log)
-                              for i in range(len(gen) - 1)]
-                        for B in blocks} for mode, blocks in BLOCKS.items()}
+        # The model now holds that generation's cache. A step from position i rewrites only slots
+        # from i on (prompt-relative), so going from the last position back, every step starts
+        # from the K/V AR wrote.
+        steps = {mode: {str(B): [0] * (len(gen) - 1) for B in blocks} for mode, blocks in BLOCKS.items()}
+        for i in reversed(range(len(gen) - 1)):
+            for mode, blocks in BLOCKS.items():
+                for B in blocks:
+                    steps[mode][str(B)][i] = first_step_tokens(m, ids + gen[:i], gen[i], mode, B, log, i == 0)
         traces[p.id] = {"kind": p.kind, **steps}
         print(p.id, steps["spec-linear"]["16"], file=sys.stderr, flush=True)
     doc = {"model": "embedded", "new_tokens": NEW_TOKENS, "device": profile.device_name(torch.device("cpu")),

@@ -21,9 +21,6 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = torch.zeros((), dtype=torch.long, device=device)
-        # Per-layer views made once: a decode step asks for each layer's K/V several times, and on
-        # a CPU each view op costs microseconds against a one-token step of a few milliseconds.
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
 
     @classmethod
     def for_model(cls, cfg, capacity, dtype, device, scratch=0):
@@ -46,7 +43,7 @@ class KVCache:
 
     def layer(self, i):
         """(K, V) of layer i: [Hkv, slots, D] views."""
-        return self._layers[i]
+        return self.k[i], self.v[i]
 
     def scratch_slots(self, T: int) -> torch.Tensor:
         """Slot indices [length, length + T) of a T-token chunk (computed once per forward)."""
@@ -54,9 +51,8 @@ class KVCache:
 
     def write(self, i, k, v, idx):
         """Write chunk K/V ([T, Hkv, D], the cache's dtype) of layer i to the slots `idx` (from `scratch_slots`)."""
-        kc, vc = self._layers[i]
-        kc.index_copy_(1, idx, k.transpose(0, 1))
-        vc.index_copy_(1, idx, v.transpose(0, 1))
+        self.k[i].index_copy_(1, idx, k.transpose(0, 1))
+        self.v[i].index_copy_(1, idx, v.transpose(0, 1))
 
     def commit(self, count):
         """Make the first `count` scratch entries part of the cache (append / truncate-to-accepted)."""

@@ -33,8 +33,8 @@ _MAX_PER_THREAD = 64  # fp32 row elements one thread holds before register press
 def rmsnorm_ref(x, weight, eps):
     # x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then the weight in that dtype.
     # Computed as the layer norm of [x, -x], whose mean is 0 and variance mean(x^2): torch's CPU
-    # rms_norm runs as ~7 dispatched ops (~15 us for one 256-wide row here), layer_norm as one
-    # kernel (~4 us with the mirror), and a decode step has two norms per layer. Both widen a bf16 /
+    # rms_norm runs as ~7 dispatched ops (~15 us for one 256-wide row here), the mirror and
+    # layer_norm as two (~6 us), and a decode step has two norms per layer. Both widen a bf16 /
     # fp16 input to fp32 and round once; the mirrored mean is 0 only up to fp32 summation order,
     # which moves ~1e-5 of bf16 outputs by an ulp (test_rmsnorm bounds it against rms_norm).
     H = x.shape[-1]

@@ -285,6 +285,9 @@ def test_version():
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"trikern {trikern.__version__} (torch ") and "triton" in r.stdout
+    from trikern.cpu_features import detect
+    cpu = r.stdout.splitlines()[1]  # what this CPU can do and the dtype that follows, with the reason
+    assert cpu == detect().summary() and f"default CPU dtype {str(detect().default_dtype)[6:]}: " in cpu
 
 
 @pytest.mark.parametrize("command, args, named", [

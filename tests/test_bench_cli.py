@@ -145,7 +145,7 @@ def test_synthetic_rows_per_width_and_bytes_moved(tmp_path, capsys):
     j = tmp_path / "s.json"
     rc, out, err = run(capsys, "--synthetic", tiny_config(tmp_path), "--context", 40, "--widths", "1,3,8",
                        "--modes", "ar,spec-quadratic", "--block-sizes", 2, "--decode-tokens", 4, "--reps", 1,
-                       "--json", j)
+                       "--dtype", "bfloat16", "--json", j)
     assert rc == 0, err
     res = json.loads(j.read_text())
     d = nld_config_dict()

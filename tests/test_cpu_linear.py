@@ -1,7 +1,9 @@
 """The CPU bf16 matmul: the packed path gives F.linear's bits and the wide (fp32) path is within an
 ulp of the exact product (odd batch sizes, sliced rows); the choice between them is measured once
 per (shape, row bucket, threads) or forced by TRIKERN_CPU_LINEAR; both copies follow in-place weight
-changes; autograd and other dtypes take F.linear; a model decodes the same tokens with it on and off."""
+changes; autograd and other dtypes take F.linear; a model decodes the same tokens with it on and off.
+On a CPU oneDNN cannot pack bf16 for, "packed" is plain F.linear: those tests hold there too, the
+packed-copy test is skipped with the reason, and the fallback is tested on every CPU (`no_packing`)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,8 @@ from util import random_model, tiny_config
 
 from trikern import cpu_linear
 
-pytestmark = pytest.mark.skipif(not cpu_linear.enabled, reason="this torch build has no oneDNN linear ops")
+needs_packing = pytest.mark.skipif(not cpu_linear.can_pack, reason="oneDNN cannot pack bf16 weights on this CPU "
+                                   "(needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); the plain fallback is tested instead")
 
 
 class Holder:
@@ -55,9 +58,11 @@ def test_choice_is_measured_once_per_shape_bucket_and_threads(monkeypatch):
         for rows in (1, 1, 3, 4, 5, 1):
             x = torch.randn(rows, 32).bfloat16()
             within_an_ulp(cpu_linear.linear(x, w, Holder()), x, w)
-        cpu_linear.linear(torch.randn(64, 32).bfloat16(), w, Holder())  # past MAX_WIDE_ROWS: never timed
-    assert timed == [1, 3, 5]  # buckets 1, 4 (3 and 4), 8 (5)
-    assert set(cpu_linear._choices.values()) <= {"packed", "wide"} and len(cpu_linear._choices) == 3
+        cpu_linear.linear(torch.randn(64, 32).bfloat16(), w, Holder())  # past MAX_WIDE_ROWS: timed only unpacked
+    # buckets 1, 4 (3 and 4), 8 (5); 64 rows too where oneDNN cannot pack (plain F.linear is slow there)
+    assert timed == [1, 3, 5] + ([] if cpu_linear.can_pack else [64])
+    assert set(cpu_linear._choices.values()) <= {"packed", "wide", "plain"}
+    assert len(cpu_linear._choices) == 3 + (not cpu_linear.can_pack)
     key = next(iter(cpu_linear._choices))
     assert key[:2] == (64, 32) and key[3] == torch.get_num_threads()
 
@@ -67,7 +72,39 @@ def test_big_weights_have_no_wide_copy(monkeypatch):
     h = Holder()
     with torch.no_grad():
         cpu_linear.linear(torch.randn(1, 32).bfloat16(), torch.randn(16, 32).bfloat16(), h)  # 2 KiB in fp32
-    assert h._cpu_layouts.wide is None and h._cpu_layouts.packed is not None
+    assert h._cpu_layouts.wide is None and (h._cpu_layouts.packed is not None) == cpu_linear.can_pack
+
+
+@needs_packing
+def test_packed_copy_where_onednn_packs():
+    h = Holder()
+    w, x = torch.randn(48, 32).bfloat16(), torch.randn(3, 32).bfloat16()
+    with torch.no_grad():
+        y = cpu_linear._packed(x, cpu_linear._layouts(w, h))
+    assert h._cpu_layouts.packed is not None and torch.equal(y, F.linear(x, w))
+
+
+@pytest.mark.parametrize("forced", ["", "packed", "wide"])
+def test_fallback_without_packing(forced, monkeypatch):
+    """An AVX2-only CPU (no oneDNN bf16 packing), on any CPU: no packed copy is made, the choice is
+    between plain F.linear and wide, a forced "packed" means plain, and the products are right."""
+    monkeypatch.setattr(cpu_linear, "can_pack", False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    monkeypatch.setenv("TRIKERN_CPU_LINEAR", forced)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(96, 64, generator=g).bfloat16()
+    h = Holder()
+    with torch.no_grad():
+        for rows in (1, 5, 40):
+            x = torch.randn(rows, 64, generator=g).bfloat16()
+            y = cpu_linear.linear(x, w, h)
+            within_an_ulp(y, x, w)
+            if cpu_linear._choices[(96, 64, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())] == "plain":
+                assert torch.equal(y, F.linear(x, w))
+    assert h._cpu_layouts.packed is None
+    assert set(cpu_linear._choices.values()) <= {"plain", "wide"} and len(cpu_linear._choices) == 3  # 40 rows too
+    if forced:
+        assert set(cpu_linear._choices.values()) == {"plain" if forced == "packed" else "wide"}
 
 
 def test_a_bad_forced_path_names_the_variable(path):

@@ -11,6 +11,7 @@ from synth import (checkpoint_tensors, lora_key, write_json, write_llama_checkpo
                    write_nld_checkpoint, write_safetensors, write_weights)
 from trikern.config import ModelConfig
 from trikern.kernels import CAUSAL
+from trikern.cpu_features import default_dtype
 from trikern.loading import CheckpointError, load_lora, load_model
 from util import nld_config_dict, random_model
 
@@ -54,9 +55,12 @@ def test_nld_checkpoint_has_the_real_tensor_names(tmp_path):
     assert names == want and len(names) == 9 * 2 + 3
 
 
-def test_single_file_loads_exact_weights_as_bf16_on_cpu_by_default(tmp_path):
-    model = load_model(write_nld_checkpoint(tmp_path), device="cpu")
+def test_single_file_loads_exact_weights_as_bf16_on_cpu(tmp_path):
+    folder = write_nld_checkpoint(tmp_path)
+    model = load_model(folder, device="cpu", dtype="bf16")
     assert_weights(model, reference(), torch.bfloat16)
+    # Without a dtype: bf16 where the CPU computes in it, else fp32 (cpu_features.py).
+    assert load_model(folder, device="cpu").embed_tokens.weight.dtype == default_dtype()[0]
     assert model.cfg.tri_mode and not model.training
     assert all(not p.requires_grad for p in model.parameters())
     assert model.inv_freq.device.type == "cpu" and model.inv_freq.dtype == torch.float32
@@ -252,7 +256,7 @@ def test_lora_applied_only_on_lora_passes(tmp_path):
 
 def test_write_nld_checkpoint_with_lora(tmp_path):
     model = load_model(write_nld_checkpoint(tmp_path, lora=True), device="cpu", lora=True)
-    assert model.layers[0].self_attn.lora[0].dtype == torch.bfloat16
+    assert model.layers[0].self_attn.lora[0].dtype == model.embed_tokens.weight.dtype == default_dtype()[0]
 
 
 def test_lora_adapter_name_infix_and_explicit_path(tmp_path):

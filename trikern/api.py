@@ -31,6 +31,17 @@ class GenerationResult:
     finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length" | "cancelled" (should_stop)
 
 
+def dtype_reason(weight: torch.Tensor) -> str:
+    """Why the model computes in its dtype: the CPU's default (cpu_features.py) or the caller's choice."""
+    name = str(weight.dtype).removeprefix("torch.")
+    if weight.device.type != "cpu":
+        return f"{name}: " + ("the GPU default" if weight.dtype == torch.bfloat16 else "requested")
+    from .cpu_features import default_dtype  # noqa: PLC0415
+
+    default, why = default_dtype()
+    return why if weight.dtype == default else f"{name}: requested (this CPU's default is {why})"
+
+
 class Model:
     def __init__(self, model, tokenizer=None, path: Path | None = None):
         self.model = model
@@ -38,6 +49,7 @@ class Model:
         self.path = path
         self.cfg = model.cfg
         self.last_result: GenerationResult | None = None
+        self.dtype_reason = dtype_reason(model.embed_tokens.weight)
         self._held = None  # (KVCache, token ids whose K/V it holds) of the previous generation: prefix reuse
         self.warmup_s: float | None = None
 
@@ -229,7 +241,9 @@ class Model:
             if tail:
                 text.append(tail)
                 yield tail
-        self.last_result = GenerationResult("".join(text), out_ids, ctx.stats.as_dict(), reason)
+        stats = {**ctx.stats.as_dict(), "dtype": str(self.model.embed_tokens.weight.dtype).removeprefix("torch."),
+                 "dtype_reason": self.dtype_reason}
+        self.last_result = GenerationResult("".join(text), out_ids, stats, reason)
 
     def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, should_stop=None, **kw) -> Iterator[str]:
         """Yield text pieces as tokens are committed (multi-byte characters are never split). The

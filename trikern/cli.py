@@ -15,7 +15,7 @@ def _model_args(p: argparse.ArgumentParser):
                    help="checkpoint folder (config.json, *.safetensors, tokenizer.json); default: the embedded model")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                   help="compute dtype (default: bfloat16)")
+                   help="compute dtype (default: bfloat16; on a CPU without native bf16, float32: see --version)")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
                    help="kernels: Triton on CUDA and PyTorch references on CPU (auto), or force one")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
@@ -70,10 +70,24 @@ def version_text() -> str:
     return f"trikern {__version__} (torch {dist('torch')}, triton {dist('triton')})"
 
 
+class _Version(argparse.Action):
+    """--version: the versions, then what this CPU can do and the dtype it defaults to (asks torch,
+    so only when the flag is given)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="print versions and this CPU's features, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .cpu_features import detect  # noqa: PLC0415
+
+        print(f"{version_text()}\n{detect().summary()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trikern", description="Tri-mode (AR / diffusion / self-speculation) decoding "
                                 "with Triton kernels.")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="complete a raw-text prompt (no chat template)",

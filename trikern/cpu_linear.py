@@ -12,28 +12,35 @@ Which is faster depends on the CPU, the shape, the row count and the thread coun
 call of each (shape, row bucket, threads) in a process times both and keeps the winner
 (`TRIKERN_CPU_LINEAR=packed|wide` forces one). A wide copy is made only for weights of at most
 `MAX_WIDE_BYTES`: past that a product is bound by reading the weight, and fp32 reads twice the bytes.
+A CPU that oneDNN cannot pack bf16 for (AVX2 only: cpu_features.py) has no packed path: plain
+`F.linear` ("plain", the same bits) takes its place, and wide is timed against it at every row count,
+since such a CPU multiplies bf16 in software.
 
 The copies are made on first use and made again whenever the weight changes (its version counter
 or storage), so a trained or edited weight is never read stale; they cost the packed copy (the bf16
 size) and, for small weights, the wide one (twice it). Anything else -- other dtypes or devices,
-autograd, a torch build without the oneDNN ops -- takes `F.linear`.
+autograd -- takes `F.linear`.
 """
 from __future__ import annotations
 
 import os
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-_mkldnn = getattr(torch.ops, "mkldnn", None)
-enabled = bool(torch.backends.mkldnn.is_available() and _mkldnn is not None
-               and hasattr(_mkldnn, "_reorder_linear_weight") and hasattr(_mkldnn, "_linear_pointwise"))
+from . import cpu_features
 
-PACKED, WIDE = "packed", "wide"
+_mkldnn = getattr(torch.ops, "mkldnn", None)
+enabled = True  # off: every product takes F.linear (tests compare against it)
+# Whether oneDNN packs bf16 weights here: the op exists in this build and the CPU has what it needs.
+can_pack = bool(torch.backends.mkldnn.is_available() and _mkldnn is not None
+                and hasattr(_mkldnn, "_reorder_linear_weight") and hasattr(_mkldnn, "_linear_pointwise")
+                and cpu_features.detect().onednn_bf16)
+
+PACKED, WIDE, PLAIN = "packed", "wide", "plain"
 MAX_WIDE_BYTES = 8 << 20
-MAX_WIDE_ROWS = 32  # above this many rows oneDNN's bf16 compute wins outright: not worth timing
+MAX_WIDE_ROWS = 32  # above this many rows oneDNN's packed bf16 compute wins outright: not worth timing
 _ROUNDS, _REPS = 5, 3
 _choices: dict[tuple, str] = {}  # (out, in, row bucket, threads) -> PACKED / WIDE
 measurements = 0  # products timed so far: a decode step that timed one is not a steady-state step
@@ -50,15 +57,19 @@ def forced() -> str | None:
 
 
 class _Layouts:
-    __slots__ = ("stamp", "packed", "wide", "paths")
+    __slots__ = ("stamp", "weight", "packed", "wide", "paths")
 
-    def __init__(self, stamp, packed, wide):
-        self.stamp, self.packed, self.wide = stamp, packed, wide
+    def __init__(self, stamp, weight, packed, wide):
+        self.stamp, self.weight, self.packed, self.wide = stamp, weight, packed, wide
         self.paths: dict[tuple, object] = {}  # (rows, threads) -> _packed / _wide: the per-call lookup
 
 
 def _packed(x, lay):
     return _mkldnn._linear_pointwise(x.contiguous(), lay.packed, None, "none", [], "")
+
+
+def _plain(x, lay):
+    return F.linear(x, lay.weight)
 
 
 def _wide(x, lay):
@@ -70,15 +81,15 @@ def _layouts(weight, holder):
     stamp = (weight._version if not weight.is_inference() else -1, weight.data_ptr())
     lay = holder.__dict__.get("_cpu_layouts")
     if lay is None or lay.stamp != stamp:
-        packed = _mkldnn._reorder_linear_weight(weight, 1)
+        packed = _mkldnn._reorder_linear_weight(weight, 1) if can_pack else None
         wide = weight.t().float().contiguous() if weight.numel() * 4 <= MAX_WIDE_BYTES else None
-        lay = holder.__dict__["_cpu_layouts"] = _Layouts(stamp, packed, wide)
+        lay = holder.__dict__["_cpu_layouts"] = _Layouts(stamp, weight, packed, wide)
     return lay
 
 
 def _measure(x, lay) -> str:
     """The faster path for this product, timed in alternation (this machine's speed drifts)."""
-    paths = ((PACKED, _packed), (WIDE, _wide))
+    paths = ((PACKED, _packed) if lay.packed is not None else (PLAIN, _plain), (WIDE, _wide))
     best = {name: float("inf") for name, _ in paths}
     for _ in range(_ROUNDS):
         for name, fn in paths:
@@ -89,14 +100,20 @@ def _measure(x, lay) -> str:
     return min(best, key=best.get)
 
 
+def _narrow(lay) -> str:
+    return PACKED if lay.packed is not None else PLAIN
+
+
 def _choose(x, weight, lay) -> str:
     rows = x.shape[0]
-    if lay.wide is None or rows > MAX_WIDE_ROWS:
-        return PACKED
+    if lay.wide is None or (rows > MAX_WIDE_ROWS and lay.packed is not None):
+        return _narrow(lay)
     key = (*weight.shape, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())
     choice = _choices.get(key)
     if choice is None:
         choice = forced()
+        if choice == PACKED:
+            choice = _narrow(lay)  # a setting carried over from a CPU that packs: the same bits here
         if choice is None:
             global measurements
             measurements += 1
@@ -107,18 +124,12 @@ def _choose(x, weight, lay) -> str:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
     """x @ weight.T; `holder` (the module that owns the weight) keeps the laid-out copies."""
-    global enabled
     if not (enabled and weight.is_cpu and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
             and x.dim() == 2 and x.is_cpu and not torch.is_grad_enabled()):
         return F.linear(x, weight)
-    try:
-        lay = _layouts(weight, holder)
-    except RuntimeError as e:  # a build whose oneDNN lacks the op: the plain path from now on
-        warnings.warn(f"oneDNN weight packing unavailable ({e}); using F.linear", RuntimeWarning, stacklevel=2)
-        enabled = False
-        return F.linear(x, weight)
+    lay = _layouts(weight, holder)
     key = (x.shape[0], torch.get_num_threads())
     path = lay.paths.get(key)
     if path is None:
-        path = lay.paths[key] = _wide if _choose(x, weight, lay) == WIDE else _packed
+        path = lay.paths[key] = {WIDE: _wide, PACKED: _packed, PLAIN: _plain}[_choose(x, weight, lay)]
     return path(x, lay)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from . import cpu_features
 from .config import ModelConfig, inv_freq
 from .model import Transformer
 
@@ -58,9 +59,9 @@ def load_model(path, device=None, dtype=None, backend: str = "auto", lora=None,
     """Load the checkpoint folder `path` as a Transformer in eval mode, parameters frozen.
 
     device: default cuda if available, else cpu. dtype: torch dtype or "bf16" / "fp16" / "fp32";
-    default bf16 (fp16 is refused on CPU: no fast fp16 matmuls there). lora: None loads
-    `<path>/linear_spec_lora/` if it exists, True requires it, False skips it, a path loads that
-    adapter folder. progress: None shows a bar only for checkpoints over 1 GB.
+    default bf16, or fp32 on a CPU without native bf16 (fp16 is refused on CPU: no fast fp16 matmuls
+    there). lora: None loads `<path>/linear_spec_lora/` if it exists, True requires it, False skips
+    it, a path loads that adapter folder. progress: None shows a bar only for checkpoints over 1 GB.
     """
     folder = checkpoint_dir(path)
     device = resolve_device(device)
@@ -135,8 +136,8 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16
+    if dtype is None:  # bf16 on GPUs; on a CPU, bf16 only where it computes in bf16 (cpu_features.py)
+        return cpu_features.default_dtype()[0] if device.type == "cpu" else torch.bfloat16
     if isinstance(dtype, str):
         if dtype.lower().removeprefix("torch.") not in TARGET_DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected one of bf16, fp16, fp32")
@@ -145,7 +146,7 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
         raise ValueError(f"dtype={dtype}: expected torch.bfloat16, torch.float16 or torch.float32")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("dtype=float16 on CPU: CPUs have no fast fp16 matmuls (orders of magnitude "
-                         "slower than bf16); use dtype=torch.bfloat16 (default) or torch.float32 on CPU")
+                         "slower than bf16); use dtype=torch.bfloat16 or torch.float32 on CPU")
     return dtype
 
 

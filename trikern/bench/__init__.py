@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "need --synthetic; options marked [prompts] apply only without it.")
     p.add_argument("--model", metavar="PATH", help="[prompts] checkpoint folder (default: the embedded model)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bfloat16")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="default: bfloat16 (on a CPU without native bf16: float32; see trikern --version)")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"], help="kernels (default: auto)")
     p.add_argument("--modes", metavar="M1,M2", help="comma-separated decoding modes (default: all the checkpoint "
                    "supports); ar runs once whatever the block sizes")

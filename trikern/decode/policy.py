@@ -33,6 +33,7 @@ the choice, which depends only on the past, cannot change what is generated.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .ar import AR
@@ -62,6 +63,32 @@ def candidates(mode: str, block_size: int, cfg) -> list[tuple[str, int]]:
 
 def scratch_slots(keys) -> int:
     return max(STRATEGIES[m].scratch(B) for m, B in keys)
+
+
+def less_work(a, b) -> bool:
+    """Whether a step of `a` does less work than one of `b`: an AR step (one forward of one row)
+    less than any speculative one, a smaller block less than a larger one of the same family."""
+    return a != b and ((a[0] == "ar" and b[0] != "ar") or (a[0] == b[0] and a[1] < b[1]))
+
+
+def implausible(costs: dict, fixed=frozenset(), slack: float = 1.5) -> set:
+    """Keys whose cost breaks the order of work by more than `slack` (a step that does less work
+    costing more), fewest first: the key in most such pairs goes, until none is left. `fixed`
+    keys (measured live) are never the ones to go."""
+    pairs = [(a, b) for a in costs for b in costs if less_work(a, b) and costs[a] > slack * costs[b]]
+    bad: set = set()
+    while pairs:
+        count: dict = {}
+        for a, b in pairs:
+            for k in (a, b):
+                if k not in fixed:
+                    count[k] = count.get(k, 0) + 1
+        if not count:
+            break
+        worst = max(count, key=count.get)
+        bad.add(worst)
+        pairs = [(a, b) for a, b in pairs if worst not in (a, b)]
+    return bad
 
 
 class FixedPolicy:
@@ -196,21 +223,30 @@ class AutoPolicy:
     HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
     # make it for a clear gain (the other switches cost nothing: no hysteresis)
     OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
+    CONFIRM = 2  # live warm steps that confirm (or overturn) a cost from the profile
+    TRUST = 2.0  # a stored cost further than this from its live steps is replaced by them
 
     def __init__(self, keys, profile=None):
         self.keys = list(keys)
         self.cost = {k: Cost() for k in self.keys}
-        self.prior = set()
+        self.prior = set()  # keys whose cost came from the profile (until live steps overturn it)
+        self.distrusted: set = set()  # profile costs refused: they break the order of work
         self.profile = profile
         horizon = max(B for _, B in self.keys) - 1
         # The last generation's long-run hazards, as a weak prior (acceptance moves with the text).
         self.acc = {f: Acceptance(horizon, profile and profile.get_acceptance(f)) for f in SPEC_FAMILIES}
         if profile is not None:
-            for k, c in self.cost.items():
-                p = profile.get(k)
-                if p is not None:
-                    c.seconds, c.measured = p["seconds"], self.MEASURE
+            found = {k: p["seconds"] for k in self.keys if (p := profile.get(k)) is not None and p["seconds"] > 0}
+            # A profile measured while the machine was busy can hold a cost that breaks the order of
+            # work (an AR step dearer than a speculative one): such a prior is measured afresh.
+            self.distrusted = implausible(found)
+            for k, seconds in found.items():
+                if k not in self.distrusted:
+                    self.cost[k].seconds, self.cost[k].measured = seconds, self.MEASURE
                     self.prior.add(k)
+        self.samples: dict = {k: [] for k in self.keys}  # warm steps (cost scale) being measured or confirmed
+        self.ratios: dict = {}  # confirmed priors: live / stored seconds
+        self.check = None  # a second prior to confirm before believing the first (its ratio was far from 1)
         self.speed = 1.0  # step times now / the costs' scale (a shared machine's slow spell: > 1)
         self.current = None
         self.explored = None  # the key chosen to explore in this step
@@ -221,6 +257,7 @@ class AutoPolicy:
         self.saturated = 0  # the block size whose every draft the last step accepted (0: none)
         self.steps = 0
         self.seconds = self.explore_s = 0.0
+        self.overturned: set = set()  # priors that live steps replaced
 
     def tokens(self, key) -> float:
         mode, B = key
@@ -244,7 +281,14 @@ class AutoPolicy:
             # before judging again (else the estimates, unchanged by it, can send it straight back).
             return self.current
         self.explored = None
+        if self.check in self.prior and self.check not in self.ratios:  # confirm a second stored cost
+            self.current = self.check  # before believing the first
+            return self.check
         need = [k for k in self.keys if self.cost[k].measured < self.MEASURE]
+        if need and self.prior and not self.ratios:
+            # Costs measured on the fly have no common scale with stored ones until one is confirmed.
+            self.current = self.current if self.current in self.prior else max(self.prior, key=self.rate)
+            return self.current
         if need:  # measure on the fly, the current candidate first (no switch)
             self.current = self.current if self.current in need else need[0]
             return self.current
@@ -309,22 +353,76 @@ class AutoPolicy:
         self.saturated = drafted + 1 if drafted and tokens > drafted else 0  # the block it filled
         if cold or self.restarted:  # nor does a step that captured a graph or timed matmul paths
             return
+        c.live += 1
+        if c.measured < self.MEASURE:  # measuring: the fastest of its first steps (a busy moment only slows)
+            self.samples[key].append(seconds / self.speed)
+            c.seconds, c.measured = min(self.samples[key]), c.measured + 1
+            return
+        if key in self.prior and c.live <= self.CONFIRM:
+            self.confirm(key, seconds)
+            return
         # Costs are kept at one scale and the machine's current speed apart: a slow spell that hits
         # whichever candidate is running then moves the speed, not that candidate's cost, so it
         # does not change which candidate wins (the speed cancels out of the comparison).
-        if c.measured:
-            ratio = min(max(seconds / c.seconds, self.speed / self.OUTLIER), self.speed * self.OUTLIER)
-            self.speed += self.SPEED_ALPHA * (ratio - self.speed)
+        raw = seconds / c.seconds
+        ratio = min(max(raw, self.speed / self.OUTLIER), self.speed * self.OUTLIER)
+        self.speed += self.SPEED_ALPHA * (ratio - self.speed)
+        if raw <= self.speed * self.OUTLIER:  # a step far slower than the machine now is (a hiccup): no cost
             c.seconds += self.COST_ALPHA * (seconds / self.speed - c.seconds)
-        else:
-            c.seconds = seconds / self.speed
         c.measured += 1
-        c.live += 1
+
+    def confirm(self, key, seconds: float):
+        """A persisted cost meets its first live steps. Its ratio live / stored is the machine's
+        speed against the profile's moment when the profile is right, and every candidate shares
+        that factor; a candidate whose ratio disagrees with the others' by more than TRUST has a
+        wrong stored cost, and its live one replaces it (a live cost is never outvoted by a stored
+        one). The first ratio alone cannot tell a slower machine from a wrong cost: if it is far
+        from 1, a second candidate is checked before the two are believed."""
+        c, samples = self.cost[key], self.samples[key]
+        samples.append(seconds)
+        if len(samples) < self.CONFIRM:
+            return
+        self.ratios[key] = min(samples) / c.seconds
+        ref = self.reference_speed()
+        for k, r in self.ratios.items():
+            if not 1 / self.TRUST <= r / ref <= self.TRUST:
+                self.cost[k].seconds *= r / ref
+                self.ratios[k] = ref
+                self.overturned.add(k)
+        # Costs measured on the fly so far were divided by the speed estimate of their time: bring
+        # them to the scale the stored costs now set.
+        for k in self.keys:
+            if k not in self.prior and self.cost[k].measured:
+                self.cost[k].seconds *= self.speed / ref
+                self.samples[k] = [x * self.speed / ref for x in self.samples[k]]
+        self.speed = ref
+        far = not 1 / self.TRUST <= ref <= self.TRUST
+        unchecked = [k for k in self.prior if k not in self.ratios]
+        self.check = min(unchecked, key=lambda k: self.cost[k].seconds) if far and len(self.ratios) == 1 \
+            and unchecked else None
+        # Stored costs not run yet that now break the order of work against live ones: measure them.
+        live_keys = {k for k in self.keys if k in self.ratios or k not in self.prior}
+        known = {k: self.cost[k].seconds for k in self.keys if self.cost[k].measured >= self.MEASURE}
+        for k in implausible(known, fixed=live_keys & known.keys()):
+            self.cost[k], self.samples[k] = Cost(), []
+            self.prior.discard(k)
+            self.distrusted.add(k)
+
+    def reference_speed(self) -> float:
+        """The machine's speed against the profile, from the confirmed ratios: their median from
+        three on; of two that disagree, the one nearer 1 (a profile is more often right than wrong)."""
+        r = sorted(self.ratios.values())
+        if len(r) >= 3:
+            return r[len(r) // 2]
+        if len(r) == 2 and r[1] / r[0] > self.TRUST:
+            return min(r, key=lambda x: abs(math.log(x)))
+        return math.sqrt(r[0] * r[-1])
 
     def finish(self):
         """Persist the estimates this generation moved: the next one starts from them."""
         if self.profile is None:
             return
-        fresh = {k: c for k, c in self.cost.items() if c.live >= (1 if k in self.prior else self.MEASURE)}
+        fresh = {k: c for k, c in self.cost.items() if c.live >= (self.CONFIRM if k in self.prior else self.MEASURE)}
         self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
-                            {f: a.long_run() for f, a in self.acc.items() if a.evidence})
+                            {f: a.long_run() for f, a in self.acc.items() if a.evidence},
+                            drop=self.distrusted - fresh.keys())

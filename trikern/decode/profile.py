@@ -66,7 +66,7 @@ class StepProfile:
 
     def save(self, key, bucket, seconds: float, tokens: float, steps: int):
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
-        self._write(self.key_str(key, bucket), entry)
+        self._write({self.key_str(key, bucket): entry})
 
     def get_acceptance(self, family: str) -> list[float] | None:
         """The long-run hazard per draft position (policy.Acceptance) of `family` over recent
@@ -77,22 +77,29 @@ class StepProfile:
             out.append(float(e[f"h{len(out) + 1}"]))
         return out or None
 
-    def update(self, costs: dict, acceptance: dict):
-        """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position."""
-        for key, (seconds, tokens, steps) in costs.items():
-            self.save(key, self.bucket, seconds, tokens, steps)
+    def update(self, costs: dict, acceptance: dict, drop=()):
+        """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position;
+        drop: keys whose stored costs were refused (policy.implausible) and not measured again. One
+        atomic write."""
+        out = {self.key_str(key, self.bucket): {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
+               for key, (seconds, tokens, steps) in costs.items()}
         for family, hazards in acceptance.items():
             # Each generation moves the prior halfway: one prompt's text (a table after prose) is
             # a poor guide to the next one's, and a prior it alone set would steer a whole generation.
             old = self.get_acceptance(family) or []
             hazards = [h if k >= len(old) else old[k] + self.BLEND * (h - old[k]) for k, h in enumerate(hazards)]
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
-            self._write(f"{family}/acceptance", {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)})
+            out[f"{family}/acceptance"] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
+        # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
+        gone = [k for k in self.entries if any(k.startswith(f"{m}/{b}/") for m, b in drop)]
+        self._write(out, gone)
 
-    def _write(self, ks: str, entry: dict):
-        self.entries[ks] = entry
+    def _write(self, entries: dict, drop=()):
+        self.entries.update(entries)
+        for k in drop:
+            self.entries.pop(k, None)
         try:
-            autotune.save_result(autotune.write_dir(), self.device, self.op, ks, entry)
+            autotune.save_results(autotune.write_dir(), self.device, self.op, entries, drop)
         except OSError as e:  # a read-only install still decodes, it just measures again next time
             warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=3)
 

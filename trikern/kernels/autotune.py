@@ -276,12 +276,20 @@ def load_file(path: Path, op: str) -> dict[str, dict]:
 
 def save_result(directory: Path, gpu: str, op: str, key_str: str, config: dict) -> Path:
     """Add one result to `<directory>/<gpu>/<triton>/<op>.json`, written atomically."""
+    return save_results(directory, gpu, op, {key_str: config})
+
+
+def save_results(directory: Path, gpu: str, op: str, entries: dict, drop=()) -> Path:
+    """Add `entries` (key -> result) to `<directory>/<gpu>/<triton>/<op>.json` and remove the `drop`
+    keys, in one atomic replace: a reader sees the file before or after, never half of it."""
     path = result_path(directory, gpu, op)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a corrupt file we are about to replace was already reported
         results = load_file(path, op)
-    results[key_str] = config
+    results.update(entries)
+    for k in drop:
+        results.pop(k, None)
     payload = {"schema": SCHEMA, "op": op, "gpu": gpu, "triton": triton_version(),
                "results": dict(sorted(results.items()))}
     fd, tmp = tempfile.mkstemp(prefix=f".{op}.", suffix=".tmp", dir=path.parent)

@@ -54,18 +54,22 @@ class Model:
         self.warmup_s: float | None = None
 
     @classmethod
-    def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None, warmup=False) -> "Model":
-        """`path`: a checkpoint folder or its config.json (default: the embedded model). `warmup`:
-        compile and tune the decode shapes now (see `warmup`), not in the first request."""
+    def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None, warmup=False,
+             revision=None) -> "Model":
+        """`path`: a checkpoint folder or its config.json (default: the embedded model), or a Hugging
+        Face hub id "org/name" (downloaded into the HF cache; a local path that exists wins).
+        `revision`: branch, tag or commit hash of a hub id (default: main). `warmup`: compile and
+        tune the decode shapes now (see `warmup`), not in the first request."""
         if not isinstance(warmup, bool):
             raise ValueError(f"warmup={warmup!r}: expected True or False")
+        from .hub import resolve  # noqa: PLC0415
         from .loading import checkpoint_dir, load_model  # noqa: PLC0415
         from .tokenizer import Tokenizer  # noqa: PLC0415
 
         if path is not None and not isinstance(path, (str, os.PathLike)):
             raise ValueError(f"path={path!r}: expected a checkpoint folder (str or os.PathLike), "
                              f"got {type(path).__name__}")
-        path = Path(path) if path is not None else DEFAULT_MODEL
+        path = resolve(path if path is not None else DEFAULT_MODEL, revision)
         if not path.exists():
             raise FileNotFoundError(f"model folder {path} does not exist")
         folder = checkpoint_dir(path)  # config.json -> its folder, so the tokenizer beside it loads too

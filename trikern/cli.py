@@ -11,8 +11,11 @@ from .decode.common import MODES
 
 
 def _model_args(p: argparse.ArgumentParser):
-    p.add_argument("--model", metavar="PATH", default=None,
-                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json); default: the embedded model")
+    p.add_argument("--model", metavar="PATH|ORG/NAME", default=None,
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json), or a Hugging Face hub id "
+                   "(downloaded into the HF cache; offline with HF_HUB_OFFLINE=1); default: the embedded model")
+    p.add_argument("--revision", default=None, metavar="REV",
+                   help="branch, tag or commit hash of a hub id --model (default: main)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="compute dtype (default: bfloat16; on a CPU without native bf16, float32: see --version)")
@@ -52,7 +55,7 @@ def _load(a):
 
     from . import load  # noqa: PLC0415
     dtype = getattr(torch, a.dtype) if a.dtype else None
-    m = load(a.model, device=a.device, dtype=dtype, backend=a.backend)
+    m = load(a.model, device=a.device, dtype=dtype, backend=a.backend, revision=a.revision)
     warm = a.warmup if a.warmup is not None else m.model.embed_tokens.weight.is_cuda
     if warm:
         print("warming up (compiling and tuning the decode shapes)...", file=sys.stderr, flush=True)

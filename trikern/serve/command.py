@@ -6,11 +6,24 @@ import ipaddress
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..cli import _load, _model_args
 from ..decode.common import MODES
+from ..hub import is_hub_id
 
 DEFAULT_MAX_TOKENS = 1024
+
+
+def served_name(model_arg: str | None, folder: Path) -> str:
+    """The model name clients send: a hub id as given (its folder is a snapshot named by commit
+    hash), else the checkpoint folder's name."""
+    from ..api import DEFAULT_MODEL  # noqa: PLC0415
+
+    if folder == DEFAULT_MODEL:
+        return "trikern-default"
+    hub = model_arg is not None and is_hub_id(model_arg) and folder != Path(model_arg)
+    return model_arg if hub else folder.name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +97,7 @@ def main(argv=None) -> int:
         print(f"trikern serve: error: {e}", file=sys.stderr)
         return 2
 
-    from ..api import DEFAULT_MODEL  # noqa: PLC0415
-    name = a.served_model_name or ("trikern-default" if model.path == DEFAULT_MODEL else model.path.name)
+    name = a.served_model_name or served_name(a.model, model.path)
     context = model.cfg.max_position_embeddings
     cfg = ServerConfig(model_name=name, default_mode=a.mode, api_key=a.api_key, max_body_bytes=a.max_body_bytes,
                        default_max_tokens=a.default_max_tokens, context_length=context, modes=MODES)

@@ -128,7 +128,9 @@ class Model:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError(f"prompt is text but {self.path} has no tokenizer.json: pass token ids")
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
+            from .tokenizer import check_text  # noqa: PLC0415
+
+            return self.tokenizer.encode(check_text(prompt, "prompt"), add_special_tokens=True)
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             # bytes iterate as ints: without this check they would be read as token ids
             raise ValueError(f"prompt is {type(prompt).__name__}: pass text (e.g. prompt.decode('utf-8')) "
@@ -269,8 +271,11 @@ class Model:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _chat_ids(self, messages, template_kwargs) -> list[int]:
+        from .tokenizer import check_texts  # noqa: PLC0415
+
         if template_kwargs is not None and not isinstance(template_kwargs, dict):
             raise ValueError(f"template_kwargs={template_kwargs!r}: expected a dict of template variables")
+        check_texts(template_kwargs, "template_kwargs")  # text that is not UTF-8: one error naming the field
         return self.chat_prompt(messages, **(template_kwargs or {}))  # messages[i] errors: tokenizer
 
     def chat(self, messages, mode="ar", stop=None, template_kwargs=None, **kw) -> GenerationResult:

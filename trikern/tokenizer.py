@@ -52,6 +52,48 @@ class _TemplateRaised(ChatTemplateError):
     """Raised by the template's own `raise_exception(...)`; re-raised with the template's source."""
 
 
+class TextEncodingError(ValueError):
+    """Input text that cannot be encoded as UTF-8 (a lone UTF-16 surrogate); the message names the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Input text
+# ---------------------------------------------------------------------------------------------
+def check_text(text: str, field: str) -> str:
+    """`text` unchanged if it encodes as UTF-8, else one `TextEncodingError` naming `field` and the first
+    bad character. A Python str fails only on a lone surrogate (U+D800..U+DFFF): JSON's "\\ud800" escape,
+    or an undecodable byte that Python read with surrogateescape (command line, some stdin)."""
+    if not isinstance(text, str) or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        cp = ord(text[e.start])
+        hint = ""
+        if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape's stand-in for a byte that is not UTF-8
+            hint = f" (it stands for the byte 0x{cp - 0xDC00:02X} of input that is not UTF-8)"
+        raise TextEncodingError(f"{field}: lone surrogate U+{cp:04X} at character {e.start} cannot be encoded "
+                                f"as UTF-8{hint}") from None
+    return text
+
+
+def check_texts(value, field: str):
+    """`check_text` on every string inside JSON-like `value` (dicts, lists, tuples), naming each by its path
+    (`messages[1].content[0].text`); `value` is returned unchanged."""
+    if isinstance(value, str):
+        check_text(value, field)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            name = f"{field}.{k}" if isinstance(k, str) and k.isidentifier() else f"{field}[{k!r}]"
+            if isinstance(k, str):
+                check_text(k, f"{field} key {k!r}")
+            check_texts(v, name)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_texts(v, f"{field}[{i}]")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading helpers
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +221,7 @@ def normalize_messages(messages) -> list[dict]:
             raise ValueError(
                 f"messages[{i}]['content'] must be a string or a list of content blocks, got {type(content).__name__}"
             )
+        check_texts(message, f"messages[{i}]")  # role, content and any other text the template may render
         plain = {k: _plain(v) for k, v in message.items() if v is not None}
         reasoning = next((plain[k] for k in _REASONING_FIELDS if k in plain), None)
         if reasoning is not None:
@@ -209,7 +252,9 @@ def render_chat_template(
         for i, tool in enumerate(tools):
             if not isinstance(tool, Mapping):
                 raise ValueError(f"tools[{i}] must be a JSON-schema dict, got {type(tool).__name__}")
-        tools = _plain(tools)
+        tools = _plain(check_texts(tools, "tools"))
+    for k, v in extra.items():
+        check_texts(v, k)
     variables = {**(special_tokens or {}), **{k: _plain(v) for k, v in extra.items()}}
     variables.setdefault("documents", None)  # HF always defines it
     compiled = _compile(template, source)
@@ -346,6 +391,7 @@ class Tokenizer:
         With True, bos/eos are added the way HF's fast tokenizer adds them for this folder."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_text(text, "text")  # the backend's own error is a bare TypeError
         if not add_special_tokens:
             return self._tok.encode(text, add_special_tokens=False).ids
         if not self._own_post_processor:
@@ -500,6 +546,7 @@ class StopStrings:
         if stop is None:
             stop = ()
         elif isinstance(stop, str):
+            check_text(stop, "stop")
             stop = (stop,)
         elif not isinstance(stop, (list, tuple)):
             raise ValueError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
@@ -508,6 +555,7 @@ class StopStrings:
                 raise ValueError(f"stop[{i}] must be a string, got {type(s).__name__}")
             if not s:
                 raise ValueError(f"stop[{i}] is empty: stop strings must be non-empty")
+            check_text(s, f"stop[{i}]")
         self.stops: tuple[str, ...] = tuple(dict.fromkeys(stop))
         self._held = ""
         self.stopped = False

@@ -4,7 +4,9 @@ Checks here are only what the Model cannot know: JSON shapes (the body is an obj
 content parts are text), OpenAI field names (`max_tokens` -> `max_new_tokens`) and the OpenAI features
 this server does not have (logprobs, tools, penalties: refused, not silently ignored). Value ranges and
 types of the generation options are left to the Model, whose ValueError names the option; `client_error`
-turns it into a 400 that names the request field. Unknown fields are ignored, as OpenAI does.
+turns it into a 400 that names the request field. Unknown fields are ignored, as OpenAI does. Text
+that cannot be encoded as UTF-8 (a lone surrogate, which JSON's "\\ud800" escape allows) is refused
+here, before the request is queued, with a 400 naming its JSON path (messages[1].content[0].text).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..decode.common import ContextLengthError
-from ..tokenizer import ChatTemplateError
+from ..tokenizer import ChatTemplateError, TextEncodingError, check_text, check_texts
 from .engine import Work
 
 # Request field -> Model option, passed through as given; the Model checks type and range.
@@ -70,6 +72,15 @@ def _check_type(body: dict, name: str, types, what: str):
     return v
 
 
+def _text(value, field: str, param: str):
+    """`value` with every string in it checked to encode as UTF-8 (JSON's "\\ud800" escape decodes to a lone
+    surrogate, which no tokenizer takes): else a 400 naming `field` (e.g. messages[1].content)."""
+    try:
+        return check_texts(value, field)
+    except TextEncodingError as e:
+        raise APIError(400, str(e), param=param) from None
+
+
 def _as_tuple(t):
     return t if isinstance(t, tuple) else (t,)
 
@@ -112,7 +123,7 @@ def _common(body, kind: str, served_model: str, default_mode: str, default_max_t
         if body.get(field) is not None:  # null means "not given", as in OpenAI
             options[option] = body[field]
     mode = body.get("mode")
-    stop = body.get("stop")
+    stop = _text(body.get("stop"), "stop", "stop")  # its shape is the Model's to check
     return Request(kind, Work(None, None, default_mode if mode is None else mode, stop, options),
                    model or served_model, stream, include_usage, mt_field)
 
@@ -120,7 +131,7 @@ def _common(body, kind: str, served_model: str, default_mode: str, default_max_t
 def _text_content(content, i: int, role: str) -> str:
     """A message's content as one string (OpenAI allows a list of text parts)."""
     if isinstance(content, str):
-        return content
+        return _text(content, f"messages[{i}].content", "messages")
     if content is None and role == "assistant":  # an assistant turn that only called tools
         return ""
     if isinstance(content, list):
@@ -129,7 +140,7 @@ def _text_content(content, i: int, role: str) -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise APIError(400, f"messages[{i}].content[{j}]: only text parts "
                                f"({{'type': 'text', 'text': ...}}) are supported", param="messages")
-            texts.append(part["text"])
+            texts.append(_text(part["text"], f"messages[{i}].content[{j}].text", "messages"))
         return "\n".join(texts)
     raise APIError(400, f"messages[{i}].content: expected a string or a list of text parts, "
                    f"got {type(content).__name__}", param="messages")
@@ -156,25 +167,29 @@ def parse_chat(body, served_model: str, default_mode: str, default_max_tokens: i
         chat.append({"role": "system" if role == "developer" else role,
                      "content": _text_content(msg.get("content"), i, role)})
     req.work.messages = chat
-    req.work.template_kwargs = _check_type(body, "chat_template_kwargs", dict, "an object")
+    req.work.template_kwargs = _text(_check_type(body, "chat_template_kwargs", dict, "an object"),
+                                     "chat_template_kwargs", "chat_template_kwargs")
     return req
 
 
 def parse_completion(body, served_model: str, default_mode: str, default_max_tokens: int) -> Request:
     req = _common(body, "completion", served_model, default_mode, default_max_tokens)
     prompt = body.get("prompt")
+    field = "prompt"
     # OpenAI's batch forms (a list of strings, a list of token lists) are accepted with one element.
     if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         if len(prompt) != 1:
             raise APIError(400, f"prompt is a batch of {len(prompt)}: only one prompt per request is supported",
                            param="prompt")
-        prompt = prompt[0]
+        prompt, field = prompt[0], "prompt[0]"
     if isinstance(prompt, list):
         if not prompt:
             raise APIError(400, "prompt is an empty list: expected text or a list of token ids", param="prompt")
     elif not isinstance(prompt, str):
         raise APIError(400, f"prompt: expected text or a list of token ids, got {type(prompt).__name__}",
                        param="prompt")
+    else:
+        _text(prompt, field, "prompt")
     req.work.prompt = prompt
     return req
 

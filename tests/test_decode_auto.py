@@ -197,8 +197,28 @@ def test_policy_explores_the_other_family_within_its_time_share():
     assert all((i + 1) % p.EXPLORE_EVERY == 0 for i, _ in runs)
     # The families take turns, each with its best candidate now (linear: B = 2, cheaper than B = 4
     # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
-    assert [keys for _, keys in runs[:4]] == [[L2], [Q4, Q4], [L2], [Q4, Q4]]
-    assert p.explore_s <= p.EXPLORE_SHARE * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
+    assert [keys for _, keys in runs[:2]] == [[L2], [Q4, Q4]]
+    assert all(keys in ([L2], [Q4, Q4]) for _, keys in runs)
+    assert p.explore_s <= p.explore_share() * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
+    # No exploration beat AR: the share they may lose shrinks, so they thin out.
+    assert p.explore_tries >= 2 and p.explore_hits == 0 and p.explore_share() < p.EXPLORE_SHARE / 3
+    half = len(picks) // 2
+    assert sum(e for _, e in picks[half:]) < sum(e for _, e in picks[:half])
+
+
+def test_explorations_that_pay_keep_their_share():
+    def explored(tokens):  # one exploration step of L4 (2 s) that displaced AR (1 token a second)
+        p.explored, p.displaced = L4, 1.0
+        p.observe(L4, tokens, 2.0, cold=False, drafted=3)
+
+    p = costed([A, L4], [1.0, 2.0])
+    assert p.explore_share() == p.EXPLORE_SHARE / 2  # before any: half
+    for _ in range(3):
+        explored(4)  # 4 tokens in 2 s: a hit
+    assert (p.explore_hits, p.explore_tries) == (3, 3) and p.explore_share() == pytest.approx(0.8 * p.EXPLORE_SHARE)
+    for _ in range(5):
+        explored(1)  # 1 token in 2 s: a miss
+    assert (p.explore_hits, p.explore_tries) == (3, 8) and p.explore_share() == pytest.approx(0.4 * p.EXPLORE_SHARE)
 
 
 def test_a_step_that_fills_its_block_is_followed_by_a_larger_block():

@@ -23,6 +23,9 @@ expected tokens per step / expected seconds per step.
   it produced: a speculative step is never worse than one token, so exploring from cheap AR steps
   on a CPU costs little, while counting its whole time would cap exploring at once (one step of
   B = 16 is worth three of AR there) and leave a stale prior in charge for the whole generation.
+  The share itself follows how often this generation's explorations beat the setting they
+  displaced (`explore_share`): where one setting wins throughout, refreshing the others is the
+  whole gap between auto and that setting.
 - Within the same share, a step that accepted every draft is followed by one of a larger block
   that could win (either family): the counts say nothing past the block it filled, and waiting for
   the next refresh leaves copy-like text to a block size too small for it.
@@ -218,8 +221,8 @@ class AutoPolicy:
     SPEED_ALPHA = 0.5  # the machine's speed (other processes, clocks) moves fast
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     EXPLORE_EVERY = 8
-    EXPLORE_SHARE = 0.1  # of the decode time lost to exploring: a slow candidate is re-checked, never
-    # paid for long
+    EXPLORE_SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (explore_share): a slow
+    # candidate is re-checked, never paid for long
     HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
     # make it for a clear gain (the other switches cost nothing: no hysteresis)
     OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
@@ -257,6 +260,7 @@ class AutoPolicy:
         self.saturated = 0  # the block size whose every draft the last step accepted (0: none)
         self.steps = 0
         self.seconds = self.explore_s = 0.0
+        self.explore_hits = self.explore_tries = 0  # exploration steps that beat the setting they displaced
         self.overturned: set = set()  # priors that live steps replaced
 
     def tokens(self, key) -> float:
@@ -298,7 +302,7 @@ class AutoPolicy:
                 and self.rate(best) < self.HYSTERESIS * self.rate(cur):
             best = cur
         self.current = best
-        key = self.explore(best) if self.explore_s <= self.EXPLORE_SHARE * self.seconds else None
+        key = self.explore(best) if self.explore_s <= self.explore_share() * self.seconds else None
         if key is None:
             return best
         self.displaced, self.explored = self.rate(best), key
@@ -306,6 +310,13 @@ class AutoPolicy:
         # first step verifies the old, shorter draft: take one more either way.
         self.explore_left = int(key[0] == "spec-quadratic" and (cur is None or cur[0] != key[0] or key[1] > cur[1]))
         return key
+
+    def explore_share(self) -> float:
+        """The share of decode time exploring may lose: EXPLORE_SHARE scaled by how often this
+        generation's explorations beat the setting they displaced (Laplace: half of it before any).
+        Where one setting wins throughout (AR on a CPU without fast bf16, text that drafts poorly)
+        the refreshes stop paying, and their cost is what keeps auto below that setting."""
+        return self.EXPLORE_SHARE * (self.explore_hits + 1) / (self.explore_tries + 2)
 
     def explore(self, best):
         """A candidate to run instead of `best` for what it tells (its acceptance), or None. Only
@@ -343,6 +354,9 @@ class AutoPolicy:
         if key == self.explored and not cold:  # its regret: the time beyond what the displaced candidate needed
             needed = tokens * self.speed / self.displaced if self.displaced > 0 else 0.0
             self.explore_s += max(0.0, seconds - needed)
+            if drafted:  # a step that verified drafts (not a quadratic restart): did it beat the incumbent?
+                self.explore_tries += 1
+                self.explore_hits += seconds <= needed
         for family, a in self.acc.items():
             if family == mode:
                 a.step(self.DECAY, drafted, min(tokens - 1, drafted))

@@ -16,9 +16,9 @@ MINE = ("rope", "rmsnorm", "swiglu")
 
 
 def check_kernels(*args, extra_path=None):
-    env = dict(os.environ, TRITON_INTERPRET="1")  # main() must re-run itself without it
+    env = dict(os.environ, TRITON_INTERPRET="1")  # the command must re-run itself without it
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path or ""), str(ROOT)]))
-    out = subprocess.run([sys.executable, "-m", "trikern.kernels.aot", *args], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "trikern", "check-kernels", *args], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     rows = [line.split() for line in out.stdout.splitlines() if re.match(r"sm_\d+\s", line)]
     return out, rows

@@ -56,8 +56,9 @@ def test_should_stop_ends_within_one_step_and_keeps_the_cache(m):
 
     m.reset()
     calls = itertools.count()
-    pieces = list(m.stream("def main():\n", max_new_tokens=40, should_stop=lambda: next(calls) >= 3))
-    r = m.last_result
+    s = m.stream("def main():\n", max_new_tokens=40, should_stop=lambda: next(calls) >= 3)
+    pieces = list(s)
+    r = s.result
     assert len(r.token_ids) == 3 and r.finish_reason == "cancelled"  # AR: one token per step
     assert "".join(pieces) == r.text
     again = m.generate("def main():\n", max_new_tokens=10)

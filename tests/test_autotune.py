@@ -13,7 +13,9 @@ import pytest
 from install_util import install, package_copy
 import torch
 
+from trikern.cli import main
 from trikern.kernels import autotune as at
+from trikern.kernels import autotune_store as store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [{"BLOCK": 16, "num_warps": 1}, {"BLOCK": 32, "num_warps": 2}, {"BLOCK": 64, "num_warps": 4}]
@@ -94,11 +96,11 @@ def test_tuning_overrides_env_without_changing_it(monkeypatch, tmp_path):
 
 
 def test_tune_rejects_unknown_ops(capsys):
-    assert at.tune_main(["--ops", "rope,bogus"]) == 2
+    assert main(["tune", "--ops", "rope,bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("trikern tune: error: --ops: unknown op bogus; known: ") and "rope" in err
     assert len(err.splitlines()) == 1
-    assert at.tune_main(["--ops", ","]) == 2
+    assert main(["tune", "--ops", ","]) == 2
     assert "selects no op" in capsys.readouterr().err
 
 
@@ -182,9 +184,9 @@ def test_directories(monkeypatch, tmp_path):
     assert at.write_dir() == ROOT / "autotune_cache"  # a writable checkout
     import platformdirs
     user = Path(platformdirs.user_cache_dir("trikern")) / "autotune"
-    monkeypatch.setattr(at, "_CHECKOUT_ROOT", tmp_path)  # an installed package: no checkout around it
+    monkeypatch.setattr(store, "_CHECKOUT_ROOT", tmp_path)  # an installed package: no checkout around it
     assert at.write_dir() == user
-    assert at.shipped_dirs() == [at._PACKAGE_DIR / "autotune"]
+    assert at.shipped_dirs() == [store._PACKAGE_DIR / "autotune"]
 
 
 def test_read_only_checkout_falls_back_to_user_cache(monkeypatch, tmp_path):
@@ -197,7 +199,7 @@ def test_read_only_checkout_falls_back_to_user_cache(monkeypatch, tmp_path):
     try:
         if os.access(ro, os.W_OK):
             pytest.skip("running as root: a read-only directory is still writable")
-        monkeypatch.setattr(at, "_CHECKOUT_ROOT", ro)
+        monkeypatch.setattr(store, "_CHECKOUT_ROOT", ro)
         assert at.write_dir() == Path(platformdirs.user_cache_dir("trikern")) / "autotune"
     finally:
         ro.chmod(0o755)
@@ -234,7 +236,7 @@ def test_prune_by_shared_memory():
 
 
 def test_tune_without_cuda_exits_nonzero(capsys):
-    assert at.tune_main([]) != 0
+    assert main(["tune"]) != 0
     assert "CUDA" in capsys.readouterr().err
 
 

@@ -15,15 +15,15 @@ from synth import write_chat_checkpoint, write_json
 from util import CHILD_ENV as ENV
 from util import nld_config_dict
 
-from trikern.bench import main
 from trikern.bench import promptset as P
 from trikern.bench import synthetic as S
 from trikern.bench.prompts import PromptError, load_prompts
+from trikern.cli import main
 
 
 
 def run(capsys, *args):
-    rc = main([str(a) for a in args])
+    rc = main(["bench", *(str(a) for a in args)])
     out, err = capsys.readouterr()
     return rc, out, err
 

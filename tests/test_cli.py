@@ -63,3 +63,17 @@ def test_check_kernels_passes_its_options_through():
     r = trikern("check-kernels", "--ops", "swiglu", "--arch", "sm_80")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "swiglu" in r.stdout and "sm_80" in r.stdout and "rope" not in r.stdout
+
+
+def test_tune_options_belong_to_the_kernels_or_to_decode(capsys):
+    """`trikern tune` holds both tuners' options; one of the other's is an error naming it."""
+    from trikern.cli import main
+
+    assert main(["tune", "--model", "x"]) == 2
+    assert capsys.readouterr().err.endswith("trikern tune: error: --model applies only with --decode\n")
+    assert main(["tune", "--decode", "--keep"]) == 2
+    assert capsys.readouterr().err.endswith("trikern tune: error: --keep does not apply with --decode\n")
+    assert main(["tune", "--decode", "--steps", "0"]) == 2
+    assert capsys.readouterr().err == "trikern tune --decode: error: --steps 0: must be >= 1\n"
+    assert main(["tune", "--decode", "--cache-lengths", "8,x"]) == 2
+    assert "--cache-lengths '8,x': expected positive integers" in capsys.readouterr().err

@@ -1,7 +1,9 @@
-"""The CPU bf16 matmul: the packed path gives F.linear's bits and the wide (fp32) path is within an
-ulp of the exact product (odd batch sizes, sliced rows); the choice between them is measured once
-per (shape, row bucket, threads) or forced by TRIKERN_CPU_LINEAR; both copies follow in-place weight
-changes; autograd and other dtypes take F.linear; a model decodes the same tokens with it on and off.
+"""The CPU backend's bf16 matmul (trikern/kernels/cpu/linear.py): the packed path gives F.linear's
+bits and the wide (fp32) path is within an ulp of the exact product (odd batch sizes, sliced rows);
+the choice between them is measured once per (shape, row bucket, threads) or forced by
+TRIKERN_CPU_LINEAR; both copies follow in-place weight changes; autograd and other dtypes take
+F.linear; a model decodes the same tokens with it on and off; a model built for the CPU backend
+("auto" too) takes it, one built for the references F.linear.
 On a CPU oneDNN cannot pack bf16 for, "packed" is plain F.linear: those tests hold there too, the
 packed-copy test is skipped with the reason, and the fallback is tested on every CPU (`no_packing`)."""
 import pytest
@@ -9,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from util import random_model, tiny_config
 
-from trikern import cpu_linear
+from trikern.kernels.cpu import linear as cpu_linear
+from trikern.model import Linear
 
 needs_packing = pytest.mark.skipif(not cpu_linear.can_pack, reason="oneDNN cannot pack bf16 weights on this CPU "
                                    "(needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); the plain fallback is tested instead")
@@ -145,9 +148,20 @@ def test_model_decodes_the_same_tokens_with_and_without(name, path, monkeypatch)
     from decode_helpers import run
 
     path(name)
-    m = random_model(tiny_config(), seed=2, dtype=torch.bfloat16)
+    m = random_model(tiny_config(), seed=2, dtype=torch.bfloat16, backend="cpu")
     on, _, _ = run(m, [1, 2, 3], "spec-linear", max_new_tokens=12, block_size=4)
     assert any("_cpu_layouts" in mod.__dict__ for mod in m.modules())
     monkeypatch.setattr(cpu_linear, "enabled", False)
     off, _, _ = run(m, [1, 2, 3], "spec-linear", max_new_tokens=12, block_size=4)
     assert on == off
+
+
+def test_the_backend_picks_the_product_once():
+    from trikern.kernels import linear_for
+
+    assert linear_for("auto") is linear_for("cpu") is cpu_linear.linear
+    assert linear_for("torch") is linear_for("triton") is not cpu_linear.linear
+    for backend in ("auto", "cpu", "torch"):
+        m = random_model(tiny_config(), backend=backend)
+        products = {mod.product for mod in m.modules() if isinstance(mod, Linear)}
+        assert products == {linear_for(backend)} and m.product is linear_for(backend)

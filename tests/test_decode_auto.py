@@ -23,7 +23,7 @@ def embedded():
 
 
 def test_auto_greedy_equals_ar_while_switching(embedded, monkeypatch):
-    monkeypatch.setenv("TRIKERN_AUTOTUNE", "0")  # no profile: every candidate is measured on the fly
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")  # no profile: every candidate is measured on the fly
     model, tok = embedded
     prompt = tok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n")
     ar, _, _ = run(model, prompt, "ar", max_new_tokens=48)
@@ -267,13 +267,13 @@ def test_exploring_costs_its_regret_not_its_time():
 
 
 def test_a_step_that_times_cpu_matmul_paths_is_cold(monkeypatch):
-    from trikern import cpu_linear
+    from trikern.kernels.cpu import linear as cpu_linear
     from trikern.decode.common import DecodeContext, GenerationConfig
     from trikern.decode.driver import drive
 
     monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
     monkeypatch.setattr(cpu_linear, "_choices", {})
-    m = random_model(tiny_config(), seed=4, dtype=torch.bfloat16)
+    m = random_model(tiny_config(), seed=4, dtype=torch.bfloat16, backend="cpu")
     prompt = torch.arange(1, 10)  # 9 tokens: the prefill times the 16-row bucket, the steps the 4-row one
     steps = []
     ctx = DecodeContext(m, GenerationConfig(max_new_tokens=12, block_size=4), len(prompt), "spec-linear")
@@ -308,6 +308,22 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     assert policy.acc["spec-linear"].long_run() == pytest.approx(hazards, abs=1e-3)  # the prior
     best = max(policy.keys, key=policy.rate)
     assert policy.first() == best and policy.choose() == best  # no measuring needed
+
+
+def test_the_profile_has_its_own_switch(tmp_path, monkeypatch):
+    """TRIKERN_DECODE_PROFILE=0 keeps auto from reading or saving a profile; TRIKERN_AUTOTUNE=0 (kernel
+    tuning) leaves the profile on."""
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    m = random_model(tiny_config(), seed=3)
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    assert not StepProfile.enabled()
+    run(m, [1, 2, 3], "auto", max_new_tokens=40, block_size=4)
+    assert not list(Path(tmp_path).rglob("decode-steps-*.json"))
+    monkeypatch.delenv("TRIKERN_DECODE_PROFILE")
+    monkeypatch.setenv("TRIKERN_AUTOTUNE", "0")
+    assert StepProfile.enabled()
+    run(m, [1, 2, 3], "auto", max_new_tokens=40, block_size=4)
+    assert len(list(Path(tmp_path).rglob("decode-steps-*.json"))) == 1
 
 
 def test_measure_writes_every_candidate(tmp_path, monkeypatch):

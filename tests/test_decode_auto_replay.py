@@ -17,7 +17,7 @@ import torch
 import trikern
 from trikern.decode.policy import AutoPolicy, FixedPolicy, candidates
 from trikern.decode.profile import StepProfile
-from trikern.kernels import autotune
+from trikern.kernels import autotune_store
 
 DATA = json.loads((Path(__file__).parent / "data" / "acceptance_traces.json").read_text())
 COSTS = {(k.split("/")[0], int(k.split("/")[1])): ms / 1e3 for k, ms in DATA["step_ms"].items()}
@@ -76,7 +76,7 @@ def replay_set(model, keys, stored=None, costs=COSTS, slow=lambda: 1.0, rounds=3
 @pytest.fixture
 def own_profile(tmp_path, monkeypatch):
     """Only this test's profile: not what this checkout's autotune_cache/ learnt from other runs."""
-    monkeypatch.setattr(autotune, "shipped_dirs", lambda: [])
+    monkeypatch.setattr(autotune_store, "shipped_dirs", lambda: [])
     monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
     model = trikern.load(dtype="bf16").model
     return model, candidates("auto", 16, model.cfg)
@@ -86,7 +86,7 @@ def own_profile(tmp_path, monkeypatch):
 def rates(tmp_path_factory):
     """tokens/s per prompt kind (all, mixed) of auto and of every fixed candidate, over 3 rounds."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(autotune, "shipped_dirs", lambda: [])
+        mp.setattr(autotune_store, "shipped_dirs", lambda: [])
         mp.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path_factory.mktemp("tune")))
         model = trikern.load(dtype="bf16").model
         keys = candidates("auto", 16, model.cfg)

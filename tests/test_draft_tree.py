@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from trikern.kernels.draft_tree import draft_tree, draft_tree_ref
+from trikern.kernels import draft_tree
+from trikern.kernels.draft_tree import draft_tree_ref
 
 MASK = 100
 

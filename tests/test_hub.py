@@ -234,7 +234,7 @@ def test_cli_missing_repo_is_one_line_and_exit_2(cache):
 
 def test_served_model_name_of_a_hub_id(offline, tmp_path, monkeypatch):
     """`trikern serve --model org/name` answers to "org/name", not to its snapshot's commit hash."""
-    from trikern.serve.command import served_name
+    from trikern.serve.launch import served_name
 
     folder = trikern.load(REPO, device="cpu", dtype=torch.float32).path
     assert served_name(REPO, folder) == REPO and folder.name != REPO.split("/")[1]

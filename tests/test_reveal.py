@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from trikern.kernels.reveal import reveal, reveal_ref
+from trikern.kernels import reveal
+from trikern.kernels.reveal import reveal_ref
 
 MASK = 3
 

@@ -2,7 +2,8 @@
 
 Glue only: loading (trikern.loading), tokenization and chat templates (trikern.tokenizer) and the
 decoding loops (trikern.decode) are composed here; stop strings and streaming detokenization are
-applied on top of the token stream a decode loop yields.
+applied on top of the token stream a decode loop yields. `stream()` returns a `Stream` (text pieces,
+then `.result`); the reusable prefix cache is a `PromptCache` (trikern.prompt_cache) the caller may hold.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .checks import check_block_range, check_block_size, is_int
 from .decode.common import MODES, DecodeContext, GenerationConfig
+from .prompt_cache import PromptCache
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 # Keyword options of generate / stream / chat besides mode and stop (see Model._gen_config).
@@ -28,7 +30,47 @@ class GenerationResult:
     text: str
     token_ids: list[int]  # generated tokens only
     stats: dict = field(default_factory=dict)
-    finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length" | "cancelled" (should_stop)
+    finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length" | "cancelled" (should_stop, close)
+
+
+class Stream:
+    """One generation's text pieces as tokens are committed (iterate it), then its `result`.
+
+    `result` is None until the generation ends: after the last piece, or once `close()` (or
+    leaving a `with` block) stops it early; then it is the GenerationResult of what was produced
+    (`finish_reason` "cancelled" for should_stop or close; its text includes any tail held back
+    from the pieces, an incomplete stop-string match or character). Breaking out of a loop leaves
+    the generation suspended between steps: `close()` ends it and keeps its cache for the next request.
+    """
+
+    def __init__(self, run: Callable[[list], Iterator[str]]):
+        """`run(out)`: the generator of pieces. It yields once before any work (this primes it, so
+        that `close()` before the first piece still ends it properly) and stores the result in out[0]
+        when the generation ends. `out` is not the Stream itself: a dropped Stream frees the
+        generator (and its cache) at once, with no reference cycle waiting for the collector."""
+        self._out: list = [None]
+        self._pieces = run(self._out)
+        next(self._pieces)
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._out[0]
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self):
+        """Stop the generation (between decode steps; nothing when it has ended already)."""
+        self._pieces.close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def dtype_reason(weight: torch.Tensor) -> str:
@@ -48,9 +90,8 @@ class Model:
         self.tokenizer = tokenizer
         self.path = path
         self.cfg = model.cfg
-        self.last_result: GenerationResult | None = None
         self.dtype_reason = dtype_reason(model.embed_tokens.weight)
-        self._held = None  # (KVCache, token ids whose K/V it holds) of the previous generation: prefix reuse
+        self.prompt_cache = self.make_prompt_cache()  # used when a request passes no prompt_cache
         self.warmup_s: float | None = None
 
     @classmethod
@@ -99,6 +140,13 @@ class Model:
         self.reset()
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
+
+    def make_prompt_cache(self) -> PromptCache:
+        """An empty prefix cache for this model: pass it as `prompt_cache=` to generate / stream /
+        chat, one per conversation (each request reuses the longest prefix it shares, then holds
+        that request's prompt + output)."""
+        w = self.model.embed_tokens.weight
+        return PromptCache(self.cfg, w.dtype, w.device)
 
     # -- settings -----------------------------------------------------------------------
     def _eos_ids(self) -> tuple[int, ...]:
@@ -184,23 +232,29 @@ class Model:
         reuse_prefix = kw.pop("reuse_prefix", True)
         if not isinstance(reuse_prefix, bool):
             raise ValueError(f"reuse_prefix={reuse_prefix!r}: expected True or False")
+        pc = kw.pop("prompt_cache", None)
+        if pc is None:
+            pc = self.prompt_cache
+        elif not isinstance(pc, PromptCache):
+            raise ValueError(f"prompt_cache={pc!r}: expected a PromptCache (Model.make_prompt_cache()) or None")
+        else:
+            w = self.model.embed_tokens.weight
+            pc.check(self.cfg, w.dtype, w.device)
         gen, stops = self._check(mode, stop, kw)
         ids = self._encode(prompt)
-        reuse = None
-        if reuse_prefix and self._held is not None:
-            cache, held = self._held
-            n = next((i for i, (a, b) in enumerate(zip(held, ids)) if a != b), min(len(held), len(ids)))
-            reuse = (cache, n) if n else None
+        reuse = pc.prefix(ids) if reuse_prefix else None
         ctx = DecodeContext(self.model, gen, len(ids), mode, reuse=reuse)  # block size, context, then the cache
-        self._held = None  # the cache is the new generation's now
-        return ctx, mode, ids, stops
+        pc.reset()  # its cache is the new generation's now; the generation puts prompt + output back
+        return ctx, mode, ids, stops, pc
 
     def reset(self):
-        """Forget the previous generation's cache (frees its memory; the next prompt is prefilled whole)."""
-        self._held = None
+        """Forget the default prompt cache (frees its memory; the next prompt is prefilled whole)."""
+        self.prompt_cache.reset()
 
-    def _pieces(self, ctx, mode, ids, stops, should_stop=None) -> Iterator[str]:
-        """Stream text pieces; the finished result lands in self.last_result."""
+    def _pieces(self, ctx, mode, ids, stops, pc: PromptCache, should_stop, out: list) -> Iterator[str]:
+        """Text pieces, after one priming "" (see Stream); the result goes to out[0] when the
+        generation ends, also when the consumer closes it; the cache goes back into `pc` when it
+        ends between steps."""
         from .decode import decode as run_decoder  # noqa: PLC0415
 
         device = self.model.embed_tokens.weight.device
@@ -212,7 +266,9 @@ class Model:
         reason = "length"
         steps = run_decoder(ctx, prompt_ids, mode)
         intact = False  # the cache matches prompt + output: stopped at a yield, not inside a step
+        closed = False  # the consumer closed the stream: the result is still made, nothing more yielded
         try:
+            yield ""  # primed by Stream: nothing has run yet
             for chunk in steps:
                 if should_stop is not None and should_stop():  # between steps: the cache stays usable
                     reason = "cancelled"
@@ -234,35 +290,43 @@ class Model:
                     break
             intact = True
         except GeneratorExit:  # the consumer stopped reading (a client left): between steps
-            intact = True
-            raise
+            intact = closed = True
+            reason = "cancelled"
         finally:
             steps.close()
-            # Keep the cache for the next request: its first `length` entries are prompt + output.
-            self._held = (ctx.cache, (ids + out_ids)[:int(ctx.cache.length)]) if intact else None
+            if intact:  # keep the cache for the next request: its first `length` entries are prompt + output
+                pc.keep(ctx.cache, ids + out_ids)
         if detok is not None and not (stops is not None and stops.stopped):
             tail = detok.flush()
             if stops is not None:
                 tail = stops.feed(tail) + stops.flush()
             if tail:
                 text.append(tail)
-                yield tail
+                if not closed:
+                    try:
+                        yield tail
+                    except GeneratorExit:  # closed after its last piece: it finished all the same
+                        pass
         stats = {**ctx.stats.as_dict(), "dtype": str(self.model.embed_tokens.weight.dtype).removeprefix("torch."),
                  "dtype_reason": self.dtype_reason}
-        self.last_result = GenerationResult("".join(text), out_ids, stats, reason)
+        out[0] = GenerationResult("".join(text), out_ids, stats, reason)
 
-    def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, should_stop=None, **kw) -> Iterator[str]:
-        """Yield text pieces as tokens are committed (multi-byte characters are never split). The
-        request is checked here, so a bad option raises at the call, not at the first piece."""
+    def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, should_stop=None, **kw) -> Stream:
+        """A `Stream` of text pieces as tokens are committed (multi-byte characters are never split),
+        whose `.result` is the GenerationResult once it ends. The request is checked here, so a bad
+        option raises at the call, not at the first piece. `prompt_cache`: see `generate`."""
         if should_stop is not None and not callable(should_stop):
             raise ValueError(f"should_stop={should_stop!r}: expected a callable (checked after every decode step)")
-        return self._pieces(*self._start(prompt, mode, stop, kw), should_stop)
+        started = self._start(prompt, mode, stop, kw)
+        return Stream(lambda out: self._pieces(*started, should_stop, out))
 
     def generate(self, prompt, mode="ar", stop: Sequence[str] | None = None, **kw) -> GenerationResult:
-        """`prompt`: raw text (no chat template) or a list of token ids."""
-        for _ in self._pieces(*self._start(prompt, mode, stop, kw)):
+        """`prompt`: raw text (no chat template) or a list of token ids. `prompt_cache`: a PromptCache
+        (make_prompt_cache()) to reuse and update instead of the model's own `prompt_cache`."""
+        s = self.stream(prompt, mode, stop, **kw)
+        for _ in s:
             pass
-        return self.last_result
+        return s.result
 
     def chat_prompt(self, messages, add_generation_prompt=True, **template_kw) -> list[int]:
         if self.tokenizer is None:
@@ -282,5 +346,5 @@ class Model:
         return self.generate(self._chat_ids(messages, template_kwargs), mode, stop, **kw)
 
     def chat_stream(self, messages, mode="ar", stop=None, template_kwargs=None, should_stop=None,
-                    **kw) -> Iterator[str]:
+                    **kw) -> Stream:
         return self.stream(self._chat_ids(messages, template_kwargs), mode, stop, should_stop, **kw)

@@ -25,7 +25,7 @@ class CpuFeatures:
     capability: str  # ATen's vector ISA: "AVX512", "AVX2", "DEFAULT", ...
     native_bf16: bool  # AVX-512 BF16 or AMX: bf16 products in hardware
     amx: bool
-    onednn_bf16: bool  # oneDNN packs and multiplies bf16 weights (cpu_linear's packed path)
+    onednn_bf16: bool  # oneDNN packs and multiplies bf16 weights (kernels/cpu/linear.py's packed path)
 
     @property
     def default_dtype(self) -> torch.dtype:

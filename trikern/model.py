@@ -2,10 +2,11 @@
 
 One `forward(tokens, positions, cache, pattern, write_cache)` serves every decoding mode: the
 attention pattern is an argument (kernels.CAUSAL / BIDIRECTIONAL / QUADRATIC) and whether the pass
-writes its K/V to the cache is explicit. Batch 1: tokens are a flat [T] chunk. Every op except the
-matmuls goes through `trikern.kernels`, so the model runs on Triton kernels or on their PyTorch
-references (`backend`). `forward_hidden` exposes the layer stack to the trainer, which supplies its
-own attention (the joint objective's mask) over batched sequences.
+writes its K/V to the cache is explicit. Batch 1: tokens are a flat [T] chunk. Every op goes
+through `trikern.kernels`, so the model runs on Triton kernels, on the CPU backend or on the PyTorch
+references (`backend`; the matmuls' implementation is chosen once, when the model is built).
+`forward_hidden` exposes the layer stack to the trainer, which supplies its own attention (the
+joint objective's mask) over batched sequences.
 
 Fused weights: each layer holds q/k/v as one `qkv_proj` weight [(Hq + 2 Hkv) D, H] and gate/up as one
 `gate_up_proj` weight [2 I, H], so a forward does one matmul for each and splits the output by views.
@@ -21,16 +22,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cpu_linear
 from . import kernels as K
 from .config import ModelConfig, attention_factor, inv_freq
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose bf16 inference on the CPU reads a oneDNN-packed weight (cpu_linear.py)."""
+    """nn.Linear whose product is its model's backend's (`kernels.linear_for`): on the CPU, bf16
+    inference reads a weight laid out once (kernels/cpu/linear.py). `Transformer` sets it."""
+
+    product = staticmethod(K.linear_for("auto"))
 
     def forward(self, x):
-        return cpu_linear.linear(x, self.weight, self)
+        return self.product(x, self.weight, self)
 
     # A one-token CPU step calls ~25 of these: skip nn.Module's hook dispatch (~2 us a call; trikern
     # registers no hooks on them). Like any module, it still runs `forward`.
@@ -93,6 +96,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backend = K.check_backend(backend)
+        self.product = K.linear_for(backend)  # x @ W.T for every Linear and the head: chosen once
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -100,6 +104,9 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq(cfg.rope, cfg.head_dim), persistent=False)
         self.attn_factor = attention_factor(cfg.rope)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.product = self.product
 
     # -- checkpoint layout ---------------------------------------------------------------
     def checkpoint_pieces(self) -> dict[str, tuple[str, slice | None]]:
@@ -167,7 +174,7 @@ class Transformer(nn.Module):
         return K.add_rmsnorm(x, residual, self.norm.weight, cfg.rms_norm_eps, backend=be)[0]
 
     def logits(self, hidden):
-        return cpu_linear.linear(hidden, self.head_weight(), self)
+        return self.product(hidden, self.head_weight(), self)
 
     # -- the one inference entry point ---------------------------------------------------
     def forward(self, tokens, positions, cache=None, pattern=K.CAUSAL, write_cache=False, sub_block=0,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .decode.common import MODES
+from .decode import MODES
 from .tokenizer import check_text
 
 HELP = """commands:
@@ -167,7 +167,7 @@ class ChatSession:
             return
         self.out.write("\n")
         self.out.flush()
-        r = self.m.last_result
+        r = stream.result
         self.history.append({"role": "assistant", "content": r.text})
         self.last = r.stats
         s = r.stats

@@ -12,8 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .. import cpu_linear
-from ..kernels import autotune
+from ..kernels.cpu import linear as cpu_linear
 from .common import DecodeContext
 from .loop import Emitter, PhaseTimer, StepRunner, check_room
 from .policy import AUTO, STRATEGIES, AutoPolicy, FixedPolicy
@@ -23,8 +22,8 @@ StepHook = Callable[[tuple, int, float, bool], object]  # (key, tokens, seconds,
 
 
 def policy_for(ctx: DecodeContext, mode: str):
-    if mode == AUTO:  # TRIKERN_AUTOTUNE=0: no persisted profile, measure on the fly every time
-        profile = StepProfile(ctx.model, ctx.stats.prompt_tokens) if autotune.enabled() else None
+    if mode == AUTO:  # TRIKERN_DECODE_PROFILE=0: no persisted profile, measure on the fly every time
+        profile = StepProfile(ctx.model, ctx.stats.prompt_tokens) if StepProfile.enabled() else None
         return AutoPolicy(ctx.candidates, profile)
     return FixedPolicy(ctx.candidates[0])
 

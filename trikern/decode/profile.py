@@ -1,40 +1,41 @@
 """Step-cost profile for `mode="auto"`: seconds and tokens per step of each (mode, block size).
 
-Stored next to the kernel autotune results (kernels/autotune.py: same directories, same atomic
+Stored next to the kernel autotune results (kernels/autotune_store.py: same directories, same atomic
 JSON files), one file per device x model shape x dtype x backend, one entry per
 `mode/block/cache-length bucket`. `trikern tune --decode` fills it by timing real steps at a few
 cache lengths (`measure`); without it, the first auto generation measures its candidates on the fly
-and `AutoPolicy.finish` saves what it saw.
+and `AutoPolicy.finish` saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the stored profile off
+(`StepProfile.enabled()`): auto then measures on the fly in every generation and saves nothing.
 """
 from __future__ import annotations
 
 import platform
 import statistics
-import sys
 import warnings
 
 import torch
 
 from ..kernels import autotune
+from ..kernels import autotune_store as store
 
 OP_PREFIX = "decode-steps"
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return autotune.sanitize(torch.cuda.get_device_name(device))
+        return store.sanitize(torch.cuda.get_device_name(device))
     cpu = platform.processor() or platform.machine() or "cpu"
     try:  # the model name says more than the architecture
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return autotune.sanitize(f"cpu-{cpu}-{torch.get_num_threads()}t")
+    return store.sanitize(f"cpu-{cpu}-{torch.get_num_threads()}t")
 
 
 def model_key(model) -> str:
     c, w = model.cfg, model.embed_tokens.weight
-    return autotune.sanitize(
+    return store.sanitize(
         f"{OP_PREFIX}-{c.model_type}-L{c.num_hidden_layers}-H{c.hidden_size}-I{c.intermediate_size}"
         f"-h{c.num_attention_heads}-kv{c.num_key_value_heads}-d{c.head_dim}-V{c.vocab_size}"
         f"-{str(w.dtype).removeprefix('torch.')}-{model.backend}")
@@ -43,15 +44,18 @@ def model_key(model) -> str:
 class StepProfile:
     BLEND = 0.5  # how far one generation moves the acceptance prior
 
+    @staticmethod
+    def enabled() -> bool:
+        """Whether auto reads and writes stored profiles: unless TRIKERN_DECODE_PROFILE=0."""
+        return not autotune.switched_off("TRIKERN_DECODE_PROFILE")
+
     def __init__(self, model, cache_length: int):
         self.device = device_name(model.embed_tokens.weight.device)
         self.op = model_key(model)
         self.bucket = autotune.bucket(cache_length, floor=256)
-        self.entries: dict[str, dict] = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a foreign file only means no prior
-            for d in autotune.read_dirs():
-                self.entries.update(autotune.load_file(autotune.result_path(d, self.device, self.op), self.op))
+            self.entries: dict[str, dict] = store.load_merged(self.device, self.op)
 
     @staticmethod
     def key_str(key, bucket) -> str:
@@ -99,7 +103,7 @@ class StepProfile:
         for k in drop:
             self.entries.pop(k, None)
         try:
-            autotune.save_results(autotune.write_dir(), self.device, self.op, entries, drop)
+            store.save_results(store.write_dir(), self.device, self.op, entries, drop)
         except OSError as e:  # a read-only install still decodes, it just measures again next time
             warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=3)
 
@@ -144,43 +148,4 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
     return prof
 
 
-def tune_main(argv: list[str]) -> int:
-    """`trikern tune --decode`: measure and persist the step-cost profile of a model."""
-    import argparse  # noqa: PLC0415
-
-    p = argparse.ArgumentParser(prog="trikern tune --decode", description="Time real decode steps of every "
-                                "mode='auto' candidate (AR, spec-linear and spec-quadratic at block sizes 2..32 as "
-                                "the model allows) at a few cache lengths and save them next to the kernel results.")
-    p.add_argument("--decode", action="store_true", required=True, help="tune the decode loop (this command)")
-    p.add_argument("--model", metavar="PATH", default=None, help="checkpoint folder (default: the embedded model)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--block-size", type=int, default=None, metavar="B", help="largest block size (default: the "
-                   "checkpoint's)")
-    p.add_argument("--cache-lengths", default="256,2048", metavar="N,N", help="cache lengths to time at")
-    p.add_argument("--steps", type=int, default=4, help="warm steps per candidate and length (default: 4)")
-    a = p.parse_args(argv)
-    try:
-        lengths = [int(x) for x in a.cache_lengths.split(",") if x.strip()]
-        if not lengths or min(lengths) < 1:
-            raise ValueError
-    except ValueError:
-        p.error(f"--cache-lengths {a.cache_lengths!r}: expected positive integers separated by commas")
-    if a.steps < 1:
-        p.error(f"--steps {a.steps}: must be >= 1")
-    from .. import load  # noqa: PLC0415
-
-    try:
-        m = load(a.model, device=a.device, dtype=getattr(torch, a.dtype) if a.dtype else None)
-        if a.block_size is not None:
-            m.check_options(mode="auto", block_size=a.block_size)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"trikern tune --decode: error: {e}", file=sys.stderr)
-        return 2
-    prof = measure(m.model, lengths, a.steps, a.block_size)
-    where = autotune.result_path(autotune.write_dir(), prof.device, prof.op)
-    print(f"step-cost profile of {len(prof.entries)} (mode, block, cache length) entries written to {where}")
-    return 0
-
-
-__all__ = ["StepProfile", "device_name", "measure", "model_key", "tune_main"]
+__all__ = ["StepProfile", "device_name", "measure", "model_key"]

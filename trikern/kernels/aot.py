@@ -1,4 +1,5 @@
-"""`trikern check-kernels`: compile every kernel x config ahead of time for GPU archs, no GPU needed.
+"""Compile every kernel x config ahead of time for GPU archs, no GPU needed (`trikern check-kernels`,
+whose command line is trikern/cli/check_kernels.py).
 
 Each kernel module in trikern/kernels/ may define `aot_variants(arch) -> list[AotVariant]`: the
 kernel, its argument types, constexprs and launch config for every config it can launch with on that
@@ -8,32 +9,28 @@ compiles too, unlike TRITON_DUMP_PTXAS_LOG, which prints only on a cache miss), 
 the compile metadata, and the tensor-core instruction family found in the PTX. The exit status is
 non-zero on any compile failure, spill, or shared memory over the arch's limit.
 
-Compilation must not run under TRITON_INTERPRET; when it is set, main() re-runs itself in a child
-process without it (after checking its options, so a bad one is reported once).
+Compilation must not run under TRITON_INTERPRET; when it is set, the command re-runs itself in a
+child process without it (after checking its options, so a bad one is reported once).
 
-A bad option (an arch that is not a supported target, an unknown op, an empty selection) is one line
-`trikern check-kernels: error: ...` and exit status 2, before anything is compiled.
+A bad selection (an arch that is not a supported target, an unknown op, an empty selection) is a
+`UsageError`, raised before anything is compiled; the command prints it as one line
+`trikern check-kernels: error: ...` and exits 2.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import importlib
 import io
-import os
 import re
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .dispatch import interpreting
+from .dispatch import FP_FUSION
 
 DEFAULT_ARCHS = (80, 90, 121)
 MIN_ARCH = 80  # the kernels use bf16 tensor cores and cp.async: Ampere or newer
-PROG = "trikern check-kernels"
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
@@ -64,7 +61,7 @@ class Row:
 
 
 class UsageError(ValueError):
-    """A bad command-line option: main() prints it as one `error:` line and exits 2."""
+    """A bad selection (arch, op, module): the command prints it as one `error:` line and exits 2."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,7 +159,7 @@ def compile_variant(v: AotVariant, arch: int) -> Row:
         row.problem = f"signature lacks {', '.join(missing)}"
         return row
     opts = {k: v.config[k] for k in _LAUNCH_OPTIONS if k in v.config}
-    opts["enable_fp_fusion"] = True  # the runtime default in triton 3.9
+    opts["enable_fp_fusion"] = FP_FUSION  # what every launch passes
     chatter = io.StringIO()  # triton prints the whole PTX when ptxas fails; the row says why instead
     try:
         with contextlib.redirect_stdout(chatter):
@@ -227,47 +224,6 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join("  ".join(s.ljust(w) for s, w in zip(line, widths)).rstrip() for line in [head, *body])
 
 
-def _reexec_without_interpreter(argv: list[str]) -> int:
-    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "trikern.kernels.aot", *argv], env=env).returncode
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog=PROG,
-                                description="AOT-compile every kernel x config for GPU archs (no GPU needed).")
-    p.add_argument("--arch", default=None,
-                   help=f"comma-separated targets (default: {','.join(f'sm_{a}' for a in DEFAULT_ARCHS)}; "
-                        "any of the supported ones listed by an unknown --arch)")
-    p.add_argument("--ops", default=None, help="comma-separated kernel modules to check (default: all)")
-    p.add_argument("--module", action="append", default=[],
-                   help="also check this importable module's aot_variants (repeatable); with --module and "
-                        "no --ops, only the named modules are checked")
-    args = p.parse_args(argv)
-    try:
-        archs = list(DEFAULT_ARCHS) if args.arch is None else parse_archs(args.arch)
-        modules = select_modules(args.ops, args.module)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    if interpreting():
-        return _reexec_without_interpreter(argv)
-    rows = []
-    for arch in archs:
-        for _, v in kernel_variants(arch, modules):
-            rows.append(compile_variant(v, arch))
-    if not rows:
-        print(f"{PROG}: error: the selection has no kernel to compile for "
-              f"{', '.join(f'sm_{a}' for a in archs)}", file=sys.stderr)
-        return 2
-    print(format_table(rows))
-    bad = [r for r in rows if r.problem]
-    print(f"\n{len(rows)} compiles over {', '.join(f'sm_{a}' for a in archs)}: "
-          f"{'all ok' if not bad else f'{len(bad)} FAILED'}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def compile_all(archs: list[int], modules: list[object]) -> list[Row]:
+    """One row per (arch, variant) of the modules' aot_variants, compiled (not under TRITON_INTERPRET)."""
+    return [compile_variant(v, arch) for arch in archs for _, v in kernel_variants(arch, modules)]

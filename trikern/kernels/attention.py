@@ -13,7 +13,8 @@ chunk:
   (a >= 1), every token of its own sub-block. The mask is computed from indices, never stored.
 
 GQA is handled by index arithmetic (no repeated K/V). The PyTorch reference below builds the dense
-mask and is the spec the Triton kernel is tested against.
+mask and is the spec the Triton kernel (and the CPU backend's attention, kernels/cpu/) is tested
+against.
 
 The Triton kernel (`attention_triton`) is flash attention with an fp32 online softmax: one program
 per (tile of packed query rows, kv head, cache split); the mask is computed from indices under a
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting, use_triton
+from .dispatch import FP_FUSION, interpreting
 
 CAUSAL, BIDIRECTIONAL, QUADRATIC = 0, 1, 2
 # Attention patterns by name (benchmarks, reports); "mode" is the decoding mode elsewhere in trikern.
@@ -79,75 +80,21 @@ def _check(q, k, v, k_cache, v_cache):
         raise ValueError(f"attention: cache {tuple(k_cache.shape)} is not [Hkv={Hkv}, S, D={D}]")
 
 
-def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None,
-                  chunk_in_cache=False):
-    """`chunk_in_cache`: k / v were also written to slots [n, n + T) before the call; on a CPU the
-    reference then reads them there instead of concatenating (a pass that writes the cache)."""
+def attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None):
+    """softmax(q K^T * scale) V in fp32 over every cache slot and the chunk, under the dense
+    [T, S + T] mask (`full_mask`), rounded once to q's dtype. GQA: query head h reads kv head
+    h // (Hq / Hkv)."""
     _check(q, k, v, k_cache, v_cache)
     T, Hq, D = q.shape
     if T == 0:
         return q.new_empty(0, Hq, D)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if k_cache.is_cuda:  # the mask covers every slot: no host sync, so CUDA graphs capture
-        mask = full_mask(pattern, T, k_cache.shape[1], cache_len, sub_block, q.device)
-    else:
-        # Reading the committed length costs nothing here: attend to those entries only, not to
-        # every slot under a mask (a cache sized for wide quadratic steps would make each pass pay
-        # for all its scratch); a one-token or bidirectional chunk then needs no mask at all.
-        n = int(cache_len)
-        if pattern not in PATTERNS.values():
-            raise _bad_pattern(pattern)
-        every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
-        mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
-        if chunk_in_cache:
-            return _softmax_fp32(q, k_cache[:, :n + T], v_cache[:, :n + T], mask, scale)
-        k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
+    mask = full_mask(pattern, T, k_cache.shape[1], cache_len, sub_block, q.device)
     keys = torch.cat([k_cache, k.transpose(0, 1)], dim=1)  # [Hkv, S+T, D]
     vals = torch.cat([v_cache, v.transpose(0, 1)], dim=1)
-    if not k_cache.is_cuda:
-        return _softmax_fp32(q, keys, vals, mask, scale)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), keys, vals, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1).contiguous()
-
-
-# Query rows per chunk of the CPU path: its fp32 scores stay within this many elements (16 MiB).
-CPU_SCORES = 1 << 22
-
-
-def _softmax_fp32(q, keys, vals, mask, scale):
-    """softmax(q keys^T * scale) vals in fp32 on the CPU, a GQA group as one batched matmul, over
-    query chunks whose scores fit `CPU_SCORES`. torch's CPU SDPA on bf16 with GQA is 2-30x slower
-    at every decoding shape measured here (1-72 queries, 100-4000 keys), the most at long caches."""
-    T, Hq, D = q.shape
-    Hkv, L = keys.shape[:2]
-    G = Hq // Hkv
-    kt, vf = keys.float().transpose(1, 2), vals.float()
-    if T == 1 and mask is None:  # a one-token step: [1, Hq, D] is already [Hkv, G, D]
-        s = torch.bmm(q.reshape(Hkv, G, D).float().mul_(scale), kt)
-        return torch.bmm(s.softmax(-1), vf).view(1, Hq, D).to(q.dtype)
-    step = max(1, CPU_SCORES // (Hq * L))
-
-    def chunk(t0, qc):
-        t = qc.shape[0]
-        # [t, Hq, D] -> [Hkv, G * t, D]: query head h = kv * G + g, rows ordered (g, t)
-        s = torch.bmm(qc.transpose(0, 1).reshape(Hkv, G * t, D).to(torch.float32).mul_(scale), kt)
-        if mask is not None:
-            s.view(Hkv, G, t, L).masked_fill_(~mask[t0:t0 + t], float("-inf"))
-        return torch.bmm(s.softmax(-1), vf).view(Hq, t, D).transpose(0, 1)
-
-    if T <= step:  # one chunk (every decoding step): no output buffer
-        return chunk(0, q).to(q.dtype)
-    out = q.new_empty(T, Hq, D)
-    for t0 in range(0, T, step):
-        out[t0:t0 + step] = chunk(t0, q[t0:t0 + step])
-    return out
-
-
-def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto",
-              chunk_in_cache=False):
-    if use_triton(backend, q):
-        return attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
-    return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale, chunk_in_cache)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1).float(), keys.float(), vals.float(), attn_mask=mask,
+                                         scale=scale, enable_gqa=True)
+    return out.transpose(0, 1).to(q.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,11 +412,13 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
             out.stride(0), out.stride(1),
             G=G, HEAD_D=D, BLOCK_D=BLOCK_D, PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
             SPLIT=split, PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            enable_fp_fusion=FP_FUSION,
         )
         if split > 1:
             _attn_combine[(triton.cdiv(T * Hq, _COMBINE_ROWS),)](
                 pm, pl, pacc, out, T * Hq, Hq, out.stride(0), out.stride(1),
-                HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4)
+                HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4,
+                enable_fp_fusion=FP_FUSION)
         return out
 
     if config is None:

@@ -17,29 +17,28 @@ in the middle of a chat). The answer comes from, in order:
 1. an in-process memo;
 2. persisted results `<dir>/<gpu name>/<triton version>/<op>.json`, read from the package's shipped
    data (`trikern/autotune/`), the checkout's `autotune_cache/`, and the user's write directory
-   (later ones override earlier ones);
+   (later ones override earlier ones): the result store, autotune_store.py;
 3. a benchmark of every config: `triton.testing.do_bench` on CUDA (configs that fail to compile or
    launch are skipped), or under TRITON_INTERPRET=1 one timed run of each config, so interpreter
    tests execute every config. GPU results are persisted atomically; interpreter results only when
    a result directory is named explicitly (TRIKERN_AUTOTUNE_DIR or `trikern tune --out`, under the
    GPU name "interpreter"), never into the checkout.
 
-`TRIKERN_AUTOTUNE=0` or `disable()` turns tuning off: `choose` returns `configs[0]`.
-`prune` drops configs that cannot fit an architecture's shared memory; `tune_main` is `trikern tune`,
-whose options reach `choose` through `tuning()` (no environment variables are changed).
+`TRIKERN_AUTOTUNE=0` or `disable()` turns tuning off: `choose` returns `configs[0]` (auto's step-cost
+profile has its own switch, TRIKERN_DECODE_PROFILE). `prune` drops configs that cannot fit an
+architecture's shared memory; `tune_ops` is the work of `trikern tune` (trikern/cli/tune.py), whose
+options reach `choose` through `tuning()` (no environment variables are changed).
+
+The store's names (`write_dir`, `read_dirs`, `result_path`, `load_file`, `save_result(s)`, ...) are
+re-exported here, so `autotune.write_dir()` keeps working; to patch them, patch autotune_store.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import importlib
-import json
 import os
 import pkgutil
-import re
-import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -49,9 +48,19 @@ from typing import Callable, Iterable
 
 import torch
 
+from . import autotune_store as store
+from .autotune_store import (SCHEMA, load_file, load_merged, read_dirs, result_path, sanitize, save_result,
+                             save_results, shipped_dirs, triton_version, write_dir)
 from .dispatch import interpreting
 
-SCHEMA = 1
+__all__ = [  # the tuner, then the result store's names it re-exports
+    "FLOAT_DTYPES", "INTERPRETER_GPU", "SMEM_LIMIT", "arch_of", "bucket", "choose", "clear_memo", "disable",
+    "dtype_key", "enable", "enabled", "env_disabled", "gpu_name", "kernel_modules", "modules_with", "prune",
+    "select_ops", "smem_limit", "switched_off", "tune_ops", "tuning",
+    "SCHEMA", "load_file", "load_merged", "read_dirs", "result_path", "sanitize", "save_result", "save_results",
+    "shipped_dirs", "triton_version", "write_dir",
+]
+
 INTERPRETER_GPU = "interpreter"
 
 # Largest shared memory one CTA may opt in to, bytes (CUDA programming guide, per compute capability).
@@ -59,9 +68,6 @@ SMEM_LIMIT = {
     80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024,
     90: 227 * 1024, 100: 227 * 1024, 103: 227 * 1024, 120: 99 * 1024, 121: 99 * 1024,
 }
-
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # trikern/
-_CHECKOUT_ROOT = _PACKAGE_DIR.parent
 
 _lock = threading.RLock()
 _memo: dict[tuple[str, str, str], dict] = {}  # (op, gpu name, str(key)) -> config
@@ -100,8 +106,13 @@ def enabled() -> bool:
     return not _disabled and not env_disabled()
 
 
+def switched_off(variable: str) -> bool:
+    """Whether an on-by-default switch in the environment says off (0, false, no, off)."""
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def env_disabled() -> bool:
-    return os.environ.get("TRIKERN_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off")
+    return switched_off("TRIKERN_AUTOTUNE")
 
 
 @contextlib.contextmanager
@@ -115,7 +126,8 @@ def tuning(out: Path | None = None, force: bool = True):
         clear_memo()
         _tuning = _Tuning(Path(out) if out is not None else None, bool(force))
     try:
-        yield
+        with store.writing_to(_tuning.out):
+            yield
     finally:
         with _lock:
             _tuning = None
@@ -134,17 +146,6 @@ def bucket(n: int, floor: int = 16) -> int:
     """Next power of two >= max(n, floor): the key of a length that grows."""
     n = max(int(n), int(floor), 1)
     return 1 << (n - 1).bit_length()
-
-
-def sanitize(name: str) -> str:
-    """A GPU name as a directory name: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3'."""
-    s = re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
-    return s or "unknown"
-
-
-def triton_version() -> str:
-    import triton
-    return triton.__version__
 
 
 def gpu_name(device=None) -> str:
@@ -206,113 +207,13 @@ def _key_str(op: str, key: tuple) -> str:
     return str(key)
 
 
-# ---------------------------------------------------------------- directories and files
-
-def shipped_dirs() -> list[Path]:
-    """Read-only result directories, lowest priority first: package data, then the checkout."""
-    dirs = [_PACKAGE_DIR / "autotune"]
-    if (_CHECKOUT_ROOT / "pyproject.toml").is_file():
-        dirs.append(_CHECKOUT_ROOT / "autotune_cache")
-    return dirs
-
-
-def write_dir() -> Path:
-    """Where results tuned on this machine go."""
-    if _tuning is not None and _tuning.out is not None:
-        return _tuning.out
-    env = os.environ.get("TRIKERN_AUTOTUNE_DIR")
-    if env:
-        return Path(env)
-    if (_CHECKOUT_ROOT / "pyproject.toml").is_file():
-        d = _CHECKOUT_ROOT / "autotune_cache"
-        if os.access(d if d.exists() else _CHECKOUT_ROOT, os.W_OK):
-            return d
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("trikern")) / "autotune"
-
-
-def read_dirs() -> list[Path]:
-    dirs = shipped_dirs()
-    w = write_dir()
-    if all(w.resolve() != d.resolve() for d in dirs):
-        dirs.append(w)
-    return dirs
-
-
-def result_path(directory: Path, gpu: str, op: str) -> Path:
-    return Path(directory) / gpu / triton_version() / f"{op}.json"
-
-
-def _valid_config(c) -> bool:
-    return isinstance(c, dict) and all(
-        isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in c.items())
-
-
-def load_file(path: Path, op: str) -> dict[str, dict]:
-    """The results of one JSON file, or {} with a warning when it is corrupt or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        warnings.warn(f"autotune: ignoring unreadable cache file {path}: {e}", stacklevel=3)
-        return {}
-    problem = None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        problem = f"not a schema-{SCHEMA} trikern autotune file"
-    elif data.get("triton") != triton_version():
-        problem = f"tuned with triton {data.get('triton')!r}, running {triton_version()}"
-    elif data.get("op") != op:
-        problem = f"holds op {data.get('op')!r}, expected {op!r}"
-    elif not isinstance(data.get("results"), dict) or not all(
-            isinstance(k, str) and _valid_config(v) for k, v in data["results"].items()):
-        problem = "'results' is not a mapping of key strings to config objects"
-    if problem:
-        warnings.warn(f"autotune: ignoring cache file {path}: {problem}", stacklevel=3)
-        return {}
-    return dict(data["results"])
-
-
-def save_result(directory: Path, gpu: str, op: str, key_str: str, config: dict) -> Path:
-    """Add one result to `<directory>/<gpu>/<triton>/<op>.json`, written atomically."""
-    return save_results(directory, gpu, op, {key_str: config})
-
-
-def save_results(directory: Path, gpu: str, op: str, entries: dict, drop=()) -> Path:
-    """Add `entries` (key -> result) to `<directory>/<gpu>/<triton>/<op>.json` and remove the `drop`
-    keys, in one atomic replace: a reader sees the file before or after, never half of it."""
-    path = result_path(directory, gpu, op)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a corrupt file we are about to replace was already reported
-        results = load_file(path, op)
-    results.update(entries)
-    for k in drop:
-        results.pop(k, None)
-    payload = {"schema": SCHEMA, "op": op, "gpu": gpu, "triton": triton_version(),
-               "results": dict(sorted(results.items()))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{op}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
+# ---------------------------------------------------------------- persisted results
 
 def _table(op: str, gpu: str) -> dict[str, dict]:
     """Merged persisted results for (op, gpu), loaded once per process."""
     t = _tables.get((op, gpu))
     if t is None:
-        t = {}
-        for d in read_dirs():
-            t.update(load_file(result_path(d, gpu, op), op))
-        _tables[(op, gpu)] = t
+        t = _tables[(op, gpu)] = load_merged(gpu, op)
     return t
 
 
@@ -441,44 +342,24 @@ def select_ops(text: str | None, known: Iterable[str]) -> tuple[list[str], str]:
     return list(dict.fromkeys(names)), ""
 
 
-def tune_main(argv: list[str] | None = None) -> int:
-    """`trikern tune`: benchmark every op over its representative shapes and write the cache.
+def tune_ops(modules: dict[str, object], ops: list[str], out: Path | None = None, force: bool = True,
+             log: Callable[[str], object] = print) -> tuple[int, Path]:
+    """Benchmark every op in `ops` over its representative shapes on the current CUDA device and
+    persist the results: (shapes tuned, the directory they went to).
 
     Each kernel module may define `tune_shapes(device) -> list[(label, thunk)]`; a thunk allocates
     representative inputs and calls the op with backend="triton", which tunes through choose().
-    The options reach choose() through `tuning()`; TRIKERN_AUTOTUNE=0 does not stop this command.
+    Runs inside `tuning(out, force)`, so TRIKERN_AUTOTUNE=0 does not stop it.
     """
-    p = argparse.ArgumentParser(prog="trikern tune", description=tune_main.__doc__.splitlines()[0])
-    p.add_argument("--ops", default=None, help="comma-separated op modules to tune (default: all)")
-    p.add_argument("--out", type=Path, default=None, help="result directory (default: TRIKERN_AUTOTUNE_DIR, "
-                   "the checkout's autotune_cache/, or the user cache dir); use trikern/autotune to ship results")
-    p.add_argument("--keep", action="store_true", help="keep existing results, tune only missing keys")
-    args = p.parse_args(argv)
-    modules = modules_with("tune_shapes")
-    ops, problem = select_ops(args.ops, modules)
-    if problem:
-        print(f"trikern tune: error: {problem}", file=sys.stderr)
-        return 2
-    if interpreting() or not torch.cuda.is_available():
-        print("trikern tune: needs a CUDA GPU (and TRITON_INTERPRET unset); nothing tuned.", file=sys.stderr)
-        return 2
-    if env_disabled():
-        print("trikern tune: ignoring TRIKERN_AUTOTUNE=0 for this run", file=sys.stderr)
     device = torch.device("cuda", torch.cuda.current_device())
     count = 0
-    with tuning(out=args.out, force=not args.keep):
+    with tuning(out=out, force=force):
         for name in ops:
             for label, thunk in modules[name].tune_shapes(device):
                 t0 = time.perf_counter()
                 thunk()
                 torch.cuda.synchronize()
                 count += 1
-                print(f"tuned {name:<12} {label:<40} {time.perf_counter() - t0:6.1f}s", flush=True)
+                log(f"tuned {name:<12} {label:<40} {time.perf_counter() - t0:6.1f}s")
         where = write_dir()
-    print(f"trikern tune: {count} shapes on {gpu_name()} (sm_{arch_of()}), triton {triton_version()}; "
-          f"results in {where}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(tune_main())
+    return count, where

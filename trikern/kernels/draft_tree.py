@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 
 # One program writes BLOCK consecutive chunk entries; chunks are at most a few hundred tokens (B*(B+1)).
 CONFIGS = [
@@ -57,12 +57,6 @@ def draft_tree_ref(anchors, cache_len, sub_block, mask_id):
     tokens = torch.where(off[None, :] == 0, anchors[:, None], torch.full_like(anchors[:, None], mask_id))
     positions = torch.arange(A, device=dev)[:, None] + off[None, :] + cache_len
     return tokens.reshape(-1), positions.reshape(-1)
-
-
-def draft_tree(anchors, cache_len, sub_block, mask_id, backend="auto"):
-    if use_triton(backend, anchors):
-        return draft_tree_triton(anchors, cache_len, sub_block, mask_id)
-    return draft_tree_ref(anchors, cache_len, sub_block, mask_id)
 
 
 @triton.jit
@@ -101,7 +95,8 @@ def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
 
     def run(cfg):
         _draft_tree_kernel[(triton.cdiv(N, cfg["BLOCK"]),)](anchors, n_ptr, tokens, positions, N, S, n_add,
-                                                          int(mask_id), LOAD_N=load_n, **cfg)
+                                                          int(mask_id), LOAD_N=load_n,
+                                                          enable_fp_fusion=FP_FUSION, **cfg)
 
     if config is None:
         config = autotune.choose("draft_tree", (autotune.bucket(N),), CONFIGS, run)

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 from .verify import CONFIGS, pick_split, scan_split
 
 
@@ -77,12 +77,6 @@ def reveal_ref(tokens, masked, logits, threshold, mask_id, probs=None, noise=Non
     idx = torch.arange(tokens.shape[0], device=tokens.device)
     reveal = masked & ((conf >= threshold) | (idx == best))
     return torch.where(reveal, cand, tokens), masked & ~reveal
-
-
-def reveal(tokens, masked, logits, threshold, mask_id, probs=None, noise=None, backend="auto"):
-    if use_triton(backend, logits):
-        return reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise)
-    return reveal_ref(tokens, masked, logits, threshold, mask_id, probs, noise)
 
 
 @triton.jit
@@ -204,10 +198,10 @@ def reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise, conf
         pi = torch.empty(T, split, dtype=torch.int32, device=dev)
         _reveal_scan_kernel[(T, split)](x, p, e, pm, pz, ps, pi, V, x.stride(0), p.stride(0), e.stride(0), per,
                                         split, int(mask_id), SAMPLED=sampled, BLOCK_V=cfg["BLOCK_V"],
-                                        num_warps=cfg["num_warps"])
+                                        num_warps=cfg["num_warps"], enable_fp_fusion=FP_FUSION)
         _reveal_apply_kernel[(1,)](tok, msk, x, pm, pz, ps, pi, out_tok, out_msk, T, x.stride(0), split,
                                    float(threshold), BLOCK_T=min(triton.next_power_of_2(T), APPLY_BLOCK_T),
-                                   BLOCK_S=triton.next_power_of_2(split), num_warps=4)
+                                   BLOCK_S=triton.next_power_of_2(split), num_warps=4, enable_fp_fusion=FP_FUSION)
 
     if config is None:
         key = ("sampled" if sampled else "greedy", autotune.bucket(T), V, autotune.dtype_key(logits))

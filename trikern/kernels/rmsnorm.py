@@ -11,12 +11,11 @@ hidden sizes are at most a few thousand, so one pass over the row is enough.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 
 MAX_HIDDEN = 65536
 # Candidate launch configs; `configs_for` drops the ones that would hold too many row elements per thread.
@@ -31,33 +30,14 @@ _MAX_PER_THREAD = 64  # fp32 row elements one thread holds before register press
 
 
 def rmsnorm_ref(x, weight, eps):
-    # x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then the weight in that dtype.
-    # Computed as the layer norm of [x, -x], whose mean is 0 and variance mean(x^2): torch's CPU
-    # rms_norm runs as ~7 dispatched ops (~15 us for one 256-wide row here), the mirror and
-    # layer_norm as two (~6 us), and a decode step has two norms per layer. Both widen a bf16 /
-    # fp16 input to fp32 and round once; the mirrored mean is 0 only up to fp32 summation order,
-    # which moves ~1e-5 of bf16 outputs by an ulp (test_rmsnorm bounds it against rms_norm).
-    H = x.shape[-1]
-    return F.layer_norm(torch.cat([x, -x], -1), (2 * H,), eps=eps)[..., :H] * weight
+    """x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then times the weight."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
 def add_rmsnorm_ref(x, residual, weight, eps):
     h = x + residual
     return rmsnorm_ref(h, weight, eps), h
-
-
-def rmsnorm(x, weight, eps, backend="auto"):
-    """norm(x) * weight."""
-    if use_triton(backend, x):
-        return rmsnorm_triton(x, weight, eps)
-    return rmsnorm_ref(x, weight, eps)
-
-
-def add_rmsnorm(x, residual, weight, eps, backend="auto"):
-    """(norm(x + residual) * weight, x + residual)."""
-    if use_triton(backend, x):
-        return add_rmsnorm_triton(x, residual, weight, eps)
-    return add_rmsnorm_ref(x, residual, weight, eps)
 
 
 @triton.jit
@@ -148,7 +128,7 @@ def _launch(op, x, residual, weight, eps, config):
         grid = (triton.cdiv(N, cfg["BLOCK_T"]),)
         _rmsnorm_kernel[grid](x2, r2, w, y2, h2, N, H, x2.stride(0), r2.stride(0), y2.stride(0),
                               h2.stride(0), float(eps), HAS_RES=residual is not None,
-                              BLOCK_H=block_h(H), **cfg)
+                              BLOCK_H=block_h(H), enable_fp_fusion=FP_FUSION, **cfg)
 
     if config is None:
         key = (autotune.bucket(N), H, autotune.dtype_key(x), autotune.dtype_key(weight), residual is not None)

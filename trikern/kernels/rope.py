@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 
 # None spills on sm_80 / sm_90 / sm_121 (`trikern check-kernels`, triton 3.6 and 3.9).
 CONFIGS = [
@@ -59,14 +59,6 @@ def rope_ref(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama
         r = torch.cat([r[:, :Hq] * qscale, r[:, Hq:]], 1)
     r = r.to(q.dtype)
     return r[:, :Hq], r[:, Hq:]
-
-
-def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto", table=None):
-    """`table` (from `rope_table`) spares the reference recomputing cos / sin; the kernel computes
-    its own."""
-    if use_triton(backend, q):
-        return rope_triton(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
-    return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len, table)
 
 
 # cos / sin without libdevice. Its cosf / sinf carry a Payne-Hanek path for |x| > 105615 whose
@@ -191,7 +183,8 @@ def rope_triton(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, ll
                            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                            qo.stride(0), qo.stride(1), ko.stride(0), ko.stride(1),
                            float(attn_factor), float(llama4_beta or 0.0), int(llama4_len),
-                           SCALE_Q=scale_q, BLOCK_D=triton.next_power_of_2(half), **cfg)
+                           SCALE_Q=scale_q, BLOCK_D=triton.next_power_of_2(half),
+                           enable_fp_fusion=FP_FUSION, **cfg)
 
     if config is None:
         key = (autotune.bucket(T), Hq, Hkv, D, autotune.dtype_key(q), scale_q)

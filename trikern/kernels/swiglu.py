@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 
 CONFIGS = [
     {"BLOCK_R": 1, "BLOCK_C": 1024, "num_warps": 4},
@@ -25,12 +25,6 @@ CONFIGS = [
 def swiglu_ref(gate, up):
     # silu(gate) * up in fp32: in place on the fresh fp32 copy of gate (up is widened exactly by mul_).
     return F.silu(gate.float(), inplace=gate.dtype != torch.float32).mul_(up).to(gate.dtype)
-
-
-def swiglu(gate, up, backend="auto"):
-    if use_triton(backend, gate):
-        return swiglu_triton(gate, up)
-    return swiglu_ref(gate, up)
 
 
 @triton.jit
@@ -67,7 +61,8 @@ def swiglu_triton(gate, up, config=None):
 
     def run(cfg):
         grid = (triton.cdiv(R, cfg["BLOCK_R"]), triton.cdiv(C, cfg["BLOCK_C"]))
-        _swiglu_kernel[grid](g2, u2, o2, R, C, g2.stride(0), u2.stride(0), o2.stride(0), **cfg)
+        _swiglu_kernel[grid](g2, u2, o2, R, C, g2.stride(0), u2.stride(0), o2.stride(0),
+                             enable_fp_fusion=FP_FUSION, **cfg)
 
     if config is None:
         key = (autotune.bucket(R), autotune.bucket(C, 1024), autotune.dtype_key(gate))

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from . import autotune
-from .dispatch import use_triton
+from .dispatch import FP_FUSION
 
 # Vocabulary-scan configs (also reveal's): SPLIT programs per row, capped by the number of BLOCK_V
 # tiles in V (`scan_split`).
@@ -143,13 +143,6 @@ def verify_ref(draft, target, draft_probs=None, uniforms=None, noise=None,
     if k_cache is not None:
         commit_ref(k_cache, v_cache, cache_len, count, draft.shape[0] + 1, stride)
     return tokens, count
-
-
-def verify(draft, target, draft_probs=None, uniforms=None, noise=None,
-           k_cache=None, v_cache=None, cache_len=None, stride=1, backend="auto"):
-    if use_triton(backend, target):
-        return verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
-    return verify_ref(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
 
 
 @triton.jit
@@ -370,11 +363,13 @@ def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
             res_max = torch.empty(split, dtype=torch.float32, device=dev)
             _residual_partial_kernel[(split,)](draft_arg, target, q, u, e, score, idx, p_score, p_idx, res_max,
                                                L, V, target.stride(0), sq, per, BLOCK_L=block_l,
-                                               BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
+                                               BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"],
+                                               enable_fp_fusion=FP_FUSION)
         else:
             p_score, p_idx, res_max = score, idx, score
             _argmax_partial_kernel[(L + 1, split)](target, score, idx, V, target.stride(0), per, split,
-                                                   BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])
+                                                   BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"],
+                                                   enable_fp_fusion=FP_FUSION)
         partial.update(score=score, idx=idx, p_score=p_score, p_idx=p_idx, res_max=res_max, split=split)
 
     if config is None:
@@ -391,7 +386,8 @@ def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
     _accept_kernel[(1,)](draft_arg, partial["score"], partial["idx"], partial["p_score"], partial["p_idx"],
                          partial["res_max"], target, q, u, tokens, count, cache_len if update else count, L,
                          target.stride(0), sq, split, SAMPLED=sampled, UPDATE_LEN=update,
-                         BLOCK_L=block_l, BLOCK_S=block_s, num_warps=_accept_warps(block_l, block_s))
+                         BLOCK_L=block_l, BLOCK_S=block_s, num_warps=_accept_warps(block_l, block_s),
+                         enable_fp_fusion=FP_FUSION)
     return tokens, count
 
 
@@ -410,7 +406,8 @@ def _compact(k, v, n, chain, stride):
         return
     bd = _compact_block_d(D)
     _compact_kernel[(layers * H, triton.cdiv(D, bd))](k, v, n, chain, stride, H, slots, D, *k.stride(), *v.stride(),
-                                                      BLOCK_J=COMPACT_BLOCK_J, BLOCK_D=bd, num_warps=COMPACT_WARPS)
+                                                      BLOCK_J=COMPACT_BLOCK_J, BLOCK_D=bd, num_warps=COMPACT_WARPS,
+                                                      enable_fp_fusion=FP_FUSION)
 
 
 def tune_shapes(device):

@@ -1,6 +1,6 @@
 """`python -m trikern.serve ...` is `trikern serve ...`."""
 import sys
 
-from . import main
+from ..cli import main
 
-sys.exit(main())
+sys.exit(main(["serve", *sys.argv[1:]]))

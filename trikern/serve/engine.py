@@ -1,7 +1,7 @@
 """The decoder: one worker thread that owns the Model, fed by a bounded FIFO queue.
 
-The Model is not thread-safe (one static KV cache, `last_result`), so every generation runs on this
-one thread, in arrival order. The HTTP side submits a `Work`, gets a `Job`, and awaits its events on
+The Model is not thread-safe (one static KV cache, its default prompt cache), so every generation runs
+on this one thread, in arrival order. The HTTP side submits a `Work`, gets a `Job`, and awaits its events on
 the event loop: ("piece", str)* then exactly one of ("done", GenerationResult), ("error", exception),
 ("cancelled", None). A job is cancelled when its client goes away: a queued job is dropped at once,
 a running one stops after its current decode step (the Model checks `should_stop` between steps),
@@ -40,8 +40,8 @@ class Work:
     template_kwargs: dict | None = None
 
     def open(self, model, should_stop=None):
-        """The Model's piece iterator; the request is fully checked here (ValueError names the field).
-        `should_stop` is checked after every decode step (a client that left)."""
+        """The Model's Stream (text pieces, then `.result`); the request is fully checked here
+        (ValueError names the field). `should_stop` is checked after every decode step (a client that left)."""
         if self.messages is not None:
             return model.chat_stream(self.messages, mode=self.mode, stop=self.stop,
                                      template_kwargs=self.template_kwargs, should_stop=should_stop, **self.options)
@@ -181,7 +181,7 @@ class Engine:
             return ("error", e)
         finally:
             pieces.close()  # closes the decode loop: its cache is released now, not at the next GC
-        result = self.model.last_result
+        result = pieces.result
         s = result.stats
         m.prompt_tokens.inc(s.get("prompt_tokens", 0), mode=mode)
         m.generated_tokens.inc(s.get("generated_tokens", 0), mode=mode)

@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import cpu_features
+from ... import cpu_features
 
 _mkldnn = getattr(torch.ops, "mkldnn", None)
 enabled = True  # off: every product takes F.linear (tests compare against it)

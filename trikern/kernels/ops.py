@@ -1,0 +1,101 @@
+"""Every op, routed to its backend (dispatch.py names them): the Triton launcher, the CPU backend's
+version (kernels/cpu/) or the PyTorch reference. The math, arguments and shapes of each op are
+described in its kernel file; this module only chooses. An op without a CPU version runs its
+reference under "cpu".
+
+`linear_for(backend)` is the matmul of the model's linear layers, chosen once when the model is
+built (a one-token CPU step makes ~25 of these calls, so none of them routes again).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .attention import CAUSAL, attention_ref, attention_triton
+from .cpu import attention as cpu_attention
+from .cpu import linear as cpu_linear
+from .cpu import norm as cpu_norm
+from .dispatch import check_backend, resolve, use_triton
+from .draft_tree import draft_tree_ref, draft_tree_triton
+from .reveal import reveal_ref, reveal_triton
+from .rmsnorm import add_rmsnorm_ref, add_rmsnorm_triton, rmsnorm_ref, rmsnorm_triton
+from .rope import rope_ref, rope_triton
+from .swiglu import swiglu_ref, swiglu_triton
+from .verify import verify_ref, verify_triton
+
+
+def rmsnorm(x, weight, eps, backend="auto"):
+    """norm(x) * weight."""
+    be = resolve(backend, x)
+    if be == "cpu":
+        return cpu_norm.rmsnorm(x, weight, eps)
+    if be == "triton":
+        return rmsnorm_triton(x, weight, eps)
+    return rmsnorm_ref(x, weight, eps)
+
+
+def add_rmsnorm(x, residual, weight, eps, backend="auto"):
+    """(norm(x + residual) * weight, x + residual)."""
+    be = resolve(backend, x)
+    if be == "cpu":
+        return cpu_norm.add_rmsnorm(x, residual, weight, eps)
+    if be == "triton":
+        return add_rmsnorm_triton(x, residual, weight, eps)
+    return add_rmsnorm_ref(x, residual, weight, eps)
+
+
+def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, backend="auto",
+              chunk_in_cache=False):
+    """`chunk_in_cache`: k / v were also written to slots [n, n + T) before the call (a pass that
+    writes the cache); the CPU backend then reads them there. The others ignore it."""
+    be = resolve(backend, q)
+    if be == "cpu":
+        return cpu_attention.attention(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale,
+                                       chunk_in_cache)
+    if be == "triton":
+        return attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
+    return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
+
+
+def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto", table=None):
+    """`table` (from `rope_table`) spares the reference recomputing cos / sin; the kernel computes
+    its own."""
+    if use_triton(backend, q):
+        return rope_triton(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len)
+    return rope_ref(q, k, positions, inv_freq, attn_factor, llama4_beta, llama4_len, table)
+
+
+def swiglu(gate, up, backend="auto"):
+    if use_triton(backend, gate):
+        return swiglu_triton(gate, up)
+    return swiglu_ref(gate, up)
+
+
+def draft_tree(anchors, cache_len, sub_block, mask_id, backend="auto"):
+    if use_triton(backend, anchors):
+        return draft_tree_triton(anchors, cache_len, sub_block, mask_id)
+    return draft_tree_ref(anchors, cache_len, sub_block, mask_id)
+
+
+def reveal(tokens, masked, logits, threshold, mask_id, probs=None, noise=None, backend="auto"):
+    if use_triton(backend, logits):
+        return reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise)
+    return reveal_ref(tokens, masked, logits, threshold, mask_id, probs, noise)
+
+
+def verify(draft, target, draft_probs=None, uniforms=None, noise=None,
+           k_cache=None, v_cache=None, cache_len=None, stride=1, backend="auto"):
+    if use_triton(backend, target):
+        return verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
+    return verify_ref(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
+
+
+def plain_linear(x, weight, holder=None):
+    """x @ weight.T by `F.linear` (the reference; `holder` is unused)."""
+    return F.linear(x, weight)
+
+
+def linear_for(backend: str):
+    """The matmul `(x, weight, holder) -> x @ weight.T` of a model built for `backend`: the CPU
+    backend's ("auto" too: it takes `F.linear` itself off the CPU, for other dtypes and under
+    autograd; `holder`, the module owning the weight, keeps its laid-out copies), else `F.linear`."""
+    return cpu_linear.linear if check_backend(backend) in ("auto", "cpu") else plain_linear

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from trikern.decode import decode
-from trikern.decode.common import DecodeContext, GenerationConfig
+from trikern.decode import GenerationConfig, decode, drive, new_context
 
 
-def run(model, prompt, mode, **kw):
-    """(tokens, stats, per-step chunks) of one generation."""
-    ctx = DecodeContext(model, GenerationConfig(**kw), len(prompt), mode)
-    chunks = list(decode(ctx, torch.as_tensor(prompt, dtype=torch.long), mode))
+def run(model, prompt, mode, policy=None, **kw):
+    """(tokens, stats, per-step chunks) of one generation; `policy`: one of the tests' own, in the
+    place of the mode's."""
+    ctx = new_context(model, GenerationConfig(**kw), len(prompt), mode)
+    ids = torch.as_tensor(prompt, dtype=torch.long)
+    chunks = list(decode(ctx, ids, mode) if policy is None else drive(ctx, ids, policy))
     return [t for c in chunks for t in c], ctx.stats, chunks
 
 
@@ -20,7 +21,7 @@ def prompts(count, vocab, seed=0, lengths=(1, 3, 7, 12, 20)):
 
 
 class Cycle:
-    """A scripted policy (driver.policy_for's place): the keys in turn, one per step."""
+    """A scripted policy: the keys in turn, one per step."""
 
     def __init__(self, keys):
         self.keys, self.i = list(keys), 0
@@ -40,10 +41,7 @@ class Cycle:
         pass
 
 
-def run_cycle(monkeypatch, model, prompt, keys, **kw):
+def run_cycle(model, prompt, keys, **kw):
     """run() in mode "auto" (its candidates' cache) with the strategy switching every step through `keys`."""
-    from trikern.decode import driver  # noqa: PLC0415
-
     policy = Cycle(keys)
-    monkeypatch.setattr(driver, "policy_for", lambda ctx, mode: policy)
-    return (*run(model, prompt, "auto", **kw), policy)
+    return (*run(model, prompt, "auto", policy, **kw), policy)

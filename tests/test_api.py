@@ -3,8 +3,7 @@ import pytest
 import torch
 
 import trikern
-from trikern.decode import decode
-from trikern.decode.common import DecodeContext, GenerationConfig
+from trikern.decode import GenerationConfig, decode, new_context
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def model(ckpt):
 def test_generate_text_and_ids(model):
     r = model.generate("def add(a, b):", max_new_tokens=12)
     ids = model.tokenizer.encode("def add(a, b):", add_special_tokens=True)
-    ctx = DecodeContext(model.model, GenerationConfig(max_new_tokens=12, stop_token_ids=(0, 2)), len(ids))
+    ctx = new_context(model.model, GenerationConfig(max_new_tokens=12, stop_token_ids=(0, 2)), len(ids))
     expect = [t for c in decode(ctx, torch.tensor(ids), "ar") for t in c]
     assert r.token_ids == expect
     assert r.text == model.tokenizer.decode(expect, skip_special_tokens=True)

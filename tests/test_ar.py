@@ -3,13 +3,12 @@ import pytest
 import torch
 from util import random_model, tiny_config
 
-from trikern.decode import decode
-from trikern.decode.common import ContextLengthError, DecodeContext, GenerationConfig
+from trikern.decode import ContextLengthError, GenerationConfig, decode, new_context
 from trikern.sampling import probs, sample
 
 
 def run(model, prompt, **kw):
-    ctx = DecodeContext(model, GenerationConfig(**kw), len(prompt))
+    ctx = new_context(model, GenerationConfig(**kw), len(prompt))
     out = [t for chunk in decode(ctx, torch.tensor(prompt), "ar") for t in chunk]
     return out, ctx.stats
 

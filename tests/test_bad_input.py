@@ -14,7 +14,7 @@ from util import nld_config_dict, random_model, tiny_config
 import trikern
 from trikern.checks import MAX_BLOCK_SIZE, QUADRATIC_BUDGET_BYTES, check_block_size, quadratic_step_bytes
 from trikern.config import ConfigError, ModelConfig
-from trikern.decode.common import STEP_MODES, DecodeContext, GenerationConfig
+from trikern.decode import STEP_MODES, GenerationConfig, new_context
 from trikern.loading import CheckpointError
 
 MODES = STEP_MODES
@@ -107,8 +107,8 @@ def test_block_size_over_the_cap_is_refused_before_allocating(model, mode):
 def test_block_size_must_be_shorter_than_the_context():
     m = random_model(tiny_config(max_position_embeddings=16))
     with pytest.raises(ValueError, match=r"^block_size=16: expected at most 15"):
-        DecodeContext(m, GenerationConfig(max_new_tokens=2, block_size=16), 3, "spec-linear")
-    DecodeContext(m, GenerationConfig(max_new_tokens=2, block_size=15), 3, "spec-linear")
+        new_context(m, GenerationConfig(max_new_tokens=2, block_size=16), 3, "spec-linear")
+    new_context(m, GenerationConfig(max_new_tokens=2, block_size=15), 3, "spec-linear")
 
 
 def test_checkpoint_block_size_above_the_cap_is_allowed():
@@ -121,7 +121,7 @@ def test_checkpoint_block_size_above_the_cap_is_allowed():
 def test_quadratic_estimate_matches_the_allocated_scratch():
     m = random_model()
     cfg, B = m.cfg, 6
-    ctx = DecodeContext(m, GenerationConfig(max_new_tokens=4, block_size=B), 3, "spec-quadratic")
+    ctx = new_context(m, GenerationConfig(max_new_tokens=4, block_size=B), 3, "spec-quadratic")
     scratch_slots = ctx.cache.slots - ctx.cache.capacity
     assert scratch_slots == B * (B + 1)
     allocated = (ctx.cache.k.numel() + ctx.cache.v.numel()) * ctx.cache.k.element_size()

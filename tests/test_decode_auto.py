@@ -12,8 +12,11 @@ from decode_helpers import run, run_cycle
 from util import random_model, tiny_config
 
 import trikern
-from trikern.decode.policy import Acceptance, AutoPolicy, candidates
-from trikern.decode.profile import StepProfile, measure
+from trikern.decode import candidates
+from trikern.decode.auto.acceptance import Acceptance
+from trikern.decode.auto.policy import AutoPolicy
+from trikern.decode.auto.profile import StepProfile
+from trikern.decode.auto.tuning import measure
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def test_auto_greedy_equals_ar_while_switching(embedded, monkeypatch):
     assert st.forwards == sum(r["forwards"] for r in used.values())
 
 
-def test_switching_quadratic_block_sizes_keeps_the_draft(monkeypatch):
+def test_switching_quadratic_block_sizes_keeps_the_draft():
     """A quadratic step after another quadratic block size verifies that strategy's draft (cut to B,
     or shorter than B) instead of restarting from one token; greedy output stays AR's (fp32: no
     bf16 near-ties between differently shaped passes)."""
@@ -44,7 +47,7 @@ def test_switching_quadratic_block_sizes_keeps_the_draft(monkeypatch):
     prompt = tok.encode("| id | name |\n|----|------|\n| 1 | ant |\n| 2 | bee |\n| 3 | cat |\n")
     ar, _, _ = run(model, prompt, "ar", max_new_tokens=40)
     Q8, Q2, Q4 = ("spec-quadratic", 8), ("spec-quadratic", 2), ("spec-quadratic", 4)
-    out, st, _, policy = run_cycle(monkeypatch, model, prompt, [Q8, Q2, Q4], max_new_tokens=40, block_size=8)
+    out, st, _, policy = run_cycle(model, prompt, [Q8, Q2, Q4], max_new_tokens=40, block_size=8)
     assert out == ar
     assert st.switches == len(policy.drafted)  # every step switches (the prefill ran Q8)
     # The draft left by the step before, cut to this step's B (Q8 -> Q2: 1 draft; Q2 -> Q4: 1; Q4 -> Q8: 3).
@@ -267,17 +270,16 @@ def test_exploring_costs_its_regret_not_its_time():
 
 
 def test_a_step_that_times_cpu_matmul_paths_is_cold(monkeypatch):
+    from trikern.decode import GenerationConfig, drive, new_context, policy_for
     from trikern.kernels.cpu import linear as cpu_linear
-    from trikern.decode.common import DecodeContext, GenerationConfig
-    from trikern.decode.driver import drive
 
     monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
     monkeypatch.setattr(cpu_linear, "_choices", {})
     m = random_model(tiny_config(), seed=4, dtype=torch.bfloat16, backend="cpu")
     prompt = torch.arange(1, 10)  # 9 tokens: the prefill times the 16-row bucket, the steps the 4-row one
     steps = []
-    ctx = DecodeContext(m, GenerationConfig(max_new_tokens=12, block_size=4), len(prompt), "spec-linear")
-    for _ in drive(ctx, prompt, "spec-linear", on_step=lambda k, t, s, cold: steps.append(cold)):
+    ctx = new_context(m, GenerationConfig(max_new_tokens=12, block_size=4), len(prompt), "spec-linear")
+    for _ in drive(ctx, prompt, policy_for(ctx, "spec-linear"), on_step=lambda k, t, s, cold: steps.append(cold)):
         pass
     assert len(steps) >= 2 and steps[0] and not any(steps[1:])
 
@@ -304,10 +306,14 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     hazards = StepProfile(m, 3).get_acceptance("spec-linear")  # what its acceptance ended with
     assert hazards and all(0 <= h <= 1 for h in hazards)
     policy = AutoPolicy(candidates("auto", 4, m.cfg), StepProfile(m, 3))
-    assert all(c.measured for c in policy.cost.values())
+    # This model's steps take a fraction of a millisecond: a hiccup can leave a stored cost out of the
+    # order of work, which the next generation then measures again instead of trusting.
+    assert len(policy.distrusted) <= 1
+    assert all(c.measured for k, c in policy.cost.items() if k not in policy.distrusted)
     assert policy.acc["spec-linear"].long_run() == pytest.approx(hazards, abs=1e-3)  # the prior
     best = max(policy.keys, key=policy.rate)
-    assert policy.first() == best and policy.choose() == best  # no measuring needed
+    assert policy.first() == best
+    assert policy.distrusted or policy.choose() == best  # no measuring needed
 
 
 def test_the_profile_has_its_own_switch(tmp_path, monkeypatch):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import trikern
-from trikern.decode.policy import AutoPolicy, FixedPolicy, candidates
-from trikern.decode.profile import StepProfile
+from trikern.decode import candidates
+from trikern.decode.auto.policy import AutoPolicy, FixedPolicy
+from trikern.decode.auto.profile import StepProfile
 from trikern.kernels import autotune_store
 
 DATA = json.loads((Path(__file__).parent / "data" / "acceptance_traces.json").read_text())

@@ -3,8 +3,8 @@ ONE graph under torch.compile(fullgraph=True) -- any .item(), .tolist() or data-
 branch would break the graph and fail -- and a whole generation through the compiled passes gives
 the eager generation's tokens, in every mode (auto included).
 
-The test swaps the driver's StepRunner (eager on CPU, CUDA graphs on CUDA) for one that compiles
-each pass, so what is checked is exactly what the loop runs. backend="eager" keeps it quick:
+The test hands the driver a runner that compiles each pass instead of its StepRunner (eager on
+CPU, CUDA graphs on CUDA), so what is checked is exactly what the loop runs. backend="eager" keeps it quick:
 dynamo's full-graph trace is the proof. Dynamo cannot trace a torch.Generator object, so the
 sampled runs use the default RNG (ctx.generator = None), seeded the same for both runs.
 """
@@ -13,8 +13,7 @@ import torch
 from decode_helpers import run  # noqa: F401  (sets the thread count)
 from util import random_model, tiny_config
 
-from trikern.decode import decode, driver
-from trikern.decode.common import MODES, DecodeContext, GenerationConfig
+from trikern.decode import MODES, GenerationConfig, drive, new_context, policy_for
 
 PROMPT = [1, 2, 3, 4]
 
@@ -23,7 +22,7 @@ class CompilingRunner:
     """Runs every pass through torch.compile(fullgraph=True), one compiled function per key."""
 
     def __init__(self, ctx):
-        self.compiled, self.cold = {}, False
+        self.compiled = {}
 
     def __call__(self, key, fn, *args):
         if key not in self.compiled:
@@ -31,12 +30,13 @@ class CompilingRunner:
         return self.compiled[key](*args)
 
 
-def generate(model, mode, T):
-    ctx = DecodeContext(model, GenerationConfig(max_new_tokens=12, block_size=4, temperature=T, seed=0),
-                        len(PROMPT), mode)
+def generate(model, mode, T, runner=None):
+    ctx = new_context(model, GenerationConfig(max_new_tokens=12, block_size=4, temperature=T, seed=0),
+                      len(PROMPT), mode)
     ctx.generator = None
     torch.manual_seed(0)
-    return [t for c in decode(ctx, torch.tensor(PROMPT), mode) for t in c], ctx
+    runner = runner and runner(ctx)
+    return [t for c in drive(ctx, torch.tensor(PROMPT), policy_for(ctx, mode), runner) for t in c], ctx
 
 
 @pytest.mark.parametrize("T", [0.0, 1.0])
@@ -46,8 +46,7 @@ def test_every_pass_compiles_to_one_graph(monkeypatch, mode, T):
     torch._dynamo.config.cache_size_limit = 64
     model = random_model(tiny_config(num_hidden_layers=1), seed=0)
     want, ctx_e = generate(model, mode, T)
-    monkeypatch.setattr(driver, "StepRunner", CompilingRunner)
-    got, ctx_c = generate(model, mode, T)
+    got, ctx_c = generate(model, mode, T, CompilingRunner)
     assert len(got) == 12
     if mode == "auto" and T > 0:
         return  # auto's choices follow measured step times: sampled tokens differ run to run

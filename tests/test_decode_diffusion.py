@@ -67,11 +67,11 @@ def test_denoise_passes_never_write_the_cache():
     from trikern import kernels as K
     from trikern.cache import KVCache
     from trikern.decode import decode
-    from trikern.decode.common import DecodeContext, GenerationConfig
+    from trikern.decode import GenerationConfig, new_context
 
     m = random_model(seed=9)
     prompt = torch.tensor([1, 2, 3])
-    ctx = DecodeContext(m, GenerationConfig(max_new_tokens=13, block_size=4), 3, "diffusion")
+    ctx = new_context(m, GenerationConfig(max_new_tokens=13, block_size=4), 3, "diffusion")
     out = [t for c in decode(ctx, prompt, "diffusion") for t in c]
     n = int(ctx.cache.length)
     assert n == 3 + 13 - 1  # everything but the newest seed

@@ -5,8 +5,7 @@ import torch
 from decode_helpers import run
 from util import random_model, tiny_config
 
-from trikern.decode import decode
-from trikern.decode.common import ContextLengthError, DecodeContext, GenerationConfig
+from trikern.decode import ContextLengthError, GenerationConfig, decode, new_context
 
 BLOCK_MODES = ["diffusion", "spec-linear", "spec-quadratic"]
 ALL_MODES = ["ar"] + BLOCK_MODES
@@ -64,7 +63,7 @@ def test_never_writes_past_the_cache(model, mode):
     """A cache too small for a step's chunk is refused before the pass, naming the sizes."""
     from trikern.cache import KVCache
 
-    ctx = DecodeContext(model, GenerationConfig(max_new_tokens=20, block_size=8), 3, mode)
+    ctx = new_context(model, GenerationConfig(max_new_tokens=20, block_size=8), 3, mode)
     ctx.cache = KVCache.for_model(model.cfg, 6, torch.float32, "cpu", scratch=0)
     with pytest.raises(RuntimeError, match="KV cache too small"):
         list(decode(ctx, torch.tensor([1, 2, 3]), mode))
@@ -167,7 +166,7 @@ def test_diffusion_threshold_one_reveals_one_per_pass(model):
 
 def test_bad_mode_and_missing_mask_token():
     m = random_model(seed=0)
-    ctx = DecodeContext(m, GenerationConfig(max_new_tokens=3), 2, "ar")
+    ctx = new_context(m, GenerationConfig(max_new_tokens=3), 2, "ar")
     with pytest.raises(ValueError, match="mode='spec'"):
         decode(ctx, torch.tensor([1, 2]), "spec")
     with pytest.raises(ValueError, match="sized for mode='ar'"):
@@ -188,5 +187,5 @@ def test_cuda_graphs_flag_needs_cuda(model):
 
 def test_registry_covers_every_mode():
     from trikern.decode import STRATEGIES
-    from trikern.decode.common import MODES, STEP_MODES
+    from trikern.decode import MODES, STEP_MODES
     assert tuple(STRATEGIES) == STEP_MODES and MODES == (*STEP_MODES, "auto")

@@ -4,7 +4,7 @@ import torch
 from decode_helpers import prompts, run
 from util import random_model, tiny_config
 
-from trikern.decode import spec_linear
+from trikern.decode.strategies import spec_linear
 
 BLOCKS = [1, 2, 4, 8, 16, 32]
 
@@ -71,7 +71,7 @@ def test_bf16_model_runs_every_block_mode():
 
 def test_draft_lora_changes_drafts_only():
     """The draft adapter is on for linear draft passes only: drafts change, the output stays AR's."""
-    from trikern.decode.common import DecodeContext, GenerationConfig
+    from trikern.decode import GenerationConfig, new_context
 
     m = random_model(seed=5)
     g = torch.Generator().manual_seed(1)
@@ -86,8 +86,8 @@ def test_draft_lora_changes_drafts_only():
     for on in (True, False):
         out, _, _ = run(m, prompt, "spec-linear", max_new_tokens=20, block_size=8, draft_lora=on)
         assert out == ar
-        ctx = DecodeContext(m, GenerationConfig(max_new_tokens=20, block_size=8, draft_lora=on), len(prompt),
-                            "spec-linear")
+        ctx = new_context(m, GenerationConfig(max_new_tokens=20, block_size=8, draft_lora=on), len(prompt),
+                          "spec-linear")
         with torch.inference_mode():
             ctx.prefill(torch.tensor(prompt))
             drafts[on] = spec_linear.LinearSpec(ctx, 8).draft(torch.tensor([ar[0]]))[0].tolist()

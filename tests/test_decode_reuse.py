@@ -6,8 +6,7 @@ import pytest
 import torch
 from util import random_model, tiny_config
 
-from trikern.decode import decode
-from trikern.decode.common import MODES, DecodeContext, GenerationConfig
+from trikern.decode import MODES, GenerationConfig, decode, new_context
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +15,7 @@ def model():
 
 
 def generate(model, prompt, mode, reuse=None, n=12):
-    ctx = DecodeContext(model, GenerationConfig(max_new_tokens=n, block_size=4), len(prompt), mode, reuse=reuse)
+    ctx = new_context(model, GenerationConfig(max_new_tokens=n, block_size=4), len(prompt), mode, reuse=reuse)
     out = [t for c in decode(ctx, torch.tensor(prompt), mode) for t in c]
     return out, ctx
 

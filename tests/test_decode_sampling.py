@@ -87,7 +87,7 @@ def test_first_tokens_follow_ar_law(model, mode, B, T, top_k, top_p):
         assert multi > N // 10  # drafts were accepted often: the min(1, p/q) path is exercised
 
 
-def test_switching_quadratic_block_sizes_keeps_ar_law(model, monkeypatch):
+def test_switching_quadratic_block_sizes_keeps_ar_law(model):
     """A switch between quadratic block sizes keeps the draft and the distributions it was drawn
     from, cut to the new size (or shorter than it): still AR's law."""
     prompt, T = [1, 2, 3], 1.0
@@ -95,8 +95,8 @@ def test_switching_quadratic_block_sizes_keeps_ar_law(model, monkeypatch):
     counts, verified = {}, 0
     keys = [("spec-quadratic", 4), ("spec-quadratic", 2), ("spec-quadratic", 4)]
     for s in range(N):
-        out, _, _, policy = run_cycle(monkeypatch, model, prompt, keys, max_new_tokens=3, block_size=4,
-                                      temperature=T, seed=s)
+        out, _, _, policy = run_cycle(model, prompt, keys, max_new_tokens=3, block_size=4, temperature=T,
+                                      seed=s)
         counts[tuple(out)] = counts.get(tuple(out), 0) + 1
         verified += sum(d for _, d in policy.drafted)
     assert gof(counts, law, N) > 1e-3

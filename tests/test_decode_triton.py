@@ -7,7 +7,7 @@ import torch
 from decode_helpers import run
 from util import random_model, tiny_config
 
-from trikern.decode.common import MODES
+from trikern.decode import MODES
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import sys
 
 from util import CHILD_ENV
 
-from trikern.decode.common import MODES
+from trikern.decode import MODES
 
 
 def test_demo_runs_every_mode(tmp_path):

@@ -19,8 +19,7 @@ from transformers.models.ministral3 import modeling_ministral3 as hf_m3  # noqa:
 
 from synth import write_json, write_llama_checkpoint, write_nld_checkpoint, write_weights  # noqa: E402
 from trikern.config import ModelConfig, attention_factor, inv_freq  # noqa: E402
-from trikern.decode import decode  # noqa: E402
-from trikern.decode.common import DecodeContext, GenerationConfig  # noqa: E402
+from trikern.decode import GenerationConfig, decode, new_context  # noqa: E402
 from trikern.kernels import CAUSAL  # noqa: E402
 from trikern.kernels.rope import rope_ref  # noqa: E402
 from trikern.loading import load_model  # noqa: E402
@@ -55,7 +54,7 @@ def hf_logits(hf, ids, positions=None):
 
 
 def trikern_greedy(model, ids, n=NEW_TOKENS):
-    ctx = DecodeContext(model, GenerationConfig(max_new_tokens=n), ids.shape[0])
+    ctx = new_context(model, GenerationConfig(max_new_tokens=n), ids.shape[0])
     with torch.no_grad():
         return [t for step in decode(ctx, ids, "ar") for t in step]
 

@@ -20,7 +20,7 @@ import torch
 from serve_util import Server, metrics, wait_for
 
 import trikern
-from trikern.decode.common import MODES, STEP_MODES
+from trikern.decode import MODES, STEP_MODES
 
 MODEL = "trikern-default"
 CHAT = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "def add(a, b):"}]

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .checks import check_block_range, check_block_size, is_int
-from .decode.common import MODES, DecodeContext, GenerationConfig
+from .decode import MODES, GenerationConfig, new_context
 from .prompt_cache import PromptCache
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
@@ -126,7 +126,7 @@ class Model:
         """Run a few steps of every strategy `mode="auto"` may pick, and of diffusion, at the
         default block size: Triton kernels compile and autotune for these shapes (and graphs are
         captured once) before a user waits on them. Returns the seconds it took (`warmup_s`)."""
-        from .decode.policy import AUTO, candidates  # noqa: PLC0415
+        from .decode import AUTO, candidates  # noqa: PLC0415
 
         t0 = time.perf_counter()
         B = block_size or self.cfg.block_size
@@ -243,7 +243,7 @@ class Model:
         gen, stops = self._check(mode, stop, kw)
         ids = self._encode(prompt)
         reuse = pc.prefix(ids) if reuse_prefix else None
-        ctx = DecodeContext(self.model, gen, len(ids), mode, reuse=reuse)  # block size, context, then the cache
+        ctx = new_context(self.model, gen, len(ids), mode, reuse=reuse)  # block size, context, then the cache
         pc.reset()  # its cache is the new generation's now; the generation puts prompt + output back
         return ctx, mode, ids, stops, pc
 

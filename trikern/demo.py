@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from .decode.common import MODES
+from .decode import MODES
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv=None):\n"
 

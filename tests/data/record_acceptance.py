@@ -20,9 +20,9 @@ import torch
 import trikern
 from trikern.bench.prompts import load_prompts
 from trikern.decode import profile
-from trikern.decode.policy import candidates
-from trikern.decode.spec_linear import LinearSpec
-from trikern.decode.spec_quadratic import QuadraticSpec
+from trikern.decode import candidates
+from trikern.decode.strategies.spec_linear import LinearSpec
+from trikern.decode.strategies.spec_quadratic import QuadraticSpec
 
 NEW_TOKENS = 64
 BLOCKS = {"spec-linear": (2, 4, 8, 16), "spec-quadratic": (2, 4, 8, 16)}

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..bench import BenchError, run_prompt_set, run_synthetic
-from ..decode.common import MODES
+from ..decode import MODES
 
 DESCRIPTION = "`trikern bench`: decoding speed over a prompt set, or a config's shape against the bandwidth roofline."
 DEFAULT_WIDTHS = (1, 8, 32, 72)  # AR, spec verify at B = 8 and 32, a quadratic step at B = 8

@@ -8,7 +8,7 @@ from importlib import metadata
 from typing import Callable
 
 from .. import __version__
-from ..decode.common import MODES
+from ..decode import MODES
 
 
 class Parser(argparse.ArgumentParser):

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from ..decode.common import MODES
+from ..decode import MODES
 from ..serve import launch
 from ..serve.launch import DEFAULT_MAX_TOKENS
 from .options import UsageError, add_model_options, load_model_from_args

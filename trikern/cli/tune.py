@@ -1,5 +1,5 @@
 """`trikern tune`: autotune every kernel on the local GPU (kernels/autotune.py), or with --decode
-measure auto's step-cost profile of a model on this device (decode/profile.py)."""
+measure auto's step-cost profile of a model on this device (decode/auto/profile.py)."""
 from __future__ import annotations
 
 import sys
@@ -88,7 +88,8 @@ def tune_decode(a) -> int:
     import torch  # noqa: PLC0415
 
     from .. import load  # noqa: PLC0415
-    from ..decode.profile import StepProfile, measure  # noqa: PLC0415
+    from ..decode.auto.profile import StepProfile  # noqa: PLC0415
+    from ..decode.auto.tuning import measure  # noqa: PLC0415
     from ..kernels import autotune_store as store  # noqa: PLC0415
 
     try:

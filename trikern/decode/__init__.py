@@ -1,8 +1,13 @@
 """Decoding: AR, block diffusion, linear and quadratic self-speculation, and `auto`, on one KV cache.
 
-`decode(ctx, prompt_ids, mode)` runs the one driver (driver.py) with the mode's strategy (or, for
-`auto`, the policy that picks one per step) and yields committed token ids per step (see
-common.py for the contract and stats).
+The layers, from the bottom: context.py (settings, stats, the DecodeContext every step reads);
+strategies/ (one mode at one block size: a step from the shared state back to it); registry.py (the
+modes and what follows from them); runtime.py (running and timing a step's device work);
+emitter.py (what a generation yields); auto/ (the policy that picks a strategy per step, its
+acceptance and cost estimates, the persisted step-cost profile); driver.py (the one loop).
+
+`decode(ctx, prompt_ids, mode)` runs the driver with the mode's policy and yields committed token
+ids per step.
 """
 from __future__ import annotations
 
@@ -10,17 +15,21 @@ from typing import Iterator
 
 import torch
 
-from .common import MODES, DecodeContext
+from .auto.policy import policy_for
+from .context import ContextLengthError, DecodeContext, GenerationConfig, Stats
 from .driver import drive
-from .policy import STRATEGIES
+from .registry import AUTO, MODES, STEP_MODES, STRATEGIES, candidates, new_context
 
 
-def decode(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str) -> Iterator[list[int]]:
+def decode(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, profile: bool = True) -> Iterator[list[int]]:
+    """The driver with `mode`'s policy (auto: with the persisted step-cost profile unless `profile`
+    is False)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
     if ctx.stats.mode != mode:
         raise ValueError(f"mode={mode!r} but the DecodeContext was sized for mode={ctx.stats.mode!r}")
-    return drive(ctx, prompt_ids, mode)
+    return drive(ctx, prompt_ids, policy_for(ctx, mode, profile))
 
 
-__all__ = ["MODES", "STRATEGIES", "decode"]
+__all__ = ["AUTO", "MODES", "STEP_MODES", "STRATEGIES", "ContextLengthError", "DecodeContext", "GenerationConfig",
+           "Stats", "candidates", "decode", "drive", "new_context", "policy_for"]

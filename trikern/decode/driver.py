@@ -1,9 +1,11 @@
 """The one decode loop: prefill, then steps of whichever strategy the policy picks, until done.
 
-The driver owns what every mode shares -- the emitter (EOS, token budget, thinking budget), the
-CUDA-graph step runner, phase timers and stats -- and the hand-over between strategies: all of them
-start and end a step in the same state (strategy.py), so a forced token is repaired by truncating
-the cache and restarting from it, and `mode="auto"` switches strategy between any two steps.
+`drive(ctx, prompt_ids, policy)` yields token ids as they are committed (the last yield ends with
+the first EOS, if any, and nothing after it) and writes `ctx.stats`: this is the one place that
+does. It owns what every mode shares -- the emitter (EOS, token budget, thinking budget), the step
+runner (CUDA graphs), phase timers -- and the hand-over between strategies: all of them start and
+end a step in the same state (strategies/base.py), so a forced token is repaired by truncating the
+cache and restarting from it, and the policy may switch strategy between any two steps.
 """
 from __future__ import annotations
 
@@ -12,29 +14,24 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..kernels.cpu import linear as cpu_linear
-from .common import DecodeContext
-from .loop import Emitter, PhaseTimer, StepRunner, check_room
-from .policy import AUTO, STRATEGIES, AutoPolicy, FixedPolicy
-from .profile import StepProfile
+from .. import warmup
+from .context import DecodeContext
+from .emitter import Emitter
+from .registry import STRATEGIES
+from .runtime import PhaseTimer, StepRunner, check_room
 
 StepHook = Callable[[tuple, int, float, bool], object]  # (key, tokens, seconds, cold)
 
 
-def policy_for(ctx: DecodeContext, mode: str):
-    if mode == AUTO:  # TRIKERN_DECODE_PROFILE=0: no persisted profile, measure on the fly every time
-        profile = StepProfile(ctx.model, ctx.stats.prompt_tokens) if StepProfile.enabled() else None
-        return AutoPolicy(ctx.candidates, profile)
-    return FixedPolicy(ctx.candidates[0])
-
-
 @torch.inference_mode()  # wraps each resume of the generator, not the caller's code
-def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: StepHook | None = None
+def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, policy, runner=None, on_step: StepHook | None = None
           ) -> Iterator[list[int]]:
+    """`policy` picks the strategy of every step and hears what each did (auto/policy.py:
+    `first`, `choose`, `observe`, `finish`); `runner` runs a step's device work (default: a
+    StepRunner, eager or CUDA graphs)."""
     if ctx.max_new_tokens == 0:
         return
-    policy = policy_for(ctx, mode)
-    run, timer, g = StepRunner(ctx), PhaseTimer(ctx), ctx.gen
+    run, timer, g, st = runner or StepRunner(ctx), PhaseTimer(ctx), ctx.gen, ctx.stats
     made: dict = {}
 
     def strategy(key):
@@ -44,9 +41,19 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
 
     cur = strategy(policy.first())
     try:
+        t0 = ctx.sync_time()
         first = cur.prefill(prompt_ids, run, timer)
+        st.prefill_forwards += first.forwards
+        st.prefill_s += ctx.sync_time() - t0
         em = Emitter(ctx)
-        out, done, forced = em.take(first)
+        start = ctx.sync_time()
+
+        def emit(tokens):
+            out, done, forced = em.take(tokens)
+            st.generated_tokens, st.decode_s = em.emitted, ctx.sync_time() - start
+            return out, done, forced
+
+        out, done, forced = emit(first.tokens)
         yield out
         while not done:
             if forced:  # thinking budget: the end-think token replaced the last one produced
@@ -57,22 +64,22 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, on_step: Step
                 nxt = strategy(key)
                 nxt.take_over(cur)
                 cur = nxt
-                ctx.stats.switches += 1
+                st.switches += 1
             check_room(ctx, em.cache_length(), cur.scratch(cur.B))
-            run.cold = False
-            timed = cpu_linear.measurements
+            warm = warmup.count
             timer.start()
             t0 = time.perf_counter()
-            tokens, forwards = cur.step(run, timer, em)
+            res = cur.step(run, timer, em)
             seconds = time.perf_counter() - t0  # the step ends in its host read: no extra sync
             timer.flush()
-            # Cold: it captured a CUDA graph, or timed the CPU matmul paths of a new shape (once per process).
-            cold = run.cold or cpu_linear.measurements != timed
-            ctx.stats.record(key, len(tokens), forwards, seconds, spec=key[0].startswith("spec"))
-            policy.observe(key, len(tokens), seconds, cold, cur.drafted)
+            # Cold: it captured a CUDA graph, tuned a kernel or timed the CPU matmul paths of a new shape.
+            cold = warmup.count != warm
+            n = len(res.tokens)
+            st.record(key, n, res.forwards, seconds, spec=STRATEGIES[key[0]].family is not None)
+            policy.observe(key, n, seconds, cold, res.drafted)
             if on_step is not None:
-                on_step(key, len(tokens), seconds, cold)
-            out, done, forced = em.take(tokens)
+                on_step(key, n, seconds, cold)
+            out, done, forced = emit(res.tokens)
             yield out
     finally:
         policy.finish()

@@ -1,6 +1,6 @@
 """Where tuning results live: `<dir>/<device name>/<triton version>/<op>.json`, read and written.
 
-The kernel autotuner (autotune.py) and auto's step-cost profile (decode/profile.py) both keep their
+The kernel autotuner (autotune.py) and auto's step-cost profile (decode/auto/profile.py) both keep their
 results here. Directories, lowest priority first: the package's shipped data (`trikern/autotune/`),
 the checkout's `autotune_cache/`, and the write directory (`write_dir()`: TRIKERN_AUTOTUNE_DIR, else
 the checkout's `autotune_cache/` when writable, else the user cache dir). A file holds one op's

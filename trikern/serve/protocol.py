@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..decode.common import ContextLengthError
+from ..decode import ContextLengthError
 from ..tokenizer import ChatTemplateError, TextEncodingError, check_text, check_texts
 from .engine import Work
 

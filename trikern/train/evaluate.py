@@ -27,7 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..decode import decode
-from ..decode.common import STEP_MODES, DecodeContext, GenerationConfig
+from ..decode import STEP_MODES, GenerationConfig, new_context
 from ..loading import load_model
 from . import data as D
 from .distill import causal_nll
@@ -67,7 +67,7 @@ def run_mode(model, prompts, mode: str, gen: GenerationConfig) -> dict:
     hist: Counter = Counter()
     outputs = []
     for _, ids in prompts:
-        ctx = DecodeContext(model, gen, len(ids), mode)
+        ctx = new_context(model, gen, len(ids), mode)
         out = [t for piece in decode(ctx, torch.tensor(ids), mode) for t in piece]
         s = ctx.stats
         agg["generated"] += s.generated_tokens

@@ -7,5 +7,5 @@ fp32 batched matmuls). rope and swiglu have no CPU version: their references are
 kernels/ops.py routes to them when the backend is "cpu" ("auto" on CPU tensors).
 
 The modules are not re-exported here, so `from trikern.kernels.cpu import linear` is the module (its
-`measurements` counter and settings are module globals).
+settings are module globals).
 """

@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ... import cpu_features
+from ... import cpu_features, warmup
 
 _mkldnn = getattr(torch.ops, "mkldnn", None)
 enabled = True  # off: every product takes F.linear (tests compare against it)
@@ -43,7 +43,6 @@ MAX_WIDE_BYTES = 8 << 20
 MAX_WIDE_ROWS = 32  # above this many rows oneDNN's packed bf16 compute wins outright: not worth timing
 _ROUNDS, _REPS = 5, 3
 _choices: dict[tuple, str] = {}  # (out, in, row bucket, threads) -> PACKED / WIDE
-measurements = 0  # products timed so far: a decode step that timed one is not a steady-state step
 
 
 def forced() -> str | None:
@@ -115,8 +114,7 @@ def _choose(x, weight, lay) -> str:
         if choice == PACKED:
             choice = _narrow(lay)  # a setting carried over from a CPU that packs: the same bits here
         if choice is None:
-            global measurements
-            measurements += 1
+            warmup.bump()  # a decode step that timed a product is not a steady-state step
             choice = _measure(x, lay)
         _choices[key] = choice
     return choice

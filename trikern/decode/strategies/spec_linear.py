@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels as K
-from .loop import choose, produced, require_mask_id, verifier_inputs, without_mask
-from .strategy import Strategy
+from ... import kernels as K
+from .base import StepResult, Strategy
+from .device import draw_drafts, produced, require_mask_id, verifier_inputs, without_mask
 
 
 class LinearSpec(Strategy):
     mode = "spec-linear"
+    family = "spec-linear"
+    auto_blocks = (2, 4, 8, 16, 32)
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)
@@ -40,7 +42,7 @@ class LinearSpec(Strategy):
         tokens, pos = self.chunk(seed)
         logits = ctx.model(tokens, pos, ctx.cache, K.BIDIRECTIONAL, write_cache=False,
                            lora=ctx.gen.draft_lora, logits_index=self.draft_rows)
-        return choose(ctx, without_mask(logits, self.mask_index))
+        return draw_drafts(ctx, without_mask(logits, self.mask_index))
 
     def verify(self, seed, drafts, q):
         """-> (tokens [B] padded with -1, count [], next seed [1]); commits the accepted chain."""
@@ -67,9 +69,7 @@ class LinearSpec(Strategy):
             timer.mark("draft")
         else:
             drafts, q = self.empty_draft(seed)
-        tokens, _, seed = run(("verify", B), self.verify, seed, drafts, q)
+        tokens, _, self.seed = run(("verify", B), self.verify, seed, drafts, q)
         timer.mark("verify")
         host = produced(tokens.tolist())  # the step's one host sync
-        self.seed = seed.clone()  # graph outputs are overwritten by the next replay
-        self.drafted = B - 1
-        return host, 2 if B > 1 else 1
+        return StepResult(host, 2 if B > 1 else 1, B - 1)

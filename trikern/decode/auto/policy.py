@@ -37,61 +37,25 @@ the choice, which depends only on the past, cannot change what is generated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from .ar import AR
-from .diffusion import Diffusion
-from .spec_linear import LinearSpec
-from .spec_quadratic import QuadraticSpec
-
-STRATEGIES = {cls.mode: cls for cls in (AR, Diffusion, LinearSpec, QuadraticSpec)}
-AUTO = "auto"
-SPEC_FAMILIES = ("spec-linear", "spec-quadratic")
-AUTO_LINEAR_BLOCKS = (2, 4, 8, 16, 32)
-AUTO_QUADRATIC_BLOCKS = (2, 4, 8, 16)  # B(B+1) rows per forward: wider steps cost more than they accept
+from ..registry import AUTO, FAMILIES, strategy
+from .acceptance import Acceptance
+from .costs import Cost, implausible
+from .profile import StepProfile
 
 
-def candidates(mode: str, block_size: int, cfg) -> list[tuple[str, int]]:
-    """The (mode, block size) keys a generation may run; `block_size` caps auto's block sizes."""
-    if mode == "ar":
-        return [("ar", 1)]
-    if mode != AUTO:
-        return [(mode, block_size)]
-    keys = [("ar", 1)]
-    if cfg.tri_mode and cfg.mask_token_id is not None:
-        keys += [("spec-linear", B) for B in AUTO_LINEAR_BLOCKS if B <= block_size]
-        keys += [("spec-quadratic", B) for B in AUTO_QUADRATIC_BLOCKS if B <= block_size]
-    return keys
+def family(key):
+    """The speculative family of a (mode, block size) key; None for a one-token step."""
+    return strategy(key).family
 
 
-def scratch_slots(keys) -> int:
-    return max(STRATEGIES[m].scratch(B) for m, B in keys)
-
-
-def less_work(a, b) -> bool:
-    """Whether a step of `a` does less work than one of `b`: an AR step (one forward of one row)
-    less than any speculative one, a smaller block less than a larger one of the same family."""
-    return a != b and ((a[0] == "ar" and b[0] != "ar") or (a[0] == b[0] and a[1] < b[1]))
-
-
-def implausible(costs: dict, fixed=frozenset(), slack: float = 1.5) -> set:
-    """Keys whose cost breaks the order of work by more than `slack` (a step that does less work
-    costing more), fewest first: the key in most such pairs goes, until none is left. `fixed`
-    keys (measured live) are never the ones to go."""
-    pairs = [(a, b) for a in costs for b in costs if less_work(a, b) and costs[a] > slack * costs[b]]
-    bad: set = set()
-    while pairs:
-        count: dict = {}
-        for a, b in pairs:
-            for k in (a, b):
-                if k not in fixed:
-                    count[k] = count.get(k, 0) + 1
-        if not count:
-            break
-        worst = max(count, key=count.get)
-        bad.add(worst)
-        pairs = [(a, b) for a, b in pairs if worst not in (a, b)]
-    return bad
+def policy_for(ctx, mode: str, profile: bool = True):
+    """The policy of a generation: `auto`'s (with the persisted step-cost profile unless `profile`
+    is False), or one fixed strategy."""
+    if mode == AUTO:
+        use = profile and StepProfile.enabled()
+        return AutoPolicy(ctx.candidates, StepProfile(ctx.model, ctx.stats.prompt_tokens) if use else None)
+    return FixedPolicy(ctx.candidates[0])
 
 
 class FixedPolicy:
@@ -109,110 +73,6 @@ class FixedPolicy:
 
     def finish(self):
         pass
-
-
-@dataclass
-class Cost:
-    seconds: float = 0.0  # per step, running average
-    measured: int = 0  # warm steps behind it (the profile's count as MEASURE)
-    live: int = 0  # warm steps this generation
-
-
-class Acceptance:
-    """What one speculative family's drafts are worth on the current text.
-
-    Per draft position k = 1, 2, ... it keeps the hazard h_k = P(draft k is rejected | drafts
-    1 .. k-1 were accepted), from decayed counts of the steps that reached k and of those that were
-    rejected there. A step at block size B then yields 1 + sum_{k<B} prod_{j<=k} (1 - h_j) tokens
-    in expectation, so one step informs every block size of its family. Hazards are not constant
-    in k: a draft is usually right for a couple of tokens, and text that survives those (a copy, a
-    table row) tends to be accepted to the end of the block, which a single acceptance rate cannot
-    express and which is what makes long blocks pay.
-
-    The recent counts shrink towards the generation's long-run hazard at k, so a family not run
-    for a while falls back to it; a position not reached lately falls back to it too, but to no
-    less than the recent hazard of the last position reached (`hazards`). The long-run hazard of a
-    position with little evidence leans on position k-1's, so positions never reached inherit the
-    last one measured (a constant hazard, the geometric tail).
-    """
-
-    START = 0.5  # hazard before any evidence
-    PRIOR = 1.0  # weight, in steps, of the long-run hazard in the recent estimate
-    REACHED = 0.5  # recent (decayed) steps at a position for it to count as reached lately
-    SMOOTH = 2.0  # weight, in steps, of position k-1's long-run hazard in position k's
-
-    def __init__(self, horizon: int = 1, prior=None, weight: float = 4.0):
-        """`horizon`: the most drafts a step verifies (largest block size - 1); `prior`: long-run
-        hazards per position from an earlier generation (the profile), held as `weight` steps each."""
-        self.horizon = horizon
-        self.prior, self.weight = list(prior or ()), weight
-        self.reach: list[float] = []  # recent (decayed) steps that reached position k+1
-        self.reject: list[float] = []  # recent steps rejected at position k+1
-        self.total_reach: list[float] = []  # this generation's counts
-        self.total_reject: list[float] = []
-        self._survival: list[float] | None = None
-
-    def long_run(self, n: int | None = None) -> list[float]:
-        """Long-run hazards of positions 1 .. n (default: as far as there is evidence): this
-        generation's counts shrunk towards the prior's hazard, or where it has none, position k-1's."""
-        out, prev = [], self.START
-        for k in range(max(len(self.total_reach), len(self.prior)) if n is None else n):
-            reach = self.total_reach[k] if k < len(self.total_reach) else 0.0
-            rej = self.total_reject[k] if k < len(self.total_reach) else 0.0
-            base, w = (self.prior[k], self.weight) if k < len(self.prior) else (prev, self.SMOOTH)
-            prev = (rej + w * base) / (reach + w)
-            out.append(prev)
-        return out
-
-    def hazards(self, n: int) -> list[float]:
-        """Current hazards of draft positions 1 .. n: the recent counts shrunk towards the long run.
-        Past the last position that recent steps reached, the long run counts for no less than that
-        position's recent hazard: the long-run tail was learnt on text that ran to the end of the
-        block, and on text whose drafts now stop after a few tokens it would promise long blocks a
-        tail that no recent step has shown (a mixture of the two kinds of text is neither)."""
-        out, floor = [], 0.0
-        for k, h in enumerate(self.long_run(n)):
-            reach = self.reach[k] if k < len(self.reach) else 0.0
-            rej = self.reject[k] if k < len(self.reach) else 0.0
-            reached = reach >= self.REACHED
-            out.append((rej + self.PRIOR * (h if reached else max(h, floor))) / (reach + self.PRIOR))
-            if reached:  # reach only falls with k: once a position is not reached, none after it is
-                floor = out[-1]
-        return out
-
-    @property
-    def evidence(self) -> float:
-        """Steps of this generation that verified a draft."""
-        return self.total_reach[0] if self.total_reach else 0.0
-
-    def step(self, decay: float, drafted: int = 0, accepted: int = 0):
-        """One decode step (of any strategy): forget a little, then add what it saw -- `accepted` of
-        `drafted` drafts (a step of this family; 0 drafted: no evidence)."""
-        for k in range(len(self.reach)):
-            self.reach[k] *= decay
-            self.reject[k] *= decay
-        if drafted > 0:
-            reached = min(accepted + 1, drafted)
-            while len(self.reach) < reached:
-                for counts in (self.reach, self.reject, self.total_reach, self.total_reject):
-                    counts.append(0.0)
-            for k in range(reached):
-                self.reach[k] += 1
-                self.total_reach[k] += 1
-            if accepted < drafted:
-                self.reject[accepted] += 1
-                self.total_reject[accepted] += 1
-        self._survival = None
-
-    def expected_tokens(self, B: int) -> float:
-        if self._survival is None or len(self._survival) < B:
-            alive, total, cum = 1.0, 1.0, [1.0]
-            for h in self.hazards(max(B - 1, self.horizon)):
-                alive *= 1 - h
-                total += alive
-                cum.append(total)
-            self._survival = cum  # cum[k] = expected tokens of a step with k drafts
-        return self._survival[B - 1]
 
 
 class AutoPolicy:
@@ -237,7 +97,7 @@ class AutoPolicy:
         self.profile = profile
         horizon = max(B for _, B in self.keys) - 1
         # The last generation's long-run hazards, as a weak prior (acceptance moves with the text).
-        self.acc = {f: Acceptance(horizon, profile and profile.get_acceptance(f)) for f in SPEC_FAMILIES}
+        self.acc = {f: Acceptance(horizon, profile and profile.get_acceptance(f)) for f in FAMILIES}
         if profile is not None:
             found = {k: p["seconds"] for k in self.keys if (p := profile.get(k)) is not None and p["seconds"] > 0}
             # A profile measured while the machine was busy can hold a cost that breaks the order of
@@ -264,8 +124,8 @@ class AutoPolicy:
         self.overturned: set = set()  # priors that live steps replaced
 
     def tokens(self, key) -> float:
-        mode, B = key
-        return 1.0 if mode == "ar" else self.acc[mode].expected_tokens(B)
+        family = strategy(key).family
+        return 1.0 if family is None else self.acc[family].expected_tokens(key[1])
 
     def rate(self, key) -> float:
         c = self.cost[key]
@@ -280,9 +140,9 @@ class AutoPolicy:
         if self.explore_left:  # a quadratic exploration's second step: its first only restarted
             self.explore_left -= 1
             return self.explored
-        if self.restarted and self.current is not None and self.current[0] == "spec-quadratic":
-            # A switch into quadratic paid a restart that verified nothing: take the step it paid for
-            # before judging again (else the estimates, unchanged by it, can send it straight back).
+        if self.restarted and self.current is not None:
+            # A switch paid a restart that verified nothing (entering quadratic): take the step it
+            # paid for before judging again (else the estimates, unchanged by it, can send it back).
             return self.current
         self.explored = None
         if self.check in self.prior and self.check not in self.ratios:  # confirm a second stored cost
@@ -298,7 +158,7 @@ class AutoPolicy:
             return self.current
         best = max(self.keys, key=self.rate)
         cur = self.current
-        if cur is not None and best[0] != cur[0] and best[0] == "spec-quadratic" \
+        if cur is not None and best[0] != cur[0] and strategy(best).entry_steps(best[1], cur) \
                 and self.rate(best) < self.HYSTERESIS * self.rate(cur):
             best = cur
         self.current = best
@@ -308,7 +168,7 @@ class AutoPolicy:
         self.displaced, self.explored = self.rate(best), key
         # Entering quadratic, the first step restarts (verifies nothing); growing its block, the
         # first step verifies the old, shorter draft: take one more either way.
-        self.explore_left = int(key[0] == "spec-quadratic" and (cur is None or cur[0] != key[0] or key[1] > cur[1]))
+        self.explore_left = strategy(key).entry_steps(key[1], cur)
         return key
 
     def explore_share(self) -> float:
@@ -326,7 +186,7 @@ class AutoPolicy:
         if not filled and self.steps % self.EXPLORE_EVERY:
             return None
         bar = self.rate(best)
-        could = [k for k in self.keys if k[0] in SPEC_FAMILIES and k != best and k[1] / self.cost[k].seconds > bar]
+        could = [k for k in self.keys if family(k) and k != best and k[1] / self.cost[k].seconds > bar]
         if filled:
             # The last step accepted every draft: nothing is known past its block, so a larger block
             # (either family) is tried now rather than at the next refresh. On copy-like text that
@@ -337,19 +197,19 @@ class AutoPolicy:
         if self.steps % self.EXPLORE_EVERY == 0:
             # One step of a family informs all its block sizes: refresh the family not run for
             # longest, with its best candidate.
-            other = [k for k in could if k[0] != best[0]]
+            other = [k for k in could if family(k) != family(best)]
             if other:
-                family = min((f for f in SPEC_FAMILIES if any(k[0] == f for k in other)),
-                             key=lambda f: self.last_run.get(f, -1))
-                return max((k for k in other if k[0] == family), key=self.rate)
+                stale = min((f for f in FAMILIES if any(family(k) == f for k in other)),
+                            key=lambda f: self.last_run.get(f, -1))
+                return max((k for k in other if family(k) == stale), key=self.rate)
         return None
 
     def observe(self, key, tokens, seconds, cold, drafted=0):
         """A step of `key` produced `tokens` (accepted drafts + the bonus, before any EOS / budget
         cut) after verifying `drafted` draft tokens, in `seconds`."""
-        mode, B = key
+        fam = family(key)
         c = self.cost[key]
-        self.last_run[mode] = self.steps
+        self.last_run[fam or key[0]] = self.steps
         self.seconds += seconds
         if key == self.explored and not cold:  # its regret: the time beyond what the displaced candidate needed
             needed = tokens * self.speed / self.displaced if self.displaced > 0 else 0.0
@@ -357,13 +217,13 @@ class AutoPolicy:
             if drafted:  # a step that verified drafts (not a quadratic restart): did it beat the incumbent?
                 self.explore_tries += 1
                 self.explore_hits += seconds <= needed
-        for family, a in self.acc.items():
-            if family == mode:
+        for f, a in self.acc.items():
+            if f == fam:
                 a.step(self.DECAY, drafted, min(tokens - 1, drafted))
             else:
                 a.step(self.DECAY)
-        # A quadratic restart (A = 1: B + 1 rows, nothing verified) is not what a step of B sub-blocks costs.
-        self.restarted = mode == "spec-quadratic" and drafted == 0
+        # A restart (entering quadratic: B + 1 rows, nothing verified) is not what a step costs.
+        self.restarted = fam is not None and drafted == 0
         self.saturated = drafted + 1 if drafted and tokens > drafted else 0  # the block it filled
         if cold or self.restarted:  # nor does a step that captured a graph or timed matmul paths
             return

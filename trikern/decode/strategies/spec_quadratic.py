@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels as K
-from .loop import check_room, choose, produced, require_mask_id, verifier_inputs, without_mask
-from .strategy import Strategy
+from ... import kernels as K
+from ..runtime import check_room
+from .base import StepResult, Strategy
+from .device import draw_drafts, produced, require_mask_id, verifier_inputs, without_mask
 
 
 class QuadraticSpec(Strategy):
     mode = "spec-quadratic"
+    family = "spec-quadratic"
+    auto_blocks = (2, 4, 8, 16)  # B(B+1) rows per forward: wider steps cost more than they accept
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)
@@ -52,6 +55,12 @@ class QuadraticSpec(Strategy):
     @staticmethod
     def scratch(B: int) -> int:
         return B * (B + 1)
+
+    @classmethod
+    def entry_steps(cls, B, prev):
+        """From another mode the first step restarts (verifies nothing); from a smaller block of
+        this mode it verifies the old, shorter draft: one step either way before a steady one."""
+        return int(prev is None or prev[0] != cls.mode or B > prev[1])
 
     def start(self, seed):
         """A = 1 state: only d_0 (no drafts yet), q an empty [0, V] under sampling."""
@@ -84,16 +93,15 @@ class QuadraticSpec(Strategy):
         c = (count - 1).reshape(1)
         bonus = out.gather(0, c)
         masks = ctx.model.logits(hidden.index_select(0, c)[0, 2:])  # offsets 2 .. B of sub-block c
-        nxt, nq = choose(ctx, without_mask(masks, self.mask_index))
+        nxt, nq = draw_drafts(ctx, without_mask(masks, self.mask_index))
         return out, count, torch.cat([bonus, nxt]), nq
 
-    def _advance(self, run) -> list[int]:
-        self.drafted = self.draft.shape[0] - 1
-        tokens, _, draft, q = run(("quadratic", self.draft.shape[0], self.B), self.forward, self.draft, self.q)
-        host = produced(tokens.tolist())  # the step's one host sync
-        self.draft, self.q = draft.clone(), None if q is None else q.clone()  # outlive the next replay
+    def _advance(self, run) -> StepResult:
+        drafted = self.draft.shape[0] - 1
+        tokens, _, self.draft, self.q = run(("quadratic", self.draft.shape[0], self.B), self.forward, self.draft,
+                                            self.q)
         self.seed = self.draft[:1]
-        return host
+        return StepResult(produced(tokens.tolist()), 1, drafted)  # the step's one host sync
 
     def prefill(self, prompt_ids, run, timer):
         """The prompt minus its last token causally, then the A = 1 step on `[p_last, M x B]`."""
@@ -101,15 +109,12 @@ class QuadraticSpec(Strategy):
         n = prompt_ids.shape[0]
         if n > 1:
             ctx.prefill(prompt_ids[:-1])
-        t0 = ctx.sync_time()
         check_room(ctx, n - 1, self.S)
         self.start(prompt_ids[-1:])
-        host = self._advance(run)
-        ctx.stats.prefill_forwards += 1
-        ctx.stats.prefill_s += ctx.sync_time() - t0
-        return host
+        first = self._advance(run)
+        return StepResult(first.tokens, 1 + (n > 1 and ctx.reused < n - 1))
 
     def step(self, run, timer, em):
-        host = self._advance(run)
+        result = self._advance(run)
         timer.mark("step")
-        return host, 1
+        return result

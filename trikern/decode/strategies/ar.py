@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import CAUSAL
-from ..sampling import sample
-from .strategy import Strategy
+from ...kernels import CAUSAL
+from ...sampling import sample
+from .base import StepResult, Strategy
 
 
 class AR(Strategy):
     mode = "ar"
+    auto_blocks = (1,)
 
     @staticmethod
     def scratch(B: int) -> int:
@@ -23,8 +24,6 @@ class AR(Strategy):
         return sample(logits, g.temperature, g.top_k, g.top_p, ctx.generator)
 
     def step(self, run, timer, em):
-        token = run(("ar", 1), self.forward, self.seed)
+        self.seed = run(("ar", 1), self.forward, self.seed)
         timer.mark("ar")
-        host = token.tolist()  # the step's one host sync
-        self.seed = token.clone()  # graph outputs are overwritten by the next replay
-        return host, 1
+        return StepResult(self.seed.tolist(), 1)  # the step's one host sync

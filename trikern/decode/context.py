@@ -1,8 +1,8 @@
-"""What every decoding mode shares: request settings, stats, the context object, prefill.
+"""The context of one generation: its settings (`GenerationConfig`), its stats (`Stats`), and the
+`DecodeContext` that every step reads -- model, cache, RNG -- sized for the strategies the
+generation may run (registry.plan computes those; this module knows no mode).
 
-`decode(ctx, prompt_ids, mode)` (driver.py) yields token ids as they are committed (the last yield
-ends with the first EOS, if any, and nothing after it) and fills `ctx.stats`. Host synchronisation
-happens only between steps, where tokens are yielded.
+Host synchronisation happens only between steps, where tokens are yielded (driver.py).
 """
 from __future__ import annotations
 
@@ -17,10 +17,6 @@ from ..checks import (SEED_LIMIT, bool_problem, check, check_block_size, int_pro
                       temperature_problem)
 from ..kernels import CAUSAL, use_triton
 from ..sampling import make_generator
-
-STEP_MODES = ("ar", "diffusion", "spec-linear", "spec-quadratic")  # one strategy each (driver.py)
-MODES = (*STEP_MODES, "auto")  # auto: the fastest lossless strategy before every step (policy.py)
-
 
 class ContextLengthError(ValueError):
     """The prompt does not fit the model's context."""
@@ -136,10 +132,12 @@ class Stats:
 class DecodeContext:
     """Model, cache, settings, RNG and stats of one generation: what every step needs."""
 
-    def __init__(self, model, gen: GenerationConfig, prompt_len: int, mode: str = "ar",
+    def __init__(self, model, gen: GenerationConfig, prompt_len: int, mode: str, candidates, scratch: int,
                  reuse: tuple[KVCache, int] | None = None):
-        """`reuse` = (cache, n): the first n prompt tokens' K/V are already in `cache` (the previous
-        generation's, e.g. the earlier turns of a chat); only the rest is prefilled."""
+        """`candidates`: the (mode, block size) keys this generation may run, `scratch`: the most
+        cache slots one of their steps writes past the committed length (registry.new_context
+        computes both). `reuse` = (cache, n): the first n prompt tokens' K/V are already in `cache`
+        (the previous generation's, e.g. the earlier turns of a chat); only the rest is prefilled."""
         gen.validate()
         cfg = model.cfg
         self.model, self.cfg, self.gen = model, cfg, gen
@@ -156,12 +154,7 @@ class DecodeContext:
             )
         # Generation stops at the context end; the cache is sized for exactly what can be committed.
         self.max_new_tokens = min(gen.max_new_tokens, limit - prompt_len)
-        from .policy import candidates, scratch_slots  # noqa: PLC0415 - the strategies import this module
-
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        self.candidates = candidates(mode, self.block_size, cfg)  # the (mode, block size) keys to run
-        scratch = scratch_slots(self.candidates)
+        self.candidates = list(candidates)
         B = max(b for _, b in self.candidates)
         capacity = prompt_len + self.max_new_tokens + B  # a final block may overshoot the budget
         # Before allocating: the PyTorch reference attention (no Triton) materialises [rows, slots] masks.
@@ -189,24 +182,8 @@ class DecodeContext:
         n = ids.shape[0]
         if n == 0:
             return None
-        t0 = self.sync_time()
         pos = torch.arange(self.reused, self.reused + n, device=self.device)
         logits = self.model(ids, pos, self.cache, CAUSAL, write_cache=True,
                             logits_index=torch.tensor([n - 1], device=self.device))
         self.cache.commit(n)
-        self.stats.prefill_forwards += 1
-        self.stats.prefill_s += self.sync_time() - t0
         return logits[0]
-
-
-def finish(tokens: list[int], ctx: DecodeContext, emitted: int) -> tuple[list[int], bool]:
-    """Cut a step's tokens at the first EOS (kept) and at the token budget.
-    Returns (tokens to yield, whether decoding is done)."""
-    eos = set(ctx.gen.stop_token_ids)
-    for i, t in enumerate(tokens):
-        if t in eos:
-            tokens = tokens[: i + 1]
-            break
-    room = ctx.max_new_tokens - emitted
-    done = len(tokens) >= room or (tokens and tokens[-1] in eos)
-    return tokens[:room], done

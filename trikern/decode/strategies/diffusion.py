@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels as K
-from ..sampling import probs, sample
-from .loop import require_mask_id, without_mask
-from .strategy import Strategy
+from ... import kernels as K
+from ...sampling import probs, sample
+from .base import StepResult, Strategy
+from .device import require_mask_id, without_mask
 
 
 class Diffusion(Strategy):
     mode = "diffusion"
+    lossless = False  # its tokens are the draft's: not AR's distribution, never an auto candidate
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)
@@ -80,9 +81,7 @@ class Diffusion(Strategy):
                 break
         filled = host[1:B]
         if any(host[B:]) or em.ends(filled):  # masks left only past the budget: the generation ends here
-            return filled[:needed - 1], passes
-        seed = run(("commit", B), self.commit, tokens, pos)
+            return StepResult(filled[:needed - 1], passes)
+        self.seed = run(("commit", B), self.commit, tokens, pos)
         timer.mark("commit")
-        host = seed.tolist()
-        self.seed = seed.clone()
-        return filled + host, passes + 1
+        return StepResult(filled + self.seed.tolist(), passes + 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..bench import BenchError, run_prompt_set, run_synthetic
 from ..decode import MODES
+from ..kernels.dispatch import BACKENDS
 
 DESCRIPTION = "`trikern bench`: decoding speed over a prompt set, or a config's shape against the bandwidth roofline."
 DEFAULT_WIDTHS = (1, 8, 32, 72)  # AR, spec verify at B = 8 and 32, a quadratic step at B = 8
@@ -23,7 +24,7 @@ def add_parser(sub):
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="default: bfloat16 (on a CPU without native bf16: float32; see trikern --version)")
-    p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"], help="kernels (default: auto)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="ops (default: auto)")
     p.add_argument("--modes", metavar="M1,M2", help="comma-separated decoding modes (default: all the checkpoint "
                    "supports); ar runs once whatever the block sizes")
     p.add_argument("--block-sizes", metavar="B1,B2", help="comma-separated block sizes (default: the "

@@ -9,6 +9,7 @@ from typing import Callable
 
 from .. import __version__
 from ..decode import MODES
+from ..kernels.dispatch import BACKENDS
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,8 +40,9 @@ def add_model_options(p: argparse.ArgumentParser):
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="compute dtype (default: bfloat16; on a CPU without native bf16, float32: see --version)")
-    p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"],
-                   help="kernels: Triton on CUDA and PyTorch references on CPU (auto), or force one")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="ops: Triton on CUDA and the CPU backend on CPU (auto), or force one (torch: the plain "
+                   "PyTorch references)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="compile and tune the decode shapes before the first request (default: on with CUDA)")
 

@@ -3,13 +3,12 @@ embedded model), and a pseudo-terminal where Ctrl-C stops a reply without leavin
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
 from util import CHILD_ENV as ENV
+from util import PtyReader
 
 
 def chat(stdin, *args):
@@ -48,32 +47,20 @@ def test_ctrl_c_stops_a_reply_and_the_repl_goes_on(tmp_path):
         # when the Ctrl-C comes (AR's take ~0.5 s)
         os.execvpe(sys.executable, [sys.executable, "-m", "trikern", "chat", "--dtype", "float32", "--mode",
                                     "spec-quadratic", "--block-size", "16", "--max-new-tokens", "200"], env)
-    seen = b""
-
-    def read_until(pattern, timeout=120):
-        nonlocal seen
-        end = time.time() + timeout
-        while time.time() < end:
-            if re.search(pattern, seen):
-                return True
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        return False
+    reader = PtyReader(fd, timeout=120)
+    read_until = reader.read_until
 
     try:
-        assert read_until(rb"> "), seen
+        assert read_until(rb"> "), reader.seen
         os.write(fd, b"Tell me a long story about a cat.\n")
         # Ctrl-C once the reply is being written (earlier, while the line is still being read, it
         # drops the line instead: the prompt's own Ctrl-C)
-        assert read_until(rb"about a cat\.\r\n\s*\S"), seen
+        assert read_until(rb"about a cat\.\r\n\s*\S"), reader.seen
         os.write(fd, b"\x03")
-        assert read_until(rb"\(stopped\)"), seen
-        mark = len(seen)
+        assert read_until(rb"\(stopped\)"), reader.seen
+        mark = len(reader.seen)
         os.write(fd, b"hi\n")
-        assert read_until(rb"tok/fwd"), seen[mark:]
+        assert read_until(rb"tok/fwd"), reader.seen[mark:]
         os.write(fd, b"/exit\n")
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0  # (the text itself may say anything)

@@ -6,14 +6,13 @@ import io
 import os
 import pty
 import re
-import select
 import signal
 import sys
-import time
 
 import pytest
 import torch
 from util import CHILD_ENV as ENV
+from util import PtyReader
 
 from trikern.repl import ChatSession, fit_history, reply_room
 
@@ -128,31 +127,19 @@ def test_repl_on_a_terminal_outgrows_the_context_and_goes_on(tmp_path):
         env = dict(ENV, TRIKERN_HISTORY=str(tmp_path / "history"))
         os.execvpe(sys.executable, [sys.executable, "-m", "trikern", "chat", "--dtype", "float32",
                                     "--max-new-tokens", "8", "--system", "Be brief."], env)
-    seen = b""
-
-    def read_until(pattern, start=0, timeout=60):
-        nonlocal seen
-        end = time.time() + timeout
-        while time.time() < end:
-            if re.search(pattern, seen[start:]):
-                return True
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        return False
+    reader = PtyReader(fd)
+    read_until = reader.read_until
 
     def turn(text: str, expect: bytes):
-        mark = len(seen)
+        mark = len(reader.seen)
         os.write(fd, text.encode() + b"\n")
-        assert read_until(expect, mark), seen[mark:]
-        assert read_until(rb"\n> ", mark), seen[mark:]  # back at the prompt
-        return seen[mark:]
+        assert read_until(expect, mark), reader.seen[mark:]
+        assert read_until(rb"\n> ", mark), reader.seen[mark:]  # back at the prompt
+        return reader.seen[mark:]
 
     long = "Tell me about the history of the cat and the dog. " * 4  # ~70 tokens
     try:
-        assert read_until(rb"> "), seen
+        assert read_until(rb"> "), reader.seen
         assert b"dropped" not in turn("1 " + long, rb"tok/fwd")
         assert b"dropped" not in turn("2 " + long, rb"tok/fwd")
         third = turn("3 " + long, rb"tok/fwd")
@@ -162,7 +149,7 @@ def test_repl_on_a_terminal_outgrows_the_context_and_goes_on(tmp_path):
         os.write(fd, b"/exit\n")
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        assert b"Traceback" not in seen
+        assert b"Traceback" not in reader.seen
     finally:
         try:
             os.kill(pid, 9)

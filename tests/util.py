@@ -3,6 +3,9 @@ of a trikern child process."""
 from __future__ import annotations
 
 import os
+import re
+import select
+import time
 
 import torch
 
@@ -45,3 +48,23 @@ def random_model(cfg: ModelConfig | None = None, seed: int = 0, dtype=torch.floa
             else:
                 p.copy_(std * torch.randn(p.shape, generator=g))
     return m.to(dtype).eval()
+
+
+class PtyReader:
+    """What a child on a pseudo-terminal has written so far (`seen`), read as it comes."""
+
+    def __init__(self, fd: int, timeout: float = 60):
+        self.fd, self.timeout, self.seen = fd, timeout, b""
+
+    def read_until(self, pattern, start: int = 0, timeout: float | None = None) -> bool:
+        """Read until `pattern` (bytes regex) occurs in `seen[start:]`; False at the timeout or EOF."""
+        end = time.time() + (self.timeout if timeout is None else timeout)
+        while time.time() < end:
+            if re.search(pattern, self.seen[start:]):
+                return True
+            if select.select([self.fd], [], [], 0.1)[0]:
+                try:
+                    self.seen += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return False

@@ -122,11 +122,11 @@ def test_quadratic_estimate_matches_the_allocated_scratch():
     m = random_model()
     cfg, B = m.cfg, 6
     ctx = new_context(m, GenerationConfig(max_new_tokens=4, block_size=B), 3, "spec-quadratic")
-    scratch_slots = ctx.cache.slots - ctx.cache.capacity
-    assert scratch_slots == B * (B + 1)
+    scratch = ctx.cache.slots - ctx.cache.capacity
+    assert scratch == B * (B + 1)
     allocated = (ctx.cache.k.numel() + ctx.cache.v.numel()) * ctx.cache.k.element_size()
     per_slot = allocated // ctx.cache.slots
-    assert quadratic_step_bytes(cfg, B, 4)["kv_scratch"] == per_slot * scratch_slots
+    assert quadratic_step_bytes(cfg, B, 4)["kv_scratch"] == per_slot * scratch
 
 
 def test_quadratic_over_the_memory_budget_is_refused_with_the_numbers():

@@ -45,7 +45,7 @@ def test_partial_acceptance_with_oracle_drafts(monkeypatch):
     g = torch.Generator().manual_seed(0)
     B = 8
 
-    def oracle(self, seed):
+    def oracle(self, pending):
         n = int(self.ctx.cache.length)  # host reads are fine in a test drafter
         truth = full[n + 1: n + B]
         d = truth.clone()

@@ -31,7 +31,7 @@ class Emitter:
                 if t == g.end_think_id:
                     self.thinking = False
                     break
-        out, done = finish(tokens, self.ctx, self.emitted)
+        out, done = cut(tokens, self.ctx, self.emitted)
         self.emitted += len(out)
         return out, done, forced and not done
 
@@ -42,15 +42,15 @@ class Emitter:
 
     def ends(self, tokens: list[int]) -> bool:
         """Whether taking `tokens` would end the generation (first EOS or the token budget)."""
-        return finish(tokens, self.ctx, self.emitted)[1]
+        return cut(tokens, self.ctx, self.emitted)[1]
 
     def cache_length(self) -> int:
-        """What the cache length is between steps: every emitted token but the newest (the seed,
-        whose K/V the next step writes) is in the cache after the prompt."""
+        """What the cache length is between steps: every emitted token but the newest (the pending
+        token, whose K/V the next step writes) is in the cache after the prompt."""
         return self.ctx.stats.prompt_tokens + self.emitted - 1
 
 
-def finish(tokens: list[int], ctx: DecodeContext, emitted: int) -> tuple[list[int], bool]:
+def cut(tokens: list[int], ctx: DecodeContext, emitted: int) -> tuple[list[int], bool]:
     """Cut a step's tokens at the first EOS (kept) and at the token budget.
     Returns (tokens to yield, whether decoding is done)."""
     eos = set(ctx.gen.stop_token_ids)

@@ -33,7 +33,7 @@ def candidates(mode: str, block_size: int, cfg) -> list[tuple[str, int]]:
             for B in c.auto_blocks if B <= block_size or not c.family]
 
 
-def scratch_slots(keys) -> int:
+def scratch_needed(keys) -> int:
     """The most cache slots past the committed length that a step of any of `keys` writes."""
     return max(STRATEGIES[m].scratch(B) for m, B in keys)
 
@@ -43,4 +43,4 @@ def new_context(model, gen: GenerationConfig, prompt_len: int, mode: str = "ar",
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
     keys = candidates(mode, gen.block_size or model.cfg.block_size, model.cfg)
-    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_slots(keys), reuse=reuse)
+    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys), reuse=reuse)

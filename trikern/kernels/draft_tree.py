@@ -1,28 +1,28 @@
 """Draft-tree expansion: the token ids and positions of one speculative / diffusion chunk, on device.
 
-Every block-shaped pass in trikern is a row of A sub-blocks of S tokens; sub-block i is an anchor
-(a known token) followed by S-1 mask tokens:
+Every block-shaped pass in trikern is a row of A sub-blocks of W tokens; sub-block i is an anchor
+(a known token) followed by W-1 mask tokens:
 
-    tokens[i*S]       = anchors[i]        positions[i*S]     = n + i
-    tokens[i*S + a]   = mask_id  (a >= 1) positions[i*S + a] = n + i + a
+    tokens[i*W]       = anchors[i]        positions[i*W]     = n + i
+    tokens[i*W + a]   = mask_id  (a >= 1) positions[i*W + a] = n + i + a
 
 with n the committed cache length. The three layouts the decode loops use:
 
-- linear self-speculation draft and diffusion block: A = 1 (the seed), S = B
-  -> `[seed, M x (B-1)]` at positions n .. n+B-1 (SPEC §4.2, §4.3);
-- quadratic self-speculation step: A = B (the draft d_0 .. d_{B-1}), S = B+1
+- linear self-speculation draft and diffusion block: A = 1 (the pending token), W = B
+  -> `[pending, M x (B-1)]` at positions n .. n+B-1 (SPEC §4.2, §4.3);
+- quadratic self-speculation step: A = B (the draft d_0 .. d_{B-1}), W = B+1
   -> sub-block i = `[d_i, M x B]`, d_i at n+i and its masks at n+i+1 .. n+i+B (SPEC §4.4);
-- quadratic first step (and restart after a forced token): A = 1, S = B+1.
+- quadratic first step (and restart after a forced token): A = 1, W = B+1.
 
-The attention mask of the chunk needs no metadata beyond S: kernels.attention's QUADRATIC mode
-takes `sub_block=S` and derives (sub-block, offset) of every query/key from its index.
+The attention mask of the chunk needs no metadata beyond W: kernels.attention's QUADRATIC mode
+takes `sub_block=W` and derives (sub-block, offset) of every query/key from its index.
 
-Inputs:  anchors [A] int64 (A >= 1), cache_len int or 0-dim int64 tensor (n), sub_block int S >= 1,
+Inputs:  anchors [A] int64 (A >= 1), cache_len int or 0-dim int64 tensor (n), sub_block int W >= 1,
          mask_id int.
-Outputs: tokens [A*S] int64, positions [A*S] int64, both on anchors.device. No host sync: n may
+Outputs: tokens [A*W] int64, positions [A*W] int64, both on anchors.device. No host sync: n may
          stay on the device.
 
-The Triton kernel is one elementwise pass over the A*S entries (BLOCK per program); a tensor n is
+The Triton kernel is one elementwise pass over the A*W entries (BLOCK per program); a tensor n is
 read by the kernel itself, an int n is passed as an argument.
 """
 from __future__ import annotations
@@ -52,20 +52,20 @@ def _check(anchors, sub_block):
 
 def draft_tree_ref(anchors, cache_len, sub_block, mask_id):
     _check(anchors, sub_block)
-    A, S, dev = anchors.shape[0], int(sub_block), anchors.device
-    off = torch.arange(S, device=dev)
+    A, W, dev = anchors.shape[0], int(sub_block), anchors.device
+    off = torch.arange(W, device=dev)
     tokens = torch.where(off[None, :] == 0, anchors[:, None], torch.full_like(anchors[:, None], mask_id))
     positions = torch.arange(A, device=dev)[:, None] + off[None, :] + cache_len
     return tokens.reshape(-1), positions.reshape(-1)
 
 
 @triton.jit
-def _draft_tree_kernel(anchor_ptr, n_ptr, tok_ptr, pos_ptr, N, S, n_add, mask_id,
+def _draft_tree_kernel(anchor_ptr, n_ptr, tok_ptr, pos_ptr, N, W, n_add, mask_id,
                        LOAD_N: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = idx < N
-    i = idx // S
-    a = idx - i * S
+    i = idx // W
+    a = idx - i * W
     n = n_add
     if LOAD_N:  # the committed length stays on the device: read it here, never on the host
         n = tl.load(n_ptr).to(tl.int64) + n_add
@@ -84,8 +84,8 @@ def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
                              f"{tuple(cache_len.shape)} {cache_len.dtype}")
         if cache_len.device != anchors.device:
             raise ValueError(f"draft_tree: cache_len is on {cache_len.device}, anchors on {anchors.device}")
-    A, S = anchors.shape[0], int(sub_block)
-    N = A * S
+    A, W = anchors.shape[0], int(sub_block)
+    N = A * W
     tokens = torch.empty(N, dtype=torch.long, device=anchors.device)
     positions = torch.empty(N, dtype=torch.long, device=anchors.device)
     anchors = anchors.contiguous()
@@ -94,7 +94,7 @@ def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
     n_add = 0 if load_n else int(cache_len)
 
     def run(cfg):
-        _draft_tree_kernel[(triton.cdiv(N, cfg["BLOCK"]),)](anchors, n_ptr, tokens, positions, N, S, n_add,
+        _draft_tree_kernel[(triton.cdiv(N, cfg["BLOCK"]),)](anchors, n_ptr, tokens, positions, N, W, n_add,
                                                           int(mask_id), LOAD_N=load_n,
                                                           enable_fp_fusion=FP_FUSION, **cfg)
 
@@ -106,10 +106,10 @@ def draft_tree_triton(anchors, cache_len, sub_block, mask_id, config=None):
 
 def tune_shapes(device):
     """Representative launches for `trikern tune`: linear blocks and quadratic steps, B = 8 .. 32."""
-    def thunk(A, S):
+    def thunk(A, W):
         def go():
             draft_tree_triton(torch.zeros(A, dtype=torch.long, device=device),
-                              torch.zeros((), dtype=torch.long, device=device), S, 0)
+                              torch.zeros((), dtype=torch.long, device=device), W, 0)
         return go
     return ([(f"linear B={B}", thunk(1, B)) for B in (8, 32)]
             + [(f"quadratic B={B}", thunk(B, B + 1)) for B in (8, 16, 32)])
@@ -118,7 +118,7 @@ def tune_shapes(device):
 def aot_variants(arch: int):
     """Every config, cache length read from the device."""
     from .aot import AotVariant
-    sig = {"anchor_ptr": "*i64", "n_ptr": "*i64", "tok_ptr": "*i64", "pos_ptr": "*i64", "N": "i32", "S": "i32",
+    sig = {"anchor_ptr": "*i64", "n_ptr": "*i64", "tok_ptr": "*i64", "pos_ptr": "*i64", "N": "i32", "W": "i32",
            "n_add": "i32", "mask_id": "i32"}
     return [AotVariant("draft_tree", _draft_tree_kernel, sig, {"LOAD_N": True, "BLOCK": c["BLOCK"]}, c)
             for c in CONFIGS]

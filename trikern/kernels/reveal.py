@@ -43,7 +43,8 @@ import triton.language as tl
 
 from . import autotune
 from .dispatch import FP_FUSION
-from .verify import CONFIGS, pick_split, scan_split
+from .layout import unit_rows
+from .vocab_scan import CONFIGS, pick_split, scan_split
 
 
 def _check(tokens, masked, logits, probs, noise):
@@ -184,9 +185,9 @@ def reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise, conf
     if T == 0:
         return out_tok, out_masked
     sampled = probs is not None
-    x = _rows(logits)
-    p = _rows(probs) if sampled else x
-    e = _rows(noise) if sampled else x
+    x = unit_rows(logits)
+    p = unit_rows(probs) if sampled else x
+    e = unit_rows(noise) if sampled else x
     tok = tokens.contiguous()
     msk = masked.contiguous().view(torch.uint8)
     out_msk = out_masked.view(torch.uint8)
@@ -208,10 +209,6 @@ def reveal_triton(tokens, masked, logits, threshold, mask_id, probs, noise, conf
         config = autotune.choose("reveal", key, CONFIGS, run)
     run(config)
     return out_tok, out_masked
-
-
-def _rows(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def tune_shapes(device):

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from . import autotune
 from .dispatch import FP_FUSION
+from .layout import unit_rows
 
 MAX_HIDDEN = 65536
 # Candidate launch configs; `configs_for` drops the ones that would hold too many row elements per thread.
@@ -72,12 +73,6 @@ def configs_for(H: int) -> list[dict]:
     return fit or [max(CONFIGS, key=lambda c: (c["num_warps"], -c["BLOCK_T"]))]
 
 
-def _rows(t: torch.Tensor, name: str, H: int) -> torch.Tensor:
-    """t as [N, H] with unit column stride (a view when possible)."""
-    t2 = t.reshape(-1, H)
-    return t2 if t2.stride(1) == 1 else t2.contiguous()
-
-
 def _check(op, x, weight, residual):
     if x.dtype not in autotune.FLOAT_DTYPES:
         raise TypeError(f"{op}: x has dtype {x.dtype}; expected float32, float16 or bfloat16")
@@ -118,8 +113,8 @@ def _launch(op, x, residual, weight, eps, config):
     N = x.numel() // H
     if N == 0:
         return y, h
-    x2 = _rows(x, "x", H)
-    r2 = _rows(residual, "residual", H) if residual is not None else x2
+    x2 = unit_rows(x, H)
+    r2 = unit_rows(residual, H) if residual is not None else x2
     y2 = y.view(N, H)
     h2 = h.view(N, H) if residual is not None else y2  # unwritten without HAS_RES: any valid pointer
     w = weight if weight.stride(0) == 1 else weight.contiguous()

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from . import autotune
 from .dispatch import FP_FUSION
+from .layout import unit_rows
 
 CONFIGS = [
     {"BLOCK_R": 1, "BLOCK_C": 1024, "num_warps": 4},
@@ -38,11 +39,6 @@ def _swiglu_kernel(g_ptr, u_ptr, o_ptr, R, C, sg, su, so, BLOCK_R: tl.constexpr,
     tl.store(o_ptr + rows[:, None] * so + cols[None, :], out.to(o_ptr.dtype.element_ty), mask=m)
 
 
-def _rows(t: torch.Tensor, C: int) -> torch.Tensor:
-    t2 = t.reshape(-1, C)
-    return t2 if t2.stride(1) == 1 else t2.contiguous()
-
-
 def swiglu_triton(gate, up, config=None):
     """Triton launcher; `config` forces one launch config (tests), else autotune chooses."""
     if gate.shape != up.shape or gate.dtype != up.dtype or gate.device != up.device:
@@ -57,7 +53,7 @@ def swiglu_triton(gate, up, config=None):
     if out.numel() == 0:
         return out
     R = out.numel() // C
-    g2, u2, o2 = _rows(gate, C), _rows(up, C), out.view(R, C)
+    g2, u2, o2 = unit_rows(gate, C), unit_rows(up, C), out.view(R, C)
 
     def run(cfg):
         grid = (triton.cdiv(R, cfg["BLOCK_R"]), triton.cdiv(C, cfg["BLOCK_C"]))

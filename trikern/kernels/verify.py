@@ -56,17 +56,9 @@ import triton.language as tl
 
 from . import autotune
 from .dispatch import FP_FUSION
+from .layout import unit_rows
+from .vocab_scan import CONFIGS, pick_split, scan_split
 
-# Vocabulary-scan configs (also reveal's): SPLIT programs per row, capped by the number of BLOCK_V
-# tiles in V (`scan_split`).
-CONFIGS = [
-    {"BLOCK_V": 1024, "SPLIT": 1, "num_warps": 4},
-    {"BLOCK_V": 1024, "SPLIT": 8, "num_warps": 4},
-    {"BLOCK_V": 2048, "SPLIT": 4, "num_warps": 8},
-    {"BLOCK_V": 2048, "SPLIT": 16, "num_warps": 4},
-    {"BLOCK_V": 4096, "SPLIT": 8, "num_warps": 8},
-    {"BLOCK_V": 4096, "SPLIT": 32, "num_warps": 8},
-]
 # The compaction is in place and not idempotent (a second run would read overwritten slots), so it
 # cannot be benchmarked by re-running: one fixed config, sized by head_dim.
 COMPACT_BLOCK_J = 16
@@ -223,18 +215,6 @@ def _residual_partial_kernel(draft_ptr, p_ptr, q_ptr, u_ptr, e_ptr, score_ptr, i
 
 
 @triton.jit
-def pick_split(score_ptr, idx_ptr, rows, row_mask, SPLIT, BLOCK_S: tl.constexpr):
-    """Per row, the index of the best split's winner (max value, ties -> the lowest split)."""
-    sidx = tl.arange(0, BLOCK_S)
-    off = rows[:, None] * SPLIT + sidx[None, :]
-    m = row_mask[:, None] & (sidx < SPLIT)[None, :]
-    v = tl.load(score_ptr + off, mask=m, other=float("-inf"))
-    i = tl.load(idx_ptr + off, mask=m, other=0)
-    _, best = tl.max(v, axis=1, return_indices=True)
-    return tl.sum(tl.where(sidx[None, :] == best[:, None], i, 0), axis=1)
-
-
-@triton.jit
 def _accept_kernel(draft_ptr, score_ptr, idx_ptr, p_score_ptr, p_idx_ptr, res_max_ptr, p_ptr, q_ptr, u_ptr,
                    tok_ptr, count_ptr, len_ptr, L, sp, sq, SPLIT,
                    SAMPLED: tl.constexpr, UPDATE_LEN: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -291,13 +271,6 @@ def _compact_kernel(k_ptr, v_ptr, n_ptr, CHAIN, STRIDE, H, SLOTS, D,
         tl.store(vb + dst[:, None] * sv2, vv, mask=m)
 
 
-def scan_split(V: int, cfg: dict) -> tuple[int, int]:
-    """(programs per row, columns per program): SPLIT capped so that no program is empty."""
-    tiles = triton.cdiv(V, cfg["BLOCK_V"])
-    per = triton.cdiv(tiles, min(cfg["SPLIT"], tiles)) * cfg["BLOCK_V"]
-    return triton.cdiv(V, per), per
-
-
 def _check_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len):
     dev = target.device
     L, V = draft.shape[0], target.shape[1]
@@ -320,10 +293,6 @@ def _check_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
             raise TypeError(f"verify: cache_len has dtype {cache_len.dtype}; expected an integer tensor")
 
 
-def _rows(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride, config=None):
     """Triton launcher; `config` forces the vocabulary-scan config (tests), else autotune chooses."""
     _check(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
@@ -331,12 +300,12 @@ def verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache,
     L, V, dev = draft.shape[0], target.shape[1], target.device
     sampled = draft_probs is not None
     draft = draft.contiguous()
-    target = _rows(target)
+    target = unit_rows(target)
     tokens = torch.empty(L + 1, dtype=torch.long, device=dev)
     count = torch.empty((), dtype=torch.long, device=dev)
     block_l = triton.next_power_of_2(L + 1)
     if sampled:
-        q = _rows(draft_probs) if L else target  # an empty q is never read: any valid pointer will do
+        q = unit_rows(draft_probs) if L else target  # an empty q is never read: any valid pointer will do
         u = uniforms.contiguous() if L else target
         e = noise.contiguous()
         sq = q.stride(0) if L else 0

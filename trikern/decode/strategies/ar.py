@@ -16,14 +16,14 @@ class AR(Strategy):
     def scratch(B: int) -> int:
         return 1
 
-    def forward(self, seed: torch.Tensor) -> torch.Tensor:
-        """Feed the seed [1] at the cache end, commit its K/V, return the next token [1] (no sync)."""
+    def forward(self, pending: torch.Tensor) -> torch.Tensor:
+        """Feed the pending token [1] at the cache end, commit its K/V, return the next token [1] (no sync)."""
         ctx, g = self.ctx, self.ctx.gen
-        logits = ctx.model(seed, ctx.cache.length.reshape(1), ctx.cache, CAUSAL, write_cache=True)
+        logits = ctx.model(pending, ctx.cache.length.reshape(1), ctx.cache, CAUSAL, write_cache=True)
         ctx.cache.commit(1)
         return sample(logits, g.temperature, g.top_k, g.top_p, ctx.generator)
 
     def step(self, run, timer, em):
-        self.seed = run(("ar", 1), self.forward, self.seed)
+        self.pending = run(("ar", 1), self.forward, self.pending)
         timer.mark("ar")
-        return StepResult(self.seed.tolist(), 1)  # the step's one host sync
+        return StepResult(self.pending.tolist(), 1)  # the step's one host sync

@@ -1,10 +1,11 @@
 """The contract between the decode driver (driver.py) and one decoding mode at one block size.
 
 Every mode starts from, and returns to, the same state between steps: the cache holds the prompt
-and every emitted token but the newest, and `seed` ([1] on the device) is that newest token, whose
-K/V the next step writes. Because the state is shared, the driver may hand it from one strategy to
-another between any two steps (`take_over`), which is what `mode="auto"` does, and a forced token
-(thinking budget) is repaired the same way for every mode: truncate the cache, restart from it.
+and every emitted token but the newest, and `pending` ([1] on the device) is that newest token, whose
+K/V the next step writes (the algorithms' "seed"; `seed` in code is the RNG's). Because the state is
+shared, the driver may hand it from one strategy to another between any two steps (`take_over`),
+which is what `mode="auto"` does, and a forced token (thinking budget) is repaired the same way for
+every mode: truncate the cache, restart from it.
 
 A strategy also says what the auto policy needs to know about it, so the policy names no mode:
 whether it is lossless (a candidate for auto), which speculative family its acceptance belongs to
@@ -36,7 +37,7 @@ class Strategy:
 
     def __init__(self, ctx: DecodeContext, B: int):
         self.ctx, self.B = ctx, B
-        self.seed: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
 
     @staticmethod
     def scratch(B: int) -> int:
@@ -53,13 +54,13 @@ class Strategy:
     def key(self) -> tuple[str, int]:
         return self.mode, self.B
 
-    def start(self, seed: torch.Tensor):
+    def start(self, pending: torch.Tensor):
         """Take over the shared state (after the prefill, a switch or a forced token)."""
-        self.seed = seed
+        self.pending = pending
 
     def take_over(self, prev: "Strategy"):
-        """Continue from another strategy's state (a switch): its seed; a subclass may keep more."""
-        self.start(prev.seed)
+        """Continue from another strategy's state (a switch): its pending token; a subclass may keep more."""
+        self.start(prev.pending)
 
     def first_token(self, logits: torch.Tensor) -> torch.Tensor:
         g = self.ctx.gen
@@ -67,9 +68,9 @@ class Strategy:
 
     def prefill(self, prompt_ids: torch.Tensor, run, timer) -> StepResult:
         """Causal pass over the prompt; the first generated token(s); sets the state."""
-        seed = self.first_token(self.ctx.prefill(prompt_ids)[None])
-        self.start(seed)
-        return StepResult(seed.tolist(), 1)
+        pending = self.first_token(self.ctx.prefill(prompt_ids)[None])
+        self.start(pending)
+        return StepResult(pending.tolist(), 1)
 
     def step(self, run, timer, em) -> StepResult:
         """One step from the shared state back to it. The emitter `em` tells what is left

@@ -27,7 +27,7 @@ AR logit gives d_0 and its masks d_1 .. d_{B-1}. Both calls are the prefill of i
 count as `prefill_forwards` (2, or 1 for a one-token prompt); like AR's prefill it yields the first
 token. Every later step costs one forward; `acceptance_lengths[c + 1]` counts tokens produced per
 step (before the EOS / budget cut). After a forced end-think token or a switch from another mode the
-state restarts with the A = 1 step on `[seed, M x B]` (one forward, produces 1 token); a switch
+state restarts with the A = 1 step on `[pending, M x B]` (one forward, produces 1 token); a switch
 from another block size of this mode keeps that strategy's draft instead.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ class QuadraticSpec(Strategy):
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)
-        self.S = B + 1
+        self.width = B + 1
         self.mask_id, self.mask_index = require_mask_id(ctx, self.mode)
         self.backend = ctx.model.backend
         self.draft = self.q = None
@@ -62,33 +62,33 @@ class QuadraticSpec(Strategy):
         this mode it verifies the old, shorter draft: one step either way before a steady one."""
         return int(prev is None or prev[0] != cls.mode or B > prev[1])
 
-    def start(self, seed):
+    def start(self, pending):
         """A = 1 state: only d_0 (no drafts yet), q an empty [0, V] under sampling."""
-        super().start(seed)
-        self.draft = seed.reshape(1)
+        super().start(pending)
+        self.draft = pending.reshape(1)
         self.q = None if self.ctx.gen.temperature <= 0 else torch.empty(0, self.ctx.cfg.vocab_size,
-                                                                         device=seed.device)
+                                                                         device=pending.device)
 
     def take_over(self, prev):
         """From another block size of this mode, keep its next draft (the first B tokens; a shorter
         one is verified as it is, A < B sub-blocks): no one-token restart step."""
         if not isinstance(prev, QuadraticSpec):
             return super().take_over(prev)
-        self.seed, self.draft = prev.seed, prev.draft[: self.B]
+        self.pending, self.draft = prev.pending, prev.draft[: self.B]
         self.q = None if prev.q is None else prev.q[: self.draft.shape[0] - 1]
 
     def forward(self, draft, q):
         """draft [A], q [A-1, V] or None -> (tokens [A] padded with -1, count [], next draft [B],
         next q [B-1, V] or None)."""
-        ctx, cache, S = self.ctx, self.ctx.cache, self.S
+        ctx, cache, W = self.ctx, self.ctx.cache, self.width
         A = draft.shape[0]
-        tokens, pos = K.draft_tree(draft, cache.length, S, self.mask_id, backend=self.backend)
+        tokens, pos = K.draft_tree(draft, cache.length, W, self.mask_id, backend=self.backend)
         # The head runs on the A anchors, then on the B-1 draft rows of the one sub-block that the
         # verdict picks: 2B rows instead of A(B+1).
-        hidden = ctx.model(tokens, pos, cache, K.QUADRATIC, write_cache=True, sub_block=S, return_hidden=True)
-        hidden = hidden.view(A, S, -1)
+        hidden = ctx.model(tokens, pos, cache, K.QUADRATIC, write_cache=True, sub_block=W, return_hidden=True)
+        hidden = hidden.view(A, W, -1)
         target, u, e = verifier_inputs(ctx, ctx.model.logits(hidden[:, 0]), A - 1)
-        out, count = K.verify(draft[1:], target, q, u, e, cache.k, cache.v, cache.length, stride=S,
+        out, count = K.verify(draft[1:], target, q, u, e, cache.k, cache.v, cache.length, stride=W,
                               backend=self.backend)
         c = (count - 1).reshape(1)
         bonus = out.gather(0, c)
@@ -100,7 +100,7 @@ class QuadraticSpec(Strategy):
         drafted = self.draft.shape[0] - 1
         tokens, _, self.draft, self.q = run(("quadratic", self.draft.shape[0], self.B), self.forward, self.draft,
                                             self.q)
-        self.seed = self.draft[:1]
+        self.pending = self.draft[:1]
         return StepResult(produced(tokens.tolist()), 1, drafted)  # the step's one host sync
 
     def prefill(self, prompt_ids, run, timer):
@@ -109,7 +109,7 @@ class QuadraticSpec(Strategy):
         n = prompt_ids.shape[0]
         if n > 1:
             ctx.prefill(prompt_ids[:-1])
-        check_room(ctx, n - 1, self.S)
+        check_room(ctx, n - 1, self.width)
         self.start(prompt_ids[-1:])
         first = self._advance(run)
         return StepResult(first.tokens, 1 + (n > 1 and ctx.reused < n - 1))

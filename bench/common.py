@@ -19,9 +19,10 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from trikern import files  # stdlib only: triton is not imported yet (--smoke sets TRITON_INTERPRET)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -119,11 +120,7 @@ def write_csv(path, rows: list[dict], env: dict) -> Path:
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(old + rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return files.write_text(path, buf.getvalue())
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

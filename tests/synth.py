@@ -14,13 +14,12 @@ the same config and seed always give the same tensors. Files are written atomica
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from trikern import files
 from trikern.config import ModelConfig
 from util import nld_config_dict, random_model
 
@@ -35,15 +34,8 @@ HF_CLASSES = {
 # -- low-level writers ---------------------------------------------------------------------------
 def _atomic(path: Path, write):
     """Run write(tmp_path) on a temp file beside `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def write_json(path, obj) -> Path:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import platform
 import resource
@@ -12,21 +11,12 @@ from pathlib import Path
 
 import torch
 
+from .. import files
+from ..devices import device_name
+
 
 class ReportError(ValueError):
     """An output option that cannot be honoured (e.g. --plot without matplotlib)."""
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:  # the CPU model is the useful fact for a CPU row; platform.processor() is often empty
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
@@ -84,16 +74,8 @@ def histogram_text(h: dict) -> str:
 
 
 # -- files ---------------------------------------------------------------------------------------------
-def _atomic_write(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path, obj):
-    _atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    files.write_json(path, obj, indent=2, ensure_ascii=False)
 
 
 def write_csv(path, rows: list[dict], env: dict, columns: list[str]):
@@ -105,7 +87,7 @@ def write_csv(path, rows: list[dict], env: dict, columns: list[str]):
     w.writeheader()
     for r in rows:
         w.writerow({**{k: env[k] for k in env_cols}, **{k: _csv_value(r.get(k)) for k in columns}})
-    _atomic_write(path, buf.getvalue())
+    files.write_text(path, buf.getvalue())
 
 
 def _csv_value(v):

@@ -14,9 +14,10 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
+
+from .. import files
 
 SCHEMA = 1
 
@@ -145,14 +146,5 @@ def save_results(directory: Path, gpu: str, op: str, entries: dict, drop=()) -> 
         results.pop(k, None)
     payload = {"schema": SCHEMA, "op": op, "gpu": gpu, "triton": triton_version(),
                "results": dict(sorted(results.items()))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{op}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.write_json(path, payload)
     return path

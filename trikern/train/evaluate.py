@@ -15,7 +15,6 @@ never trained on. Reports:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,12 +25,12 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from .. import files
 from ..decode import decode
 from ..decode import STEP_MODES, GenerationConfig, new_context
 from ..loading import load_model
 from . import data as D
 from .distill import causal_nll
-from .export import atomic_write_bytes
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default"
 
@@ -212,9 +211,9 @@ def main(argv=None) -> int:
         "distinct4": distinct_ngram_ratio(ar),
         "sample_file": prompts[0][0], "sample_prompt": tok.decode(prompts[0][1]), "sample_output": tok.decode(ar[0]),
     }
-    atomic_write_bytes(a.out, render(report).encode())
+    files.write_text(a.out, render(report))
     if a.json:
-        atomic_write_bytes(a.json, (json.dumps(report, indent=2) + "\n").encode())
+        files.write_json(a.json, report, indent=2)
     print(f"wrote {a.out}")
     return 0
 

@@ -7,14 +7,12 @@ Every file is written to a temporary name and moved into place.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from .. import files
 from .bpe import SPECIAL_TOKENS
 
 # ChatML turns; `enable_thinking` opens a <think> section (True) or closes an empty one (False).
@@ -32,22 +30,6 @@ CHAT_TEMPLATE = (
     "{%- elif enable_thinking is defined and enable_thinking -%}{{- '<think>\\n' -}}{%- endif -%}"
     "{%- endif -%}"
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def checkpoint_tensors(model, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
@@ -83,15 +65,10 @@ def export(model, tokenizer, out_dir: str | Path, extra_config: dict | None = No
     config = dict(model.cfg.raw)
     config.update(extra_config or {})
     tensors = checkpoint_tensors(model)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.safetensors.")
-    os.close(fd)
-    try:
+    with files.atomic_path(out / "model.safetensors") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, out / "model.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write_bytes(out / "tokenizer.json", tokenizer.to_str().encode())
-    atomic_write_json(out / "tokenizer_config.json", tokenizer_config(int(config["max_position_embeddings"])))
-    atomic_write_json(out / "config.json", config)
+    files.write_text(out / "tokenizer.json", tokenizer.to_str())
+    files.write_json(out / "tokenizer_config.json", tokenizer_config(int(config["max_position_embeddings"])), indent=2,
+                     sort_keys=True)
+    files.write_json(out / "config.json", config, indent=2, sort_keys=True)
     return out

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,12 +19,13 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, processors
 
+from .. import files
 from ..config import ModelConfig
 from ..model import Transformer
 from . import data as D
 from .bpe import special_ids, train_bpe
 from .distill import greedy_continue
-from .export import atomic_write_json, export
+from .export import export
 from .objective import joint_loss
 
 
@@ -124,14 +123,8 @@ def model_config_dict(tc: TrainConfig, ids: dict[str, int]) -> dict:
 
 # -- data preparation ---------------------------------------------------------------------------
 def _atomic_torch_save(obj, path: Path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with files.atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def prepare(tc: TrainConfig, run_dir: Path) -> tuple[Tokenizer, dict]:
@@ -149,8 +142,7 @@ def prepare(tc: TrainConfig, run_dir: Path) -> tuple[Tokenizer, dict]:
                "train_files": len(train), "heldout_files": [f.rel for f in held]}
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_torch_save(streams, data_path)
-    from .export import atomic_write_bytes  # noqa: PLC0415
-    atomic_write_bytes(tok_path, tok.to_str().encode())
+    files.write_text(tok_path, tok.to_str())
     return tok, streams
 
 
@@ -205,7 +197,7 @@ class Trainer:
             if diff:
                 raise ValueError(f"{meta}: run folder was made with different settings ({', '.join(sorted(diff))}); "
                                  "use a new folder or the same settings")
-        atomic_write_json(meta, asdict(tc))
+        files.write_json(meta, asdict(tc), indent=2, sort_keys=True)
         src = Path(tc.init_from) if tc.init_from else None
         if src is not None:
             if not (src / "ckpt.pt").is_file():

@@ -9,27 +9,22 @@ and `AutoPolicy.finish` saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the
 """
 from __future__ import annotations
 
-import platform
 import warnings
 
 import torch
 
 from ...kernels import autotune
+from ... import devices
 from ...kernels import autotune_store as store
 
 OP_PREFIX = "decode-steps"
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return store.sanitize(torch.cuda.get_device_name(device))
-    cpu = platform.processor() or platform.machine() or "cpu"
-    try:  # the model name says more than the architecture
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return store.sanitize(f"cpu-{cpu}-{torch.get_num_threads()}t")
+    """The profile's directory name: the GPU's name, or the CPU's model and thread count (a step's
+    cost on a CPU depends on both)."""
+    name = devices.device_name(device)
+    return store.sanitize(name if device.type == "cuda" else f"cpu-{name}-{torch.get_num_threads()}t")
 
 
 def model_key(model) -> str:

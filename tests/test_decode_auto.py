@@ -80,7 +80,7 @@ def costed(keys, seconds):
     """A policy whose candidates' step costs are known (as from a profile)."""
     p = AutoPolicy(keys)
     for k, s in zip(keys, seconds):
-        p.cost[k].seconds, p.cost[k].measured = s, p.MEASURE
+        p.costs.cost[k].seconds, p.costs.cost[k].measured = s, p.costs.MEASURE
     return p
 
 
@@ -145,18 +145,18 @@ def test_a_long_run_tail_does_not_outlive_recent_steps_that_stop_early():
 def test_policy_measures_each_candidate_then_picks_the_highest_rate():
     p = AutoPolicy([A, L2, L8])
     seen = []
-    for _ in range(3 * p.MEASURE):
+    for _ in range(3 * p.costs.MEASURE):
         k = p.choose()
         seen.append(k)
         p.observe(k, 1 if k == A else k[1], {A: 1.0, L2: 1.5, L8: 2.0}[k], cold=False, drafted=k[1] - 1)
-    assert seen == [A] * p.MEASURE + [L2] * p.MEASURE + [L8] * p.MEASURE
+    assert seen == [A] * p.costs.MEASURE + [L2] * p.costs.MEASURE + [L8] * p.costs.MEASURE
     assert p.choose() == L8  # everything accepted: 8 tokens in 2 s beats 2 in 1.5 s and AR's 1 in 1 s
 
 
 def test_policy_ignores_cold_steps_and_keeps_hysteresis_into_quadratic():
     p = AutoPolicy([A, L2])
     p.observe(A, 1, 50.0, cold=True)  # a compile or graph capture: not a cost
-    assert p.cost[A].measured == 0
+    assert p.costs.cost[A].measured == 0
     Q2 = ("spec-quadratic", 2)
     for other in (Q2, L2):
         p = costed([A, other], [1.0, 1.6])  # at the prior: 1.5 tokens / 1.6 s < AR's 1 tok/s
@@ -177,14 +177,14 @@ def test_policy_ignores_cold_steps_and_keeps_hysteresis_into_quadratic():
 
 def test_policy_explores_the_other_family_within_its_time_share():
     p = costed([A, L2, Q4], [1.0, 10.0, 10.0])  # AR best; L2 could reach 2 / 10 s: never worth it
-    assert [p.choose() for _ in range(3 * p.EXPLORE_EVERY)] == [A] * 3 * p.EXPLORE_EVERY
+    assert [p.choose() for _ in range(3 * p.explore.EVERY)] == [A] * 3 * p.explore.EVERY
     cost = {A: 1.0, L2: 1.6, L4: 2.0, Q4: 3.5}  # AR best at the prior, but L2, L4 and Q4 could win
     p = costed(list(cost), list(cost.values()))
     picks = []
-    for _ in range(12 * p.EXPLORE_EVERY):
+    for _ in range(12 * p.explore.EVERY):
         k = p.choose()
-        picks.append((k, p.explored is not None))
-        restart = k == Q4 and p.explore_left == 1  # the first quadratic step after AR verifies nothing
+        picks.append((k, p.explore.key is not None))
+        restart = k == Q4 and p.explore.left == 1  # the first quadratic step after AR verifies nothing
         p.observe(k, 1, cost[k], cold=False, drafted=0 if restart else k[1] - 1)  # nothing accepted
     assert all(k == A for k, e in picks if not e)
     runs, i = [], 0  # explorations: (first step, keys)
@@ -197,54 +197,54 @@ def test_policy_explores_the_other_family_within_its_time_share():
             i = j
         else:
             i += 1
-    assert all((i + 1) % p.EXPLORE_EVERY == 0 for i, _ in runs)
+    assert all((i + 1) % p.explore.EVERY == 0 for i, _ in runs)
     # The families take turns, each with its best candidate now (linear: B = 2, cheaper than B = 4
     # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
     assert [keys for _, keys in runs[:2]] == [[L2], [Q4, Q4]]
     assert all(keys in ([L2], [Q4, Q4]) for _, keys in runs)
-    assert p.explore_s <= p.explore_share() * p.seconds + 2 * max(cost.values())  # the cap, up to one exploration
+    assert p.explore.spent <= p.explore.share() * p.explore.seconds + 2 * max(cost.values())  # the cap, up to one exploration
     # No exploration beat AR: the share they may lose shrinks, so they thin out.
-    assert p.explore_tries >= 2 and p.explore_hits == 0 and p.explore_share() < p.EXPLORE_SHARE / 3
+    assert p.explore.tries >= 2 and p.explore.hits == 0 and p.explore.share() < p.explore.SHARE / 3
     half = len(picks) // 2
     assert sum(e for _, e in picks[half:]) < sum(e for _, e in picks[:half])
 
 
 def test_explorations_that_pay_keep_their_share():
     def explored(tokens):  # one exploration step of L4 (2 s) that displaced AR (1 token a second)
-        p.explored, p.displaced = L4, 1.0
+        p.explore.key, p.explore.displaced = L4, 1.0
         p.observe(L4, tokens, 2.0, cold=False, drafted=3)
 
     p = costed([A, L4], [1.0, 2.0])
-    assert p.explore_share() == p.EXPLORE_SHARE / 2  # before any: half
+    assert p.explore.share() == p.explore.SHARE / 2  # before any: half
     for _ in range(3):
         explored(4)  # 4 tokens in 2 s: a hit
-    assert (p.explore_hits, p.explore_tries) == (3, 3) and p.explore_share() == pytest.approx(0.8 * p.EXPLORE_SHARE)
+    assert (p.explore.hits, p.explore.tries) == (3, 3) and p.explore.share() == pytest.approx(0.8 * p.explore.SHARE)
     for _ in range(5):
         explored(1)  # 1 token in 2 s: a miss
-    assert (p.explore_hits, p.explore_tries) == (3, 8) and p.explore_share() == pytest.approx(0.4 * p.EXPLORE_SHARE)
+    assert (p.explore.hits, p.explore.tries) == (3, 8) and p.explore.share() == pytest.approx(0.4 * p.explore.SHARE)
 
 
 def test_a_step_that_fills_its_block_is_followed_by_a_larger_block():
     p = costed([A, L4, L16], [1.0, 2.0, 2.5])
     p.acc["spec-linear"] = Acceptance(15, prior=[0.1] * 3 + [0.9] * 12)  # the long run: text stops after 3
-    assert p.choose() == L4 and p.explored is None
+    assert p.choose() == L4 and p.explore.key is None
     p.observe(L4, 4, 2.0, cold=False, drafted=3)  # every draft accepted: nothing known past the block
-    assert p.choose() == L16 and p.explored == L16  # at once, not at the next periodic refresh
+    assert p.choose() == L16 and p.explore.key == L16  # at once, not at the next periodic refresh
     p.observe(L16, 5, 2.5, cold=False, drafted=15)  # it ran on for one more token, not to the end
-    assert p.choose() == L4 and p.explored is None  # a step that stopped inside its block: no exploring
+    assert p.choose() == L4 and p.explore.key is None  # a step that stopped inside its block: no exploring
     p.observe(L4, 4, 2.0, cold=False, drafted=3)
-    assert p.choose() == L16 and p.explored == L16
+    assert p.choose() == L16 and p.explore.key == L16
     for _ in range(2):
         p.observe(L16, 16, 2.5, cold=False, drafted=15)  # copy-like text: the whole block, twice
-    assert p.choose() == L16 and p.explored is None  # it now wins on its own estimate
-    assert p.explore_s == 0  # those explorations produced at least what L4 would have in their time
+    assert p.choose() == L16 and p.explore.key is None  # it now wins on its own estimate
+    assert p.explore.spent == 0  # those explorations produced at least what L4 would have in their time
 
 
 def test_a_quadratic_restart_is_not_a_cost_and_is_followed_by_the_step_it_paid_for():
     p = costed([A, Q4], [1.0, 3.0])  # AR is best: Q4 expects 1.875 tokens per 3 s
     p.current = Q4  # as if a switch had just entered quadratic
     p.observe(Q4, 1, 0.5, cold=False, drafted=0)  # the one-token restart: B + 1 rows, cheap
-    assert p.cost[Q4].seconds == 3.0 and p.restarted
+    assert p.costs.cost[Q4].seconds == 3.0 and p.restarted
     assert p.choose() == Q4  # the step with drafts comes next, whatever the estimates say
     p.observe(Q4, 1, 3.0, cold=False, drafted=3)
     assert not p.restarted and p.choose() == A
@@ -257,16 +257,16 @@ def test_exploring_costs_its_regret_not_its_time():
         p = costed([A, L4], [1.0, 2.0])
         while True:
             k = p.choose()
-            if p.explored is not None:
+            if p.explore.key is not None:
                 break
             p.observe(k, 1, 1.0, cold=False)
         p.observe(k, tokens, 2.0, cold=False, drafted=3)
-        assert p.explore_s == pytest.approx(lost)
+        assert p.explore.spent == pytest.approx(lost)
     p = costed([A, L4], [1.0, 2.0])
     while p.choose() != L4:
         p.observe(A, 1, 1.0, cold=False)
     p.observe(L4, 1, 30.0, cold=True, drafted=3)  # a cold exploration (timing, capture): not counted
-    assert p.explore_s == 0
+    assert p.explore.spent == 0
 
 
 def test_a_step_that_times_cpu_matmul_paths_is_cold(monkeypatch):
@@ -308,12 +308,12 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     policy = AutoPolicy(candidates("auto", 4, m.cfg), StepProfile(m, 3))
     # This model's steps take a fraction of a millisecond: a hiccup can leave a stored cost out of the
     # order of work, which the next generation then measures again instead of trusting.
-    assert len(policy.distrusted) <= 1
-    assert all(c.measured for k, c in policy.cost.items() if k not in policy.distrusted)
+    assert len(policy.costs.distrusted) <= 1
+    assert all(c.measured for k, c in policy.costs.cost.items() if k not in policy.costs.distrusted)
     assert policy.acc["spec-linear"].long_run() == pytest.approx(hazards, abs=1e-3)  # the prior
     best = max(policy.keys, key=policy.rate)
     assert policy.first() == best
-    assert policy.distrusted or policy.choose() == best  # no measuring needed
+    assert policy.costs.distrusted or policy.choose() == best  # no measuring needed
 
 
 def test_the_profile_has_its_own_switch(tmp_path, monkeypatch):
@@ -350,5 +350,5 @@ def test_a_slow_spell_moves_the_speed_not_the_running_candidates_cost():
     assert p.choose() == L2
     for _ in range(10):  # the machine slows down 3x while L2 runs (accepting as before)
         p.observe(L2, 2, 3.6, cold=False, drafted=1)
-    assert p.speed > 2.5  # (the first steps, before the speed caught up, leak a little into the cost)
-    assert p.cost[L2].seconds < 1.2 * 1.2 and p.choose() == L2  # a plain running average would say 3.6
+    assert p.costs.speed > 2.5  # (the first steps, before the speed caught up, leak a little into the cost)
+    assert p.costs.cost[L2].seconds < 1.2 * 1.2 and p.choose() == L2  # a plain running average would say 3.6

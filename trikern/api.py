@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .checks import check_block_range, check_block_size, is_int
-from .decode import MODES, GenerationConfig, new_context
+from .decode import GenerationConfig, check_mode, new_context
 from .prompt_cache import PromptCache
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
@@ -210,10 +210,7 @@ class Model:
         """(validated GenerationConfig, StopStrings or None) for a request's options."""
         from .tokenizer import StopStrings  # noqa: PLC0415
 
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        if mode not in ("ar", "auto") and not self.cfg.tri_mode:
-            raise ValueError(f"mode={mode!r} needs a tri-mode checkpoint; {self.cfg.model_type} decodes in mode='ar' only")
+        check_mode(mode, self.cfg)
         gen = self._gen_config(**kw)
         if gen.block_size is not None:
             check_block_range(self.cfg, gen.block_size)  # in every mode, AR and auto included

@@ -18,18 +18,18 @@ import torch
 from .auto.policy import policy_for
 from .context import ContextLengthError, DecodeContext, GenerationConfig, Stats
 from .driver import drive
-from .registry import AUTO, MODES, STEP_MODES, STRATEGIES, candidates, new_context
+from .registry import AUTO, MODES, STEP_MODES, STRATEGIES, candidates, check_mode, new_context
 
 
-def decode(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str, profile: bool = True) -> Iterator[list[int]]:
-    """The driver with `mode`'s policy (auto: with the persisted step-cost profile unless `profile`
-    is False)."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+def decode(ctx: DecodeContext, prompt_ids: torch.Tensor, mode: str | None = None,
+           profile: bool = True) -> Iterator[list[int]]:
+    """The driver with the policy of the mode `ctx` was made for (`new_context` checked it); `mode`,
+    if given, must be that mode. auto uses the persisted step-cost profile unless `profile` is False."""
+    mode = ctx.stats.mode if mode is None else mode
     if ctx.stats.mode != mode:
         raise ValueError(f"mode={mode!r} but the DecodeContext was sized for mode={ctx.stats.mode!r}")
     return drive(ctx, prompt_ids, policy_for(ctx, mode, profile))
 
 
 __all__ = ["AUTO", "MODES", "STEP_MODES", "STRATEGIES", "ContextLengthError", "DecodeContext", "GenerationConfig",
-           "Stats", "candidates", "decode", "drive", "new_context", "policy_for"]
+           "Stats", "candidates", "check_mode", "decode", "drive", "new_context", "policy_for"]

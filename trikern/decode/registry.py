@@ -23,13 +23,26 @@ def strategy(key):
     return STRATEGIES[key[0]]
 
 
+def check_mode(mode: str, cfg) -> str:
+    """The one check of a requested mode: a name in MODES, and a checkpoint that can run it."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    if mode != AUTO and STRATEGIES[mode].tri_mode and not (cfg.tri_mode and cfg.mask_token_id is not None):
+        why = ([] if cfg.tri_mode else [f"{cfg.model_type} is not a tri-mode model type"]) \
+            + ([] if cfg.mask_token_id is not None else ["its config has no mask_token_id"])
+        plain = " or ".join(repr(m) for m in MODES if m == AUTO or not STRATEGIES[m].tri_mode)
+        raise ValueError(f"mode={mode!r} needs a tri-mode checkpoint with a mask token: {' and '.join(why)}; "
+                         f"it decodes only in mode {plain}")
+    return mode
+
+
 def candidates(mode: str, block_size: int, cfg) -> list[tuple[str, int]]:
     """The (mode, block size) keys a generation may run; `block_size` caps auto's block sizes.
     Speculative candidates need a tri-mode checkpoint with a mask token."""
     if mode != AUTO:
         return [(mode, 1 if not STRATEGIES[mode].family and STRATEGIES[mode].lossless else block_size)]
     spec = cfg.tri_mode and cfg.mask_token_id is not None
-    return [(c.mode, B) for c in STRATEGIES.values() if c.lossless and (spec or not c.family)
+    return [(c.mode, B) for c in STRATEGIES.values() if c.lossless and (spec or not c.tri_mode)
             for B in c.auto_blocks if B <= block_size or not c.family]
 
 
@@ -40,7 +53,6 @@ def scratch_needed(keys) -> int:
 
 def new_context(model, gen: GenerationConfig, prompt_len: int, mode: str = "ar", reuse=None) -> DecodeContext:
     """A DecodeContext sized for `mode` (its candidates and their scratch slots)."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    check_mode(mode, model.cfg)
     keys = candidates(mode, gen.block_size or model.cfg.block_size, model.cfg)
     return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys), reuse=reuse)

@@ -11,6 +11,7 @@ from .base import StepResult, Strategy
 class AR(Strategy):
     mode = "ar"
     auto_blocks = (1,)
+    tri_mode = False  # any causal LM
 
     @staticmethod
     def scratch(B: int) -> int:

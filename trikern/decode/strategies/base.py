@@ -34,6 +34,7 @@ class Strategy:
     lossless: bool = True  # keeps AR's output distribution: a candidate for mode="auto"
     family: str | None = None  # acceptance is shared by a family's block sizes; None: one token a step
     auto_blocks: tuple[int, ...] = ()  # block sizes auto may run (up to the request's block_size)
+    tri_mode: bool = True  # needs a tri-mode checkpoint (a mask token, bidirectional passes)
 
     def __init__(self, ctx: DecodeContext, B: int):
         self.ctx, self.B = ctx, B

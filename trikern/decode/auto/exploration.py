@@ -1,0 +1,101 @@
+"""The auto policy's exploration budget: when a step may run a candidate other than the best one,
+for what it tells about acceptance, and what doing so has cost.
+
+Acceptance moves with the text, so a family not run for a while has a stale estimate. At most every
+EVERY steps, and only while exploring has cost under `share()` of the decode time, the family not run
+for longest runs a step with its best candidate among those that could win if a whole block were
+accepted. What an exploration costs is the time it lost against the candidate it displaced for the
+tokens it produced: a speculative step is never worse than one token, so exploring from cheap AR
+steps on a CPU costs little, while counting its whole time would cap exploring at once (one step of
+B = 16 is worth three of AR there) and leave a stale prior in charge for the whole generation. The
+share follows how often this generation's explorations beat the setting they displaced: where one
+setting wins throughout, refreshing the others is the whole gap between auto and that setting.
+
+Within the same share, a step that accepted every draft is followed by one of a larger block that
+could win (either family): the counts say nothing past the block it filled, and waiting for the
+next refresh leaves copy-like text to a block size too small for it.
+"""
+from __future__ import annotations
+
+from ..registry import FAMILIES, strategy
+
+
+def family(key):
+    """The speculative family of a (mode, block size) key; None for a one-token step."""
+    return strategy(key).family
+
+
+class Exploration:
+    EVERY = 8
+    SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (`share`): a slow candidate
+    # is re-checked, never paid for long
+
+    def __init__(self):
+        self.key = None  # the candidate explored by the current step(s)
+        self.displaced = 0.0  # the rate (tokens / cost-scale second) of the candidate it displaced
+        self.left = 0  # further steps of the same exploration
+        self.last_run: dict = {}  # family (or mode) -> the last step index it ran
+        self.saturated = 0  # the block size whose every draft the last step accepted (0: none)
+        self.seconds = self.spent = 0.0  # decode time, and the part of it exploring lost
+        self.hits = self.tries = 0  # explorations that beat the setting they displaced
+
+    def share(self) -> float:
+        """The share of decode time exploring may lose: SHARE scaled by how often this generation's
+        explorations beat the setting they displaced (Laplace: half of it before any). Where one
+        setting wins throughout (AR on a CPU without fast bf16, text that drafts poorly) the
+        refreshes stop paying, and their cost is what keeps auto below that setting."""
+        return self.SHARE * (self.hits + 1) / (self.tries + 2)
+
+    def continuing(self):
+        """The key of an exploration that takes one more step, else None."""
+        if not self.left:
+            return None
+        self.left -= 1
+        return self.key
+
+    def propose(self, step: int, best, keys, rate, seconds):
+        """A candidate to run instead of `best` at step `step`, or None. `rate(k)` is a candidate's
+        expected tokens per second, `seconds(k)` its cost. Only acceptance needs exploring (costs are
+        known), and only candidates that could win if a whole block were accepted are worth it."""
+        self.key = None
+        if self.spent > self.share() * self.seconds:
+            return None
+        filled = self.saturated and best[1] <= self.saturated
+        if not filled and step % self.EVERY:
+            return None
+        bar = rate(best)
+        could = [k for k in keys if family(k) and k != best and k[1] / seconds(k) > bar]
+        if filled:
+            # The last step accepted every draft: nothing is known past its block, so a larger block
+            # (either family) is tried now rather than at the next refresh. On copy-like text that
+            # step is no loss, and it is what lets the long blocks that pay there take over.
+            larger = [k for k in could if k[1] > self.saturated]
+            if larger:
+                return max(larger, key=lambda k: k[1] / seconds(k))
+        if step % self.EVERY == 0:
+            # One step of a family informs all its block sizes: refresh the family not run for
+            # longest, with its best candidate.
+            other = [k for k in could if family(k) != family(best)]
+            if other:
+                stale = min((f for f in FAMILIES if any(family(k) == f for k in other)),
+                            key=lambda f: self.last_run.get(f, -1))
+                return max((k for k in other if family(k) == stale), key=rate)
+        return None
+
+    def begin(self, key, displaced_rate: float, extra_steps: int):
+        """Run `key` instead of a candidate of `displaced_rate`, for 1 + `extra_steps` steps
+        (entering quadratic, the first step restarts; growing its block, it verifies the old,
+        shorter draft)."""
+        self.key, self.displaced, self.left = key, displaced_rate, extra_steps
+
+    def observe(self, step: int, key, tokens: int, seconds: float, cold: bool, drafted: int, speed: float):
+        """Account for a step (see `AutoPolicy.observe`); `speed` converts cost-scale seconds to now."""
+        self.last_run[family(key) or key[0]] = step
+        self.seconds += seconds
+        if key == self.key and not cold:  # its regret: the time beyond what the displaced candidate needed
+            needed = tokens * speed / self.displaced if self.displaced > 0 else 0.0
+            self.spent += max(0.0, seconds - needed)
+            if drafted:  # a step that verified drafts (not a quadratic restart): did it beat the incumbent?
+                self.tries += 1
+                self.hits += seconds <= needed
+        self.saturated = drafted + 1 if drafted and tokens > drafted else 0  # the block it filled

@@ -16,11 +16,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from ..decode import AUTO
 from . import report
 
 # Modes that run once per bench rather than once per block size: AR has no block, and auto picks
 # its own block sizes up to a cap (the largest of --block-sizes).
-BLOCKLESS = ("ar", "auto")
+BLOCKLESS = ("ar", AUTO)
 WARMUP_TOKENS = 8
 
 
@@ -54,7 +55,7 @@ def once_block(mode: str, block_sizes) -> int | None:
 def label(mode: str, block: int | None) -> str:
     if block is None:
         return mode
-    return f"{mode} B<={block}" if mode == "auto" else f"{mode} B{block}"
+    return f"{mode} B<={block}" if mode == AUTO else f"{mode} B{block}"
 
 
 def aggregate(stats: list[dict]) -> dict:
@@ -120,6 +121,10 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
     recs = {c: [] for c in configs}
     for c in configs:
         t0 = time.perf_counter()
+        if c[0] == AUTO:
+            # auto may run any of its candidates: warm each one's shapes (kernels tuned, CPU matmul
+            # paths timed), as a fixed setting's warm-up does for its own, and as `trikern serve` does.
+            model.warmup(block_size=c[1])
         model.generate(ids[0], max_new_tokens=min(WARMUP_TOKENS, s.max_new_tokens), seed=s.seed, **kws[c])
         wall[c] += time.perf_counter() - t0
     peer_gens = []
@@ -150,7 +155,7 @@ def run(model, prompts, ids: list[list[int]], s: Settings, log=None, peer=None
                "repeats": s.repeats, **aggregate(stats[c]),
                "tokens_per_second_median": median_rate(_triples(recs[c])), "peak_memory_mb": peak[c],
                "by_kind": _by_kind(recs[c]), "equal_ar": None, "wall_s": round(wall[c], 3)}
-        if mode != "auto":
+        if mode != AUTO:
             row["switches"] = None  # only auto changes strategy
         rows.append(row)
         records += recs[c]

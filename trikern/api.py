@@ -96,11 +96,13 @@ class Model:
 
     @classmethod
     def load(cls, path=None, device=None, dtype=None, backend="auto", lora=None, warmup=False,
-             revision=None) -> "Model":
+             revision=None, quantize=None, group_size=128) -> "Model":
         """`path`: a checkpoint folder or its config.json (default: the embedded model), or a Hugging
         Face hub id "org/name" (downloaded into the HF cache; a local path that exists wins).
         `revision`: branch, tag or commit hash of a hub id (default: main). `warmup`: compile and
-        tune the decode shapes now (see `warmup`), not in the first request."""
+        tune the decode shapes now (see `warmup`), not in the first request. `quantize`: "int4"
+        (`group_size` columns per scale) or "fp8" quantizes a 16-bit checkpoint's layer linears while
+        loading; a quantized checkpoint (GPTQ, compressed-tensors) loads quantized without it."""
         if not isinstance(warmup, bool):
             raise ValueError(f"warmup={warmup!r}: expected True or False")
         from .hub import resolve  # noqa: PLC0415
@@ -114,7 +116,8 @@ class Model:
         if not path.exists():
             raise FileNotFoundError(f"model folder {path} does not exist")
         folder = checkpoint_dir(path)  # config.json -> its folder, so the tokenizer beside it loads too
-        model = load_model(folder, device=device, dtype=dtype, backend=backend, lora=lora)
+        model = load_model(folder, device=device, dtype=dtype, backend=backend, lora=lora, quantize=quantize,
+                           group_size=group_size)
         has_tok = (folder / "tokenizer.json").is_file()
         tok = Tokenizer.from_dir(folder, eos_token_ids=model.cfg.eos_token_ids) if has_tok else None
         m = cls(model, tok, folder)

@@ -11,6 +11,10 @@ fused weights (q/k/v as `qkv_proj`, gate/up as `gate_up_proj`; see `trikern.mode
 once and each checkpoint tensor is copied into its rows as it is read; checkpoints keep the separate
 HF tensors, and every check and error names those.
 
+Quantized checkpoints (a `quantization_config` in config.json: GPTQ or compressed-tensors) and
+`quantize="int4" | "fp8"` (a 16-bit checkpoint quantized as it is read) go through trikern/quant: it
+decides which linears are quantized, names their tensors for the checks here, and reads them.
+
 An optional PEFT LoRA adapter (`linear_spec_lora/` by default: adapter_config.json +
 adapter_model.safetensors) on `o_proj` is attached to the attention layers; the model applies it
 only on passes called with `lora=True` (the self-speculation draft).
@@ -19,6 +23,7 @@ Every problem with the files raises one `CheckpointError` naming the file and th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +35,8 @@ import torch
 from . import cpu_features
 from .config import ModelConfig, inv_freq
 from .model import Transformer
+from .quant import FormatError, Spec
+from .quant import checkpoint as quant_checkpoint
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -55,14 +62,18 @@ class CheckpointError(ValueError):
 
 # -- public entry points -------------------------------------------------------------------------
 def load_model(path, device=None, dtype=None, backend: str = "auto", lora=None,
-               progress: bool | None = None) -> Transformer:
+               progress: bool | None = None, quantize: str | None = None, group_size: int = 128) -> Transformer:
     """Load the checkpoint folder `path` as a Transformer in eval mode, parameters frozen.
 
     device: default cuda if available, else cpu. dtype: torch dtype or "bf16" / "fp16" / "fp32";
     default bf16, or fp32 on a CPU without native bf16 (fp16 is refused on CPU: no fast fp16 matmuls
     there). lora: None loads `<path>/linear_spec_lora/` if it exists, True requires it, False skips
     it, a path loads that adapter folder. progress: None shows a bar only for checkpoints over 1 GB.
+    quantize: "int4" (symmetric, `group_size` columns per scale) or "fp8" (e4m3, a scale per row)
+    quantizes a 16-bit checkpoint's layer linears as they are read; a checkpoint whose config.json
+    has a quantization_config (GPTQ, compressed-tensors) loads quantized without it.
     """
+    spec = None if quantize is None else Spec(quantize, group_size)
     folder = checkpoint_dir(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -70,12 +81,19 @@ def load_model(path, device=None, dtype=None, backend: str = "auto", lora=None,
     lora_dir = _lora_dir(folder, lora)  # a missing adapter fails before the long part
     with torch.device("meta"):
         model = Transformer(cfg, backend=backend)
+    with _format_errors():  # swaps the quantized linears out of the 16-bit plan below
+        qload = quant_checkpoint.plan(model, cfg, quant_checkpoint.read_format(folder, cfg.raw), spec)
     expected = _expected_tensors(model, cfg)
     sources = _tensor_sources(folder)
-    _check_names(folder, expected, sources, cfg)
+    names = expected if qload is None else {
+        **expected, **qload.required, **{n: m for n, m in qload.optional.items() if n in sources}}
+    _check_names(folder, names, sources, cfg)
     shapes = {name: t.shape for name, t in model.state_dict().items()}
     state = _read_tensors(folder, expected, sources, device, dtype, progress, shapes)
     model.load_state_dict(state, strict=True, assign=True)
+    if qload is not None:
+        with _format_errors():
+            qload.read(model, sources, device, dtype, progress, PROGRESS_BYTES)
     # Non-persistent buffers were built on meta; recompute them where the weights now live.
     model.inv_freq = inv_freq(cfg.rope, cfg.head_dim).to(device)
     model.requires_grad_(False).eval()
@@ -109,12 +127,12 @@ def load_lora(model: Transformer, folder) -> Transformer:
             raise CheckpointError(f"{weights}: missing LoRA tensor(s) for {name} "
                                   f"(need lora_A and lora_B, found {have or 'none'})")
         a, b = pairs[i]["A"], pairs[i]["B"]
-        o = model.layers[i].self_attn.o_proj.weight
+        o = model.layers[i].self_attn.o_proj  # a Linear or a QuantLinear: both say their sizes
         r = a.shape[0]
-        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != o.shape[1] or b.shape != (o.shape[0], r):
+        if a.dim() != 2 or b.dim() != 2 or a.shape[1] != o.in_features or b.shape != (o.out_features, r):
             raise CheckpointError(
                 f"{weights}: LoRA tensors of {name} are mis-shaped: lora_A {tuple(a.shape)}, lora_B "
-                f"{tuple(b.shape)}; expected [r, {o.shape[1]}] and [{o.shape[0]}, r]")
+                f"{tuple(b.shape)}; expected [r, {o.in_features}] and [{o.out_features}, r]")
         adapters[i] = (a.to(ref.device, ref.dtype), b.to(ref.device, ref.dtype), scale_of(r, weights, name))
     for i, lora in adapters.items():
         model.layers[i].self_attn.lora = lora
@@ -244,7 +262,7 @@ def _read_tensors(folder, expected, sources, device, dtype, progress, shapes):
                 if disk not in DISK_DTYPES:
                     raise CheckpointError(
                         f"{f}: tensor '{name}' is stored as {disk}; trikern loads bf16, fp16 or fp32 "
-                        f"weights (quantized int8 / fp8 checkpoints are not supported)")
+                        f"weights (a quantized checkpoint needs its quantization_config in config.json)")
                 want = expected[name][2]
                 if shape != want:
                     raise CheckpointError(f"{f}: tensor '{name}' has shape {list(shape)}, expected {list(want)} "
@@ -275,6 +293,15 @@ def _read_tensors(folder, expected, sources, device, dtype, progress, shapes):
     finally:
         bar.close()
     return state
+
+
+@contextlib.contextmanager
+def _format_errors():
+    """trikern/quant's FormatError (file and tensor named) as this module's CheckpointError."""
+    try:
+        yield
+    except FormatError as e:
+        raise CheckpointError(str(e)) from None
 
 
 class _open:

@@ -13,6 +13,10 @@ Fused weights: each layer holds q/k/v as one `qkv_proj` weight [(Hq + 2 Hkv) D, 
 At batch 1 a forward is bound by reading weights and by per-launch cost, and one larger matmul beats
 three small ones on both counts. Checkpoints keep the separate HF tensors: `FUSED` says which rows of
 a fused weight each one is, `checkpoint_pieces` / `checkpoint_state` map between the two layouts.
+
+Quantized weights: the loader may replace a layer's qkv_proj / o_proj / gate_up_proj / down_proj by a
+`QuantLinear` (int4 or fp8 weight-only; trikern/quant reads the checkpoint formats); nothing else
+changes, the draft LoRA included (it adds its product to o_proj's output).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 
 from . import kernels as K
 from .config import ModelConfig, attention_factor, inv_freq
+from .kernels.qweight import Fp8Weight, Int4Weight, QuantWeight
 
 
 class Linear(nn.Linear):
@@ -38,6 +43,43 @@ class Linear(nn.Linear):
     # A one-token CPU step calls ~25 of these: skip nn.Module's hook dispatch (~2 us a call; trikern
     # registers no hooks on them). Like any module, it still runs `forward`.
     __call__ = forward
+
+
+class QuantLinear(nn.Module):
+    """A linear layer on a weight-only quantized weight (kernels/qweight.py: int4 group-wise or fp8
+    per row), computed by `kernels.quant_linear` on its model's backend. The weight's tensors are
+    non-persistent buffers (they move with `.to()`; `state_dict` and `checkpoint_pieces` leave them
+    out: the quantized checkpoint formats are trikern/quant's). `perm`: an act-order GPTQ weight's
+    columns are the inputs in group order, so the input is gathered to match first."""
+
+    FIELDS = {Int4Weight: ("packed", "scales", "zeros"), Fp8Weight: ("weight", "scale")}
+
+    def __init__(self, w: QuantWeight, perm: torch.Tensor | None = None, backend: str = "auto"):
+        super().__init__()
+        self.kind, self.group = type(w), getattr(w, "group", None)
+        self.out_features, self.in_features = w.shape
+        for name in self.FIELDS[self.kind]:
+            self.register_buffer(name, getattr(w, name), persistent=False)
+        self.register_buffer("perm", perm, persistent=False)
+        self.backend = backend
+        self._qweight = None
+
+    @property
+    def qweight(self) -> QuantWeight:
+        """The weight over the current buffers: one object for as long as they stay the same tensors
+        (after `.to()` a new one), since kernels keep per-weight state on it (the CPU backend's copies)."""
+        w, names = self._qweight, self.FIELDS[self.kind]
+        if w is None or any(getattr(w, n) is not getattr(self, n) for n in names):
+            fields = [getattr(self, n) for n in names]
+            w = self._qweight = self.kind(*fields, self.group) if self.kind is Int4Weight else self.kind(*fields)
+        return w
+
+    def forward(self, x):
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        return K.quant_linear(x, self.qweight, backend=self.backend)
+
+    __call__ = forward  # as Linear: no hook dispatch on the decode path
 
 
 class RMSNorm(nn.Module):

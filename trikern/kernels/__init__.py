@@ -2,16 +2,17 @@
 CPU backend (kernels/cpu/) has faster versions of the model's ops for CPU tensors.
 
 Call the ops through this package with a `backend` ("auto" | "cpu" | "triton" | "torch"; see
-dispatch.py); ops.py routes each. CAUSAL / BIDIRECTIONAL / QUADRATIC are the attention patterns
-(`attention(..., pattern)`).
+dispatch.py); ops.py routes each. CAUSAL / BIDIRECTIONAL / QUADRATIC / TREE are the attention patterns
+(`attention(..., pattern)`; TREE takes a `TreeMask`).
 """
-from .attention import BIDIRECTIONAL, CAUSAL, QUADRATIC
+from .attention import BIDIRECTIONAL, CAUSAL, QUADRATIC, TREE, TreeMask
 from .dispatch import BACKENDS, check_backend, resolve, use_triton
 from .rope import rope_table
-from .ops import add_rmsnorm, attention, draft_tree, linear_for, reveal, rmsnorm, rope, swiglu, verify
+from .ops import (add_rmsnorm, attention, build_tree, draft_tree, linear_for, quant_linear, reveal, rmsnorm, rope,
+                  swiglu, tree_verify, verify)
 
 __all__ = [
-    "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC",
-    "add_rmsnorm", "attention", "check_backend", "draft_tree", "linear_for", "resolve", "reveal", "rmsnorm", "rope",
-    "rope_table", "swiglu", "use_triton", "verify",
+    "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC", "TREE", "TreeMask",
+    "add_rmsnorm", "attention", "build_tree", "check_backend", "draft_tree", "linear_for", "quant_linear", "resolve", "reveal",
+    "rmsnorm", "rope", "rope_table", "swiglu", "tree_verify", "use_triton", "verify",
 ]

@@ -11,6 +11,11 @@ chunk:
 - QUADRATIC: the chunk is sub-blocks of `sub_block` = B+1 tokens, [d_i, M x B] (SPEC §4.4).
   Query (i, a) sees the anchors d_j (offset 0) of sub-blocks j <= i, and, if it is a mask
   (a >= 1), every token of its own sub-block. The mask is computed from indices, never stored.
+- TREE: the chunk is the N nodes of a draft tree (kernels/tree.py), each a sub-block of S tokens
+  [node, M x (S-1)] (S = 1: the nodes alone). `sub_block` is then a `TreeMask(ancestors, S)`, with
+  ancestors [N, W] int32 bit rows (bit j of row i: node j is node i or one of its ancestors). Query
+  (i, a) sees the anchors of node i's ancestors and of node i itself, and, if it is a mask (a >= 1),
+  every token of its own sub-block. A chain (parent i-1) is CAUSAL at S = 1 and QUADRATIC at S > 1.
 
 GQA is handled by index arithmetic (no repeated K/V). The PyTorch reference below builds the dense
 mask and is the spec the Triton kernel (and the CPU backend's attention, kernels/cpu/) is tested
@@ -26,6 +31,7 @@ and `trikern tune`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +40,43 @@ import triton.language as tl
 
 from .dispatch import FP_FUSION, interpreting
 
-CAUSAL, BIDIRECTIONAL, QUADRATIC = 0, 1, 2
+CAUSAL, BIDIRECTIONAL, QUADRATIC, TREE = 0, 1, 2, 3
 # Attention patterns by name (benchmarks, reports); "mode" is the decoding mode elsewhere in trikern.
 PATTERNS = {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL, "quadratic": QUADRATIC}
+# TREE takes a TreeMask instead of an int sub_block, so it is not in the by-name table.
+KNOWN_PATTERNS = (CAUSAL, BIDIRECTIONAL, QUADRATIC, TREE)
+
+
+class TreeMask(NamedTuple):
+    """The TREE pattern's layout (passed as `sub_block`): per node its ancestor bit row, and the
+    tokens per node (1: the node alone; B+1: the node and its B masks)."""
+    ancestors: torch.Tensor  # [N, W] int32, W = ceil(N / 32)
+    sub_block: int = 1
+
+
+def tree_bits(ancestors: torch.Tensor) -> torch.Tensor:
+    """[N, N] bool from [N, W] ancestor words: [i, j] iff node j is node i or an ancestor of it."""
+    N = ancestors.shape[0]
+    j = torch.arange(N, device=ancestors.device)
+    words = ancestors.long().index_select(1, j // 32)
+    return ((words >> (j % 32)[None, :]) & 1).bool()
+
+
+def check_tree(tree, T: int, device=None) -> TreeMask:
+    """The TREE pattern's `sub_block` argument, checked against a chunk of T tokens."""
+    if not isinstance(tree, TreeMask):
+        raise ValueError(f"tree attention: sub_block must be a TreeMask(ancestors, sub_block); got {type(tree).__name__}")
+    anc, S = tree.ancestors, tree.sub_block
+    if not isinstance(S, int) or S < 1:
+        raise ValueError(f"tree attention: TreeMask.sub_block={S!r} must be an int >= 1")
+    if anc.dim() != 2 or anc.dtype != torch.int32 or anc.shape[1] != (anc.shape[0] + 31) // 32:
+        raise ValueError(f"tree attention: TreeMask.ancestors must be [N, ceil(N/32)] int32; got "
+                         f"{tuple(anc.shape)} {anc.dtype}")
+    if anc.shape[0] * S != T:
+        raise ValueError(f"tree attention: chunk length {T} is not {anc.shape[0]} nodes x sub_block={S}")
+    if device is not None and anc.device != device:
+        raise ValueError(f"tree attention: TreeMask.ancestors is on {anc.device}, q on {device}")
+    return tree
 
 
 def chunk_mask(pattern: int, T: int, sub_block: int = 0, device=None) -> torch.Tensor:
@@ -53,11 +93,18 @@ def chunk_mask(pattern: int, T: int, sub_block: int = 0, device=None) -> torch.T
         anchor = (off[None, :] == 0) & (blk[None, :] <= blk[:, None])
         own = (off[:, None] > 0) & (blk[None, :] == blk[:, None])
         return anchor | own
+    if pattern == TREE:
+        S = check_tree(sub_block, T).sub_block
+        blk, off = i // S, i % S
+        bits = tree_bits(sub_block.ancestors.to(device))
+        anchor = (off[None, :] == 0) & bits[blk[:, None], blk[None, :]]
+        own = (off[:, None] > 0) & (blk[None, :] == blk[:, None])
+        return anchor | own
     raise _bad_pattern(pattern)
 
 
 def _bad_pattern(pattern) -> ValueError:
-    return ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL or QUADRATIC")
+    return ValueError(f"attention pattern={pattern!r}: expected CAUSAL, BIDIRECTIONAL, QUADRATIC or TREE")
 
 
 def full_mask(pattern, T, S, cache_len, sub_block=0, device=None) -> torch.Tensor:
@@ -127,8 +174,8 @@ def _softmax_step(acc, m_i, l_i, q, kt, v, visible, qk_scale, MASKED: tl.constex
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC,
-    T, S, HQ, sub_block, qk_scale,
+    Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC, ANC,
+    T, S, HQ, sub_block, anc_w, qk_scale,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, skc_h, skc_s, svc_h, svc_s, so_t, so_h,
     G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, PATTERN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
@@ -192,7 +239,8 @@ def _attn_fwd(
         elif PATTERN == 1:  # BIDIRECTIONAL
             c_hi = T
             c_full = T // BLOCK_N * BLOCK_N
-        else:  # QUADRATIC: up to the end of the last row's sub-block; every tile is masked
+        else:  # QUADRATIC, TREE: up to the end of the last row's sub-block (an ancestor precedes
+            # its node); every tile is masked
             c_hi = tl.minimum(T, (t_last // sub_block + 1) * sub_block)
             c_full = 0
         k_tile = offs_d[:, None] + offs_n[None, :] * sk_t
@@ -212,10 +260,18 @@ def _attn_fwd(
                 visible = j_ok[None, :] & (j[None, :] <= t[:, None])
             elif PATTERN == 1:
                 visible = j_ok[None, :]
-            else:
+            elif PATTERN == 2:
                 qb = t // sub_block
                 kb = j // sub_block
                 anchor = ((j % sub_block) == 0)[None, :] & (kb[None, :] <= qb[:, None])
+                own = ((t % sub_block) > 0)[:, None] & (kb[None, :] == qb[:, None])
+                visible = j_ok[None, :] & (anchor | own)
+            else:  # TREE: key node kb's bit in the query node's ancestor row
+                qb = tl.minimum(t, T - 1) // sub_block
+                kb = j // sub_block
+                words = tl.load(ANC + qb[:, None] * anc_w + (kb // 32)[None, :], mask=j_ok[None, :], other=0)
+                bit = (words >> (kb % 32)[None, :]) & 1
+                anchor = ((j % sub_block) == 0)[None, :] & (bit != 0)
                 own = ((t % sub_block) > 0)[:, None] & (kb[None, :] == qb[:, None])
                 visible = j_ok[None, :] & (anchor | own)
             kt = tl.load(k_at + k_tile, mask=d_ok[:, None] & j_ok[None, :], other=0.0)
@@ -295,6 +351,17 @@ def _arch_family(arch: int) -> int:
     return 120 if arch >= 120 else 90 if arch >= 90 else 80
 
 
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) whose TREE compile spills or overflows shared memory
+# under triton 3.9 (`trikern check-kernels`): the ancestor-word gather of every masked chunk tile holds
+# one [BLOCK_M, BLOCK_N] int32 tile more than QUADRATIC's index arithmetic. TREE launches skip them.
+_TREE_SKIP = {90: {(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)}, 120: {(128, 32, 8, 3)}}
+
+
+def tree_tile_ok(arch: int, cfg: dict) -> bool:
+    tile = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])
+    return tile not in _TREE_SKIP.get(_arch_family(arch), ())
+
+
 def config_space(arch: int) -> list[dict]:
     """Every shipped config for compute capability `arch` (before pruning by shared memory)."""
     fam = _arch_family(arch)
@@ -316,16 +383,20 @@ def smem_estimate(cfg: dict, D: int, arch: int, elem_bytes: int = 2) -> int:
     return elem_bytes * (max(cfg["num_stages"] - 1, 1) * 2 * bn * bd + q_tiles * bm * bd + bm * bn)
 
 
-def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes: int) -> list[dict]:
+def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes: int, pattern: int = CAUSAL
+                ) -> list[dict]:
     """The configs worth trying for one shape: tiles no taller than the packed rows need (decode
     tiles only when rows are few, prefill tiles only when they are many), and cache splits only
-    when the grid would otherwise be small and each share still holds a couple of tiles."""
+    when the grid would otherwise be small and each share still holds a couple of tiles (TREE: not
+    the tiles of `_TREE_SKIP`)."""
     from .autotune import bucket
 
     need = bucket(rows)
     out = []
     for c in config_space(arch):
         if c["BLOCK_M"] > need or (rows > 64 and c["BLOCK_M"] < 64):
+            continue
+        if pattern == TREE and not tree_tile_ok(arch, c):
             continue
         if c["SPLIT"] > 1:
             tiles = triton.cdiv(rows, c["BLOCK_M"]) * kv_heads
@@ -376,10 +447,14 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
             raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
     if q.dtype not in _DTYPES:
         raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
-    if pattern not in PATTERNS.values():
+    if pattern not in KNOWN_PATTERNS:
         raise _bad_pattern(pattern)
     if pattern == QUADRATIC and (sub_block < 1 or T % sub_block):
         raise ValueError(f"quadratic attention: chunk length {T} is not a multiple of sub_block={sub_block}")
+    anc, anc_w = q, 0  # unread unless TREE
+    if pattern == TREE:
+        tree = check_tree(sub_block, T, q.device)
+        anc, anc_w, sub_block = tree.ancestors.contiguous(), tree.ancestors.shape[1], tree.sub_block
     n = _cache_len_tensor(cache_len, S, q.device)
     out_dtype = q.dtype
     if T == 0:
@@ -405,8 +480,8 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
             pm = pl = pacc = out  # unused: the SPLIT == 1 branch stores straight into out
         grid = (triton.cdiv(rows, cfg["BLOCK_M"]), Hkv, split)
         _attn_fwd[grid](
-            q, k, v, k_cache, v_cache, n, out, pm, pl, pacc,
-            T, S, Hq, max(int(sub_block), 1), scale * _LOG2E,
+            q, k, v, k_cache, v_cache, n, out, pm, pl, pacc, anc,
+            T, S, Hq, max(int(sub_block), 1), anc_w, scale * _LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             out.stride(0), out.stride(1),
@@ -425,7 +500,7 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
         from . import autotune
 
         arch = autotune.arch_of(q.device) if q.is_cuda and not interpreting() else _DEFAULT_ARCH
-        configs = _candidates(arch, rows, Hkv, S, D, q.element_size())
+        configs = _candidates(arch, rows, Hkv, S, D, q.element_size(), pattern)
         key = (int(pattern), autotune.bucket(rows), G, Hkv, autotune.bucket(S), D, autotune.dtype_key(q))
         config = autotune.choose("attention", key, configs, run)
     run(config)
@@ -442,7 +517,7 @@ _COMBINE_CONSTEXPRS = ("HEAD_D", "BLOCK_D", "BLOCK_R", "SPLIT")
 def _fwd_signature(dtype: str) -> dict:
     sig = {name: "i32" for name in _attn_fwd.arg_names if name not in _FWD_CONSTEXPRS}
     sig.update({p: f"*{dtype}" for p in ("Q", "K", "V", "KC", "VC", "O")})
-    sig.update(CACHE_LEN="*i64", PM="*fp32", PL="*fp32", PACC="*fp32", qk_scale="fp32")
+    sig.update(CACHE_LEN="*i64", PM="*fp32", PL="*fp32", PACC="*fp32", ANC="*i32", qk_scale="fp32")
     return sig
 
 
@@ -462,8 +537,8 @@ def _variant(name, fn, sig, constexprs, cfg, aligned):
 
 def aot_variants(arch: int):
     """What the launcher can compile on `arch` for the NLD models (bf16, 4 query heads per kv head):
-    every config at head_dim 128 under CAUSAL; each tile also under QUADRATIC (the most mask
-    arithmetic), under BIDIRECTIONAL and at head_dim 64; the combine kernel for every split count."""
+    every config at head_dim 128 under CAUSAL; each tile also under QUADRATIC and TREE (the most mask
+    arithmetic; TREE: the tiles it launches), under BIDIRECTIONAL and at head_dim 64; the combine kernel for every split count."""
     def fwd(cfg, D, pattern, tag):
         cons = dict(G=4, HEAD_D=D, BLOCK_D=_block_d(D), PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"],
                     BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["SPLIT"], PREC="tf32")
@@ -476,6 +551,7 @@ def aot_variants(arch: int):
         out += [fwd(c, D, CAUSAL, "causal") for c in (space if D == 128 else tiles)]
         if D == 128:
             out += [fwd(c, D, QUADRATIC, "quadratic") for c in tiles]
+            out += [fwd(c, D, TREE, "tree") for c in tiles if tree_tile_ok(arch, c)]
             out += [fwd(c, D, BIDIRECTIONAL, "bidirectional") for c in tiles]
     sig = {n: "i32" for n in _attn_combine.arg_names if n not in _COMBINE_CONSTEXPRS}
     sig.update(PM="*fp32", PL="*fp32", PACC="*fp32", O="*bf16")

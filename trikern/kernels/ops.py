@@ -14,11 +14,16 @@ from .attention import CAUSAL, attention_ref, attention_triton
 from .cpu import attention as cpu_attention
 from .cpu import linear as cpu_linear
 from .cpu import norm as cpu_norm
+from .cpu import tree_verify as cpu_tree_verify
+from .cpu import quant_linear as cpu_quant_linear
 from .dispatch import check_backend, resolve, use_triton
 from .draft_tree import draft_tree_ref, draft_tree_triton
+from .quant_linear import quant_linear_ref, quant_linear_triton
 from .reveal import reveal_ref, reveal_triton
 from .rmsnorm import add_rmsnorm_ref, add_rmsnorm_triton, rmsnorm_ref, rmsnorm_triton
 from .rope import rope_ref, rope_triton
+from .tree import build_tree_ref, build_tree_triton
+from .tree_verify import tree_verify as _tree_verify
 from .swiglu import swiglu_ref, swiglu_triton
 from .verify import verify_ref, verify_triton
 
@@ -87,6 +92,33 @@ def verify(draft, target, draft_probs=None, uniforms=None, noise=None,
     if use_triton(backend, target):
         return verify_triton(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
     return verify_ref(draft, target, draft_probs, uniforms, noise, k_cache, v_cache, cache_len, stride)
+
+
+def build_tree(logp, root, nodes, top_k, backend="auto"):
+    if use_triton(backend, logp):
+        return build_tree_triton(logp, root, nodes, top_k)
+    return build_tree_ref(logp, root, nodes, top_k)
+
+
+def tree_verify(tokens, parents, depth, ancestors, target, uniforms=None, noise=None, depth_limit=0,
+                k_cache=None, v_cache=None, cache_len=None, stride=1, backend="auto"):
+    """Torch ops (no host sync; kernels/tree_verify.py), or the CPU backend's host-side walk."""
+    if resolve(backend, target) == "cpu":
+        return cpu_tree_verify.tree_verify(tokens, parents, depth, ancestors, target, uniforms, noise, depth_limit,
+                                           k_cache, v_cache, cache_len, stride)
+    return _tree_verify(tokens, parents, depth, ancestors, target, uniforms, noise, depth_limit, k_cache, v_cache,
+                        cache_len, stride)
+
+
+def quant_linear(x, w, backend="auto"):
+    """x [..., K] @ dequantize(w).T -> [..., N] in x's dtype; `w` an Int4Weight or Fp8Weight
+    (qweight.py), activations stay in their dtype (weight-only quantization)."""
+    be = resolve(backend, x)
+    if be == "cpu":
+        return cpu_quant_linear.quant_linear(x, w)
+    if be == "triton":
+        return quant_linear_triton(x, w)
+    return quant_linear_ref(x, w)
 
 
 def plain_linear(x, weight, holder=None):

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..attention import BIDIRECTIONAL, CAUSAL, PATTERNS, _bad_pattern, _check, full_mask
+from ..attention import BIDIRECTIONAL, CAUSAL, KNOWN_PATTERNS, TREE, _bad_pattern, _check, check_tree, full_mask
 
 # Query rows per chunk: the fp32 scores stay within this many elements (16 MiB).
 CPU_SCORES = 1 << 22
@@ -29,15 +29,35 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
         return q.new_empty(0, Hq, D)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     n = int(cache_len)
-    if pattern not in PATTERNS.values():
+    if pattern not in KNOWN_PATTERNS:
         raise _bad_pattern(pattern)
     every = pattern == BIDIRECTIONAL or T == 1 and (pattern == CAUSAL or sub_block == 1)
-    mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
+    if pattern == TREE:
+        mask = _tree_mask(sub_block, T, n, q.device)
+    else:
+        mask = None if every else full_mask(pattern, T, n, n, sub_block, q.device)
     if chunk_in_cache:
         return _softmax_fp32(q, k_cache[:, :n + T], v_cache[:, :n + T], mask, scale)
     keys = torch.cat([k_cache[:, :n], k.transpose(0, 1)], dim=1)  # [Hkv, n+T, D]
     vals = torch.cat([v_cache[:, :n], v.transpose(0, 1)], dim=1)
     return _softmax_fp32(q, keys, vals, mask, scale)
+
+
+# The last TREE mask: every layer of a forward asks for the same one (the ancestor rows of one tree),
+# and building it is a tenth of a small model's step. Holding the ancestors tensor itself keeps the
+# identity test sound (its id cannot be reused while it is held).
+_last_tree: tuple | None = None
+
+
+def _tree_mask(tree, T, n, device):
+    global _last_tree
+    check_tree(tree, T, device)
+    hit = _last_tree
+    if hit is not None and hit[0] is tree.ancestors and hit[1:4] == (tree.sub_block, T, n):
+        return hit[4]
+    mask = full_mask(TREE, T, n, n, tree, device)
+    _last_tree = (tree.ancestors, tree.sub_block, T, n, mask)
+    return mask
 
 
 def _softmax_fp32(q, keys, vals, mask, scale):

@@ -1,0 +1,52 @@
+"""`trikern quantize SRC DST`: write a weight-only quantized copy of a 16-bit checkpoint (int4 or fp8,
+round to nearest) in a standard format other engines load too (trikern/quant/export.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .options import report_errors
+
+
+def add_parser(sub):
+    q = sub.add_parser("quantize", help="write an int4 / fp8 weight-only quantized copy of a checkpoint",
+                       description="Quantize the layer linears (q/k/v/o/gate/up/down projections) of the 16-bit "
+                       "checkpoint SRC and write the result to DST: compressed-tensors format by default "
+                       "(pack-quantized int4 or float-quantized fp8, as llm-compressor writes; vLLM and transformers "
+                       "load it), or GPTQ for int4. Embeddings, the head, norms and the draft LoRA are copied as they "
+                       "are, and so are the tokenizer files. DST appears only once complete.")
+    q.add_argument("src", metavar="SRC", type=Path, help="16-bit checkpoint folder (or its config.json)")
+    q.add_argument("dst", metavar="DST", type=Path, help="output folder (must not exist, unless --overwrite)")
+    q.add_argument("--weights", required=True, choices=["int4", "fp8"],
+                   help="int4: group-wise with a scale per group of input columns; fp8: e4m3 with a scale per "
+                   "output channel")
+    q.add_argument("--group-size", type=int, default=128, metavar="N",
+                   help="int4: input columns per scale (default 128; 32 and 64 too). A weight whose width N does "
+                   "not divide gets the largest half of N that does, recorded in the config")
+    sym = q.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="int4: zero point fixed at the middle of the range (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="int4: a zero point per group (min / max of the group)")
+    q.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors", "gptq"],
+                   help="checkpoint format (default compressed-tensors; gptq: int4 only, v1 zero points)")
+    q.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return q
+
+
+def run(a) -> int:
+    return report_errors("quantize", lambda: _quantize(a))
+
+
+def _quantize(a) -> int:
+    from ..quant import Spec  # noqa: PLC0415 - keep `trikern --help` light
+    from ..quant.export import quantize_checkpoint  # noqa: PLC0415
+
+    if a.weights == "fp8" and a.group_size != 128:
+        raise ValueError("--group-size applies to --weights int4 (fp8 has one scale per output channel)")
+    spec = Spec(a.weights, a.group_size, a.symmetric)
+    out = quantize_checkpoint(a.src, a.dst, spec, fmt=a.format, overwrite=a.overwrite, progress=a.progress)
+    print(f"wrote {out} ({a.format}, {a.weights}" + (f", group {a.group_size}, "
+          f"{'symmetric' if a.symmetric else 'asymmetric'}" if a.weights == "int4" else "") + ")", file=sys.stderr)
+    return 0

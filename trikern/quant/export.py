@@ -1,0 +1,204 @@
+"""`trikern quantize`: a 16-bit checkpoint folder -> a quantized one in a standard format, so other
+engines (vLLM, transformers) load it too.
+
+Default format: compressed-tensors (pack-quantized int4 W4A16, or float-quantized fp8 with a scale
+per output channel): the one format both kinds share, and what llm-compressor writes. GPTQ (v1
+zero points, as GPTQModel saves) is available for int4.
+
+Tensor by tensor, shard by shard: each source shard becomes one output shard of the same name (the
+quantized layer linears in the format's tensors, everything else copied as it is), so the peak is
+one output shard plus one source tensor. config.json gets the `quantization_config`; the tokenizer
+files, the draft LoRA folder and every other non-weight file are copied. The whole folder is
+written into a temporary folder beside DST and renamed into place at the end: DST is either absent
+or complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from . import compressed, gptq
+from .common import FormatError, Spec, linear_names, quantize_weight
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+FORMATS = ("compressed-tensors", "gptq")
+
+
+def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", overwrite: bool = False,
+                        progress: bool = True) -> Path:
+    """Write the quantized copy of checkpoint folder `src` to `dst`; returns `dst`."""
+    src, dst = Path(src), Path(dst)
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "gptq" and spec.weights != "int4":
+        raise ValueError("format 'gptq' holds int4 weights only; use compressed-tensors for fp8")
+    if src.is_file() and src.name == "config.json":
+        src = src.parent
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: not a checkpoint folder (no config.json)")
+    if dst.exists() and not overwrite:
+        raise ValueError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: is the source folder; write the quantized checkpoint elsewhere")
+    raw = json.loads((src / "config.json").read_text())
+    if "quantization_config" in raw:
+        raise ValueError(f"{src / 'config.json'}: the checkpoint is already quantized "
+                         f"({raw['quantization_config'].get('quant_method', '?')})")
+    cfg = ModelConfig.from_dict(raw, str(src / "config.json"))
+    linears = set(linear_names(cfg.prefix, cfg.num_hidden_layers))
+    shards = _shards(src)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    try:
+        groups = _write_weights(src, tmp, shards, linears, spec, fmt, progress)
+        missing = sorted(linears - set(groups))
+        if missing:
+            raise FormatError(f"{src}: no weight for linear(s) {', '.join(missing[:3])}"
+                              f"{' ...' if len(missing) > 3 else ''}")
+        raw["quantization_config"] = _config(cfg, spec, fmt, groups)
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        _copy_others(src, tmp)
+        _publish_modes(tmp)
+        _replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def _shards(src: Path) -> dict[str, list[str]] | None:
+    """Shard file -> its tensors (from the index), or None for a single model.safetensors."""
+    index = src / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FormatError(f"{index}: no 'weight_map' object naming the shard of each tensor")
+        out: dict[str, list[str]] = {}
+        for name, shard in weight_map.items():
+            out.setdefault(shard, []).append(name)
+        return out
+    if not (src / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{src}: no weights file: neither {WEIGHTS} nor {INDEX}")
+    return None
+
+
+def _write_weights(src, tmp, shards, linears, spec, fmt, progress) -> dict[str, int | None]:
+    """Write every shard; returns linear module -> the group size it got (None for fp8)."""
+    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    files = [WEIGHTS] if shards is None else list(shards)
+    total = sum((src / f).stat().st_size for f in files)
+    groups: dict[str, int | None] = {}
+    weight_map, size = {}, 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
+              desc=f"quantizing {src.name} ({spec.weights})") as bar:
+        for shard in files:
+            out = {}
+            with safe_open(str(src / shard), framework="pt", device="cpu") as h:
+                names = list(h.keys()) if shards is None else shards[shard]
+                for name in names:
+                    t = h.get_tensor(name)
+                    nbytes = t.numel() * t.element_size()
+                    module = name.removesuffix(".weight")
+                    if name.endswith(".weight") and module in linears:
+                        where = f"{src / shard}: tensor '{name}'"
+                        if t.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+                            raise FormatError(f"{where} is {str(t.dtype).removeprefix('torch.')}; expected a "
+                                              f"bf16, fp16 or fp32 weight")
+                        w = quantize_weight(t, spec, where)
+                        groups[module] = getattr(w, "group", None)
+                        out.update(gptq.write_linear(module, w) if fmt == "gptq" else
+                                   compressed.write_linear(module, w))
+                    else:
+                        out[name] = t
+                    del t
+                    bar.update(nbytes)
+            out = {k: v.contiguous() for k, v in out.items()}
+            save_file(out, str(tmp / shard), metadata={"format": "pt"})
+            size += sum(v.numel() * v.element_size() for v in out.values())
+            weight_map.update(dict.fromkeys(out, shard))
+            del out
+    if shards is not None:
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map},
+                                            indent=2, sort_keys=True) + "\n")
+    return groups
+
+
+def _config(cfg: ModelConfig, spec: Spec, fmt: str, groups: dict[str, int | None]) -> dict:
+    """The quantization_config; weights whose K the asked group size does not divide got a smaller
+    one (common.group_for), which the config records per module kind."""
+    counts = Counter(groups.values())
+    main = counts.most_common(1)[0][0]
+    kinds: dict[str, set] = {}  # module kind (self_attn.q_proj, ...) -> group sizes it got
+    for module, g in groups.items():
+        kinds.setdefault(module.split(".", 3)[3], set()).add(g)
+    others: dict[int, list[str]] = {}
+    for module, g in sorted(groups.items()):
+        if g == main:
+            continue
+        kind = module.split(".", 3)[3]
+        pattern = (f".*\\.{re.escape(kind)}$" if len(kinds[kind]) == 1 else f"^{re.escape(module)}$")
+        if pattern not in others.setdefault(g, []):
+            others[g].append(pattern)
+    if fmt == "gptq":
+        dynamic = {f"+:{p}": {"group_size": g} for g, ps in others.items() for p in ps}
+        return gptq.config(main, spec.symmetric, dynamic=dynamic or None)
+    ignore = [] if cfg.tie_word_embeddings else [cfg.head_name.removesuffix(".weight")]
+    per_group = {main: ["Linear"], **{g: [f"re:{p}" for p in ps] for g, ps in others.items()}}
+    return compressed.config(per_group, spec.weights, spec.symmetric, ignore)
+
+
+def _copy_others(src: Path, tmp: Path):
+    """Everything but the weights and config.json: tokenizer files, generation config, the draft
+    LoRA folder (it stays in its own dtype), README, ..."""
+    skip_suffixes = (".safetensors", ".bin", ".pt", ".pth")
+    for p in src.iterdir():
+        if p.name in ("config.json", INDEX) or p.name.startswith(".") or p.suffix in skip_suffixes:
+            continue
+        if p.is_dir():
+            shutil.copytree(p, tmp / p.name)
+        elif p.is_file():
+            shutil.copy2(p, tmp / p.name)
+
+
+def _publish_modes(tmp: Path):
+    """mkdtemp's folder (and safetensors' files) are private; give them the modes a plain mkdir /
+    open would (the umask's)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for p in tmp.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask)
+
+
+def _replace(tmp: Path, dst: Path):
+    """Move the finished folder into place; an old DST (with --overwrite) is renamed aside first and
+    removed only once the new one is there."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-"))
+        old.rmdir()
+        dst.rename(old)
+    try:
+        tmp.rename(dst)
+    except BaseException:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.rename(dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

@@ -1,7 +1,11 @@
 """Shared helpers of the decode tests: run one generation in any mode, seeded prompts."""
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
+from util import random_model, tiny_config
 
 from trikern.decode import GenerationConfig, decode, drive, new_context
 
@@ -13,6 +17,15 @@ def run(model, prompt, mode, policy=None, **kw):
     ids = torch.as_tensor(prompt, dtype=torch.long)
     chunks = list(decode(ctx, ids, mode) if policy is None else drive(ctx, ids, policy))
     return [t for c in chunks for t in c], ctx.stats, chunks
+
+
+def torch_and_triton_models():
+    """The same one-layer random model with backend="torch" and backend="triton" (skips on a CPU run
+    without TRITON_INTERPRET=1, which tests/conftest.py sets)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("backend='triton' on CPU needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    cfg = tiny_config(num_hidden_layers=1, max_position_embeddings=64)
+    return random_model(cfg, seed=6, backend="torch"), random_model(cfg, seed=6, backend="triton")
 
 
 def prompts(count, vocab, seed=0, lengths=(1, 3, 7, 12, 20)):

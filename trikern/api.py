@@ -17,12 +17,13 @@ import torch
 
 from .checks import check_block_range, check_block_size, is_int
 from .decode import GenerationConfig, check_mode, new_context
+from .decode.registry import check_tree_nodes
 from .prompt_cache import PromptCache
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 # Keyword options of generate / stream / chat besides mode and stop (see Model._gen_config).
 OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "block_size", "threshold", "draft_lora",
-           "thinking_budget", "cuda_graphs")
+           "thinking_budget", "cuda_graphs", "tree_nodes")
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Model:
         return tuple(sorted(ids))
 
     def _gen_config(self, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0, seed=None, block_size=None,
-                    threshold=0.9, draft_lora=True, thinking_budget=None, cuda_graphs=None,
+                    threshold=0.9, draft_lora=True, thinking_budget=None, cuda_graphs=None, tree_nodes=None,
                     **unknown) -> GenerationConfig:
         if unknown:
             raise TypeError(f"unknown generation option(s) {', '.join(map(repr, unknown))}: expected "
@@ -170,7 +171,7 @@ class Model:
         gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                seed=seed, block_size=block_size, threshold=threshold, draft_lora=draft_lora,
                                stop_token_ids=self._eos_ids(), thinking_budget=thinking_budget,
-                               end_think_id=end_think, cuda_graphs=cuda_graphs)
+                               end_think_id=end_think, cuda_graphs=cuda_graphs, tree_nodes=tree_nodes)
         gen.validate()
         return gen
 
@@ -215,6 +216,7 @@ class Model:
 
         check_mode(mode, self.cfg)
         gen = self._gen_config(**kw)
+        check_tree_nodes(mode, gen.tree_nodes)
         if gen.block_size is not None:
             check_block_range(self.cfg, gen.block_size)  # in every mode, AR and auto included
         stops = None

@@ -43,6 +43,7 @@ def _generate(a) -> int:
 def print_stats(s: dict):
     """One line of a generation's stats on stderr."""
     acc = f" mean_accept={s['mean_acceptance_length']:.2f}" if s.get("acceptance_lengths") else ""
-    print(f"[{s['mode']}] {s['generated_tokens']} tokens, {s['forwards']} forwards, "
+    tree = f" tree_nodes={s['tree_nodes']}" if s.get("tree_nodes") else ""
+    print(f"[{s['mode']}{tree}] {s['generated_tokens']} tokens, {s['forwards']} forwards, "
           f"{s['tokens_per_forward']:.2f} tok/fwd{acc}, {s['tokens_per_second']:.1f} tok/s, "
           f"prefill {s['prefill_tokens_per_second']:.1f} tok/s", file=sys.stderr)

@@ -59,6 +59,8 @@ def add_sampling_options(p: argparse.ArgumentParser):
                    "the checkpoint's is larger)")
     p.add_argument("--threshold", type=float, default=0.9, help="diffusion reveal confidence (default: 0.9)")
     p.add_argument("--no-draft-lora", action="store_true", help="don't apply the draft LoRA on draft passes")
+    p.add_argument("--tree-nodes", type=int, default=None, metavar="N",
+                   help="spec-linear / spec-quadratic / auto: verify a draft tree of N nodes instead of the chain")
     p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
                    help="force </think> after N generated tokens")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run block-mode steps eagerly on CUDA")
@@ -70,7 +72,7 @@ def generation_kwargs(a) -> dict:
     return dict(mode=a.mode, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                 top_p=a.top_p, seed=a.seed, block_size=a.block_size, threshold=a.threshold,
                 draft_lora=not a.no_draft_lora, thinking_budget=a.thinking_budget, stop=a.stop,
-                cuda_graphs=False if a.no_cuda_graphs else None)
+                cuda_graphs=False if a.no_cuda_graphs else None, tree_nodes=a.tree_nodes)
 
 
 def load_model_from_args(a):

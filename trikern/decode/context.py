@@ -16,6 +16,7 @@ from ..cache import KVCache
 from ..checks import (SEED_LIMIT, bool_problem, check, check_block_size, int_problem, real_problem,
                       temperature_problem)
 from ..kernels import CAUSAL, use_triton
+from ..kernels.tree import MAX_NODES
 from ..sampling import make_generator
 
 class ContextLengthError(ValueError):
@@ -36,6 +37,7 @@ class GenerationConfig:
     thinking_budget: int | None = None  # force `end_think_id` once this many tokens were generated
     end_think_id: int | None = None
     cuda_graphs: bool | None = None  # capture block-mode steps as CUDA graphs (None: on when on CUDA)
+    tree_nodes: int | None = None  # self-speculation verifies a draft tree of this many nodes (None: the chain)
 
     def validate(self):
         """One ValueError naming the first bad setting (type, range, NaN / inf); run once per request."""
@@ -51,6 +53,7 @@ class GenerationConfig:
             ("thinking_budget", None if self.thinking_budget is None else int_problem(self.thinking_budget, lo=0)),
             ("end_think_id", None if self.end_think_id is None else int_problem(self.end_think_id, lo=0)),
             ("cuda_graphs", None if self.cuda_graphs is None else bool_problem(self.cuda_graphs)),
+            ("tree_nodes", None if self.tree_nodes is None else int_problem(self.tree_nodes, lo=1, hi=MAX_NODES)),
         ):
             check(name, getattr(self, name), problem)
         if not isinstance(self.stop_token_ids, (tuple, list)):
@@ -75,6 +78,7 @@ class Stats:
     acceptance_lengths: Counter = field(default_factory=Counter)  # tokens per spec step -> count
     by_strategy: dict = field(default_factory=dict)  # "mode/B" -> steps, tokens, forwards, seconds
     switches: int = 0  # strategy changes between steps (mode="auto")
+    tree_nodes: int | None = None  # the draft-tree budget asked for (None: chains)
 
     def record(self, key, tokens: int, forwards: int, seconds: float, spec: bool):
         """One step of strategy `key` = (mode, block size): `tokens` produced before the EOS /
@@ -126,6 +130,7 @@ class Stats:
             "mean_acceptance_length": round(self.mean_acceptance_length, 4),
             "strategies": {k: {**v, "seconds": round(v["seconds"], 6)} for k, v in self.by_strategy.items()},
             "switches": self.switches,
+            "tree_nodes": self.tree_nodes,
         }
 
 
@@ -168,7 +173,8 @@ class DecodeContext:
         else:
             self.cache = KVCache.for_model(cfg, capacity, self.dtype, self.device, scratch=scratch)
         self.generator = make_generator(gen.seed, self.device)
-        self.stats = Stats(mode=mode, prompt_tokens=prompt_len, cached_tokens=self.reused)
+        self.stats = Stats(mode=mode, prompt_tokens=prompt_len, cached_tokens=self.reused,
+                           tree_nodes=gen.tree_nodes)
 
     def sync_time(self) -> float:
         if self.device.type == "cuda":

@@ -10,10 +10,14 @@ from .strategies.ar import AR
 from .strategies.diffusion import Diffusion
 from .strategies.spec_linear import LinearSpec
 from .strategies.spec_quadratic import QuadraticSpec
+from .strategies.tree_linear import TreeLinear
+from .strategies.tree_quadratic import TreeQuadratic
 
-STRATEGIES = {cls.mode: cls for cls in (AR, Diffusion, LinearSpec, QuadraticSpec)}
+STRATEGIES = {cls.mode: cls for cls in (AR, Diffusion, LinearSpec, QuadraticSpec, TreeLinear, TreeQuadratic)}
 AUTO = "auto"  # the fastest lossless strategy before every step (auto/policy.py)
-STEP_MODES = tuple(STRATEGIES)  # one strategy each
+# A strategy with `variant_of` is asked for as that mode plus an option (a draft tree: tree_nodes=N).
+TREE_VARIANTS = {c.variant_of: c for c in STRATEGIES.values() if getattr(c, "variant_of", None)}
+STEP_MODES = tuple(m for m, c in STRATEGIES.items() if not getattr(c, "variant_of", None))  # one strategy each
 MODES = (*STEP_MODES, AUTO)
 FAMILIES = tuple(dict.fromkeys(c.family for c in STRATEGIES.values() if c.lossless and c.family))
 
@@ -36,23 +40,39 @@ def check_mode(mode: str, cfg) -> str:
     return mode
 
 
-def candidates(mode: str, block_size: int, cfg) -> list[tuple[str, int]]:
+def check_tree_nodes(mode: str, tree_nodes) -> None:
+    """A draft tree is asked for with a self-speculation mode or auto (the value itself is checked by
+    GenerationConfig.validate)."""
+    if tree_nodes is not None and mode != AUTO and mode not in TREE_VARIANTS:
+        raise ValueError(f"tree_nodes={tree_nodes!r}: draft trees are for mode "
+                         f"{', '.join(map(repr, TREE_VARIANTS))} or 'auto', not mode={mode!r}")
+
+
+def candidates(mode: str, block_size: int, cfg, tree_nodes: int | None = None) -> list[tuple[str, int]]:
     """The (mode, block size) keys a generation may run; `block_size` caps auto's block sizes.
-    Speculative candidates need a tri-mode checkpoint with a mask token."""
+    Speculative candidates need a tri-mode checkpoint with a mask token. With `tree_nodes` a
+    self-speculation mode runs its draft-tree variant, and auto has both (the chain and the tree of
+    every block size) to choose from."""
+    check_tree_nodes(mode, tree_nodes)
     if mode != AUTO:
+        if tree_nodes is not None:
+            mode = TREE_VARIANTS[mode].mode
         return [(mode, 1 if not STRATEGIES[mode].family and STRATEGIES[mode].lossless else block_size)]
     spec = cfg.tri_mode and cfg.mask_token_id is not None
-    return [(c.mode, B) for c in STRATEGIES.values() if c.lossless and (spec or not c.tri_mode)
+    pool = [c for c in STRATEGIES.values() if tree_nodes is not None or not getattr(c, "variant_of", None)]
+    return [(c.mode, B) for c in pool if c.lossless and (spec or not c.tri_mode)
             for B in c.auto_blocks if B <= block_size or not c.family]
 
 
-def scratch_needed(keys) -> int:
-    """The most cache slots past the committed length that a step of any of `keys` writes."""
-    return max(STRATEGIES[m].scratch(B) for m, B in keys)
+def scratch_needed(keys, gen: GenerationConfig | None = None) -> int:
+    """The most cache slots past the committed length that a step of any of `keys` writes (under
+    the request's settings `gen`, when given)."""
+    return max(STRATEGIES[m].scratch(B) if gen is None else STRATEGIES[m].scratch_for(B, gen) for m, B in keys)
 
 
 def new_context(model, gen: GenerationConfig, prompt_len: int, mode: str = "ar", reuse=None) -> DecodeContext:
     """A DecodeContext sized for `mode` (its candidates and their scratch slots)."""
     check_mode(mode, model.cfg)
-    keys = candidates(mode, gen.block_size or model.cfg.block_size, model.cfg)
-    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys), reuse=reuse)
+    gen.validate()  # before the settings size anything (tree_nodes picks the strategies)
+    keys = candidates(mode, gen.block_size or model.cfg.block_size, model.cfg, gen.tree_nodes)
+    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys, gen), reuse=reuse)

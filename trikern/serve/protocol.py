@@ -21,7 +21,7 @@ from .engine import Work
 
 # Request field -> Model option, passed through as given; the Model checks type and range.
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
-                 "block_size": "block_size", "threshold": "threshold"}
+                 "block_size": "block_size", "threshold": "threshold", "tree_nodes": "tree_nodes"}
 # OpenAI features without an implementation here: accepted only at their "off" value.
 UNSUPPORTED = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None,),
@@ -222,7 +222,7 @@ def client_error(e: Exception, req: Request) -> APIError:
 # Stats keys reported under usage.trikern when the Model provides them.
 TRIKERN_USAGE = ("mode", "forwards", "prefill_forwards", "tokens_per_forward", "acceptance_lengths",
                  "mean_acceptance_length", "tokens_per_second", "prefill_tokens_per_second", "prefill_s",
-                 "decode_s", "strategies", "switches")
+                 "decode_s", "strategies", "switches", "tree_nodes")
 
 
 def new_id(kind: str) -> str:

@@ -46,6 +46,11 @@ class Strategy:
         return B
 
     @classmethod
+    def scratch_for(cls, B: int, gen) -> int:
+        """The same under a request's settings `gen` (a draft tree's width is its `tree_nodes`)."""
+        return cls.scratch(B)
+
+    @classmethod
     def entry_steps(cls, B: int, prev: tuple[str, int] | None) -> int:
         """Steps after a switch from `prev` (None: at the start) before this strategy's steps are
         its steady ones; what a policy must pay to find out what it is worth."""

@@ -258,7 +258,7 @@ def test_bench_smoke_writes_csv(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     path = tmp_path / "attention.csv"
-    out = subprocess.run([sys.executable, str(root / "bench" / "bench_attention.py"), "--smoke", "--csv", str(path)],
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_attention.py"), "--smoke", "--csv", str(path)],
                          env=env, capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(path.open()))

@@ -9,7 +9,7 @@ import torch
 from util import CHILD_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "bench_elementwise.py"
+SCRIPT = ROOT / "benchmarks" / "bench_elementwise.py"
 
 
 def run(*args, **env):
@@ -37,11 +37,11 @@ def test_smoke_writes_csv(tmp_path):
 
 
 def test_csv_appends_atomically(tmp_path):
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import common
     finally:
-        sys.path.remove(str(ROOT / "bench"))
+        sys.path.remove(str(ROOT / "benchmarks"))
     env = {k: "x" for k in common.ENV_COLUMNS}
     path = tmp_path / "r.csv"
     common.write_csv(path, [{"op": "a", "us": 1.0}], env)

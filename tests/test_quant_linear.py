@@ -434,7 +434,7 @@ def test_cpu_forced_path(monkeypatch, fresh_choices):
 def test_bench_smoke(tmp_path):
     path = tmp_path / "ql.csv"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quant_linear.py"), "--smoke", "--csv", str(path),
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quant_linear.py"), "--smoke", "--csv", str(path),
                           "--threads", "1"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = path.read_text().splitlines()

@@ -19,7 +19,7 @@ from ..context import DecodeContext
 from .base import Strategy
 from .device import verifier_inputs
 
-TOP_K = 4  # children per node: the draft's top-4 at the next depth (measured: bench/bench_tree.py)
+TOP_K = 4  # children per node: the draft's top-4 at the next depth (measured: benchmarks/bench_tree.py)
 
 
 class TreeStrategy(Strategy):
@@ -32,7 +32,7 @@ class TreeStrategy(Strategy):
     def default_nodes(B: int) -> int:
         """Nodes at block B under auto (`tree_nodes` caps them) and without a `tree_nodes` request: as
         many as the chain verifies. Of the sizes measured on the embedded model on a CPU
-        (bench/bench_tree.py) N = B had the best tok/s: linear 1.11x / 1.21x the chain at B = 8 / 16,
+        (benchmarks/bench_tree.py) N = B had the best tok/s: linear 1.11x / 1.21x the chain at B = 8 / 16,
         quadratic 1.25x / 1.32x; N = 32 and 64 cost more rows than they gain."""
         return B
 

@@ -34,7 +34,7 @@ class TreeLinear(TreeStrategy):
     variant_of = "spec-linear"  # asked for as spec-linear with tree_nodes=N
     family = "tree-linear"
     # Under auto every candidate is measured live: only the blocks where a tree beat the chain on the
-    # embedded model on a CPU (bench/bench_tree.py; B = 4 broke even).
+    # embedded model on a CPU (benchmarks/bench_tree.py; B = 4 broke even).
     auto_blocks = (8, 16)
 
     @staticmethod

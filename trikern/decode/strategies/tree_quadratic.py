@@ -36,7 +36,7 @@ class TreeQuadratic(TreeStrategy):
     variant_of = "spec-quadratic"  # asked for as spec-quadratic with tree_nodes=N
     family = "tree-quadratic"
     # Under auto every candidate is measured live: the blocks whose N = B tree was fastest (B = 16's
-    # B(B+1) rows lose to every linear setting on a CPU; bench/bench_tree.py).
+    # B(B+1) rows lose to every linear setting on a CPU; benchmarks/bench_tree.py).
     auto_blocks = (4, 8)
 
     @staticmethod

@@ -11,8 +11,8 @@ pre-concatenated K/V with a prebuilt mask, or is_causal when the cache is empty:
 timed, so it is a lower bound for any torch path), `flex` (FlexAttention, compiled, with the pattern's
 mask_mod; skipped if this torch has none).
 
-    python bench/bench_attention.py [--csv out.csv]    # exits 0 with a message without CUDA
-    python bench/bench_attention.py --smoke             # CPU interpreter, tiny shapes: code check only
+    python benchmarks/bench_attention.py [--csv out.csv]    # exits 0 with a message without CUDA
+    python benchmarks/bench_attention.py --smoke             # CPU interpreter, tiny shapes: code check only
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Writes a synthetic bf16 NLD-shaped checkpoint (random weights; `--layers`, `--hi
              (the largest weight is printed) plus small temporaries.
 File pages of the memory-mapped safetensors (RssFile) are not counted: they are the page cache.
 
-    python bench/bench_quant_load.py [--layers 8 --hidden 2048 --intermediate 5632] [--device cpu|cuda]
+    python benchmarks/bench_quant_load.py [--layers 8 --hidden 2048 --intermediate 5632] [--device cpu|cuda]
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ of rounds that alternate the two (this kind of machine's speed drifts).
 GPU (when CUDA is present): NLD-8B projections (hidden 4096, intermediate 14336) at the same row
 counts: the Triton kernel (autotuned), torch's dequantize-then-matmul, and the dense bf16 F.linear.
 
-    python bench/bench_quant_linear.py [--csv out.csv] [--dtype bfloat16|float32] [--threads N]
+    python benchmarks/bench_quant_linear.py [--csv out.csv] [--dtype bfloat16|float32] [--threads N]
         (prints the table; the CSV only with --csv)
-    python bench/bench_quant_linear.py --smoke    # tiny and quick (the GPU part under the interpreter)
+    python benchmarks/bench_quant_linear.py --smoke    # tiny and quick (the GPU part under the interpreter)
 """
 from __future__ import annotations
 

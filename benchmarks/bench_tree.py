@@ -8,9 +8,9 @@ prompt by prompt (one process, interleaved), after one untimed warm-up generatio
 adds up the per-prompt medians over the repeats (tokens and seconds), TPF counts decode forwards
 only (the prefill is not counted, trikern's convention). Each output is checked against AR's.
 
-    python bench/bench_tree.py                         # B in {8, 16} x N in {chain, B, 32, 64}, 3 repeats
-    python bench/bench_tree.py --blocks 8 --nodes chain,8,16 --repeats 1
-    python bench/bench_tree.py --smoke                 # two prompts, 8 tokens: checks the script runs
+    python benchmarks/bench_tree.py                         # B in {8, 16} x N in {chain, B, 32, 64}, 3 repeats
+    python benchmarks/bench_tree.py --blocks 8 --nodes chain,8,16 --repeats 1
+    python benchmarks/bench_tree.py --smoke                 # two prompts, 8 tokens: checks the script runs
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ row counts, times the Triton kernel (autotuned), the PyTorch reference in eager 
 reference under torch.compile; reports achieved GB/s (bytes each op must read + write, once) and % of
 the DRAM bandwidth roofline, and appends CSV rows tagged with the GPU and versions.
 
-    python bench/bench_elementwise.py [--csv out.csv]    # exits 0 with a message without CUDA
-    python bench/bench_elementwise.py --smoke             # CPU interpreter, tiny shapes: code check only
+    python benchmarks/bench_elementwise.py [--csv out.csv]    # exits 0 with a message without CUDA
+    python benchmarks/bench_elementwise.py --smoke             # CPU interpreter, tiny shapes: code check only
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def parse_args(description: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--csv", default=None, help="CSV file to append rows to (default: bench/results/<bench>-<gpu>.csv)")
+    p.add_argument("--csv", default=None, help="CSV file to append rows to (default: benchmarks/results/<bench>-<gpu>.csv)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU + Triton interpreter, tiny shapes: checks the script runs, figures are meaningless")
     return p.parse_args(argv)

@@ -15,6 +15,7 @@ from synth import write_chat_checkpoint, write_json
 from util import CHILD_ENV as ENV
 from util import nld_config_dict
 
+import trikern
 from trikern.bench import promptset as P
 from trikern.bench import synthetic as S
 from trikern.bench.prompts import PromptError, load_prompts
@@ -61,6 +62,23 @@ def test_prompt_bench_on_embedded_model_writes_json_and_csv(tmp_path, capsys):
     assert set(P.CSV_COLUMNS) | {"device_name", "torch", "triton"} <= set(table[0])
     assert int(table[0]["generated_tokens"]) == q["generated_tokens"] and table[1]["block_size"] == ""
     assert "spec-quadratic B4" in out and "tok/fwd" in out and "acceptance length histograms" in out
+
+
+def test_prompt_bench_on_quantized_weights(tmp_path, capsys):
+    j = tmp_path / "q.json"
+    rc, out, err = run(capsys, "--limit", 1, "--modes", "ar,spec-linear", "--block-sizes", 4, "--max-new-tokens", 8,
+                       "--dtype", "float32", "--weights", "int4", "--group-size", 64, "--json", j)
+    assert rc == 0, err
+    res = json.loads(j.read_text())
+    assert res["settings"]["weights"] == "int4" and res["settings"]["group_size"] == 64
+    d = json.loads((Path(trikern.__file__).parent / "assets" / "default" / "config.json").read_text())
+    H, I, L, V = d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"], d["vocab_size"]
+    q = d["num_attention_heads"] * d.get("head_dim", H // d["num_attention_heads"])
+    kv = d["num_key_value_heads"] * d.get("head_dim", H // d["num_attention_heads"])
+    head = 0 if d.get("tie_word_embeddings") else V * H
+    assert res["model"]["parameters"] == V * H + head + H + L * (H * (q + 2 * kv) + q * H + 3 * H * I + 2 * H)
+    spec = next(r for r in res["rows"] if r["mode"] == "spec-linear")
+    assert spec["equal_ar"] == "1/1"  # fp32: lossless relative to AR on the same (quantized) weights
 
 
 def test_plot_draws_a_png(tmp_path, capsys):
@@ -171,6 +189,36 @@ def test_synthetic_rows_per_width_and_bytes_moved(tmp_path, capsys):
     assert any(line.split()[:1] == ["8"] for line in lines) and "spec-quadratic B2" in out
 
 
+@pytest.mark.parametrize("weights", ["int4", "fp8"])
+def test_synthetic_quantized_weights_count_the_quantized_bytes(tmp_path, capsys, weights):
+    j = tmp_path / "q.json"
+    extra = ["--group-size", 32] if weights == "int4" else []
+    rc, out, err = run(capsys, "--synthetic", tiny_config(tmp_path), "--context", 16, "--widths", "1,4",
+                       "--decode-tokens", 2, "--modes", "ar", "--reps", 1, "--dtype", "bfloat16",
+                       "--weights", weights, *extra, "--json", j)
+    assert rc == 0, err
+    res = json.loads(j.read_text())
+    d = nld_config_dict()
+    H, I, L, V = d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"], d["vocab_size"]
+    q, kv = d["num_attention_heads"] * d["head_dim"], d["num_key_value_heads"] * d["head_dim"]
+    linears = [(q + 2 * kv, H), (H, q), (2 * I, H), (H, I)]  # fused qkv, o, fused gate_up, down: (N, K)
+    if weights == "int4":  # nibbles + one bf16 scale per 32 columns of a row (symmetric: no zero points)
+        qbytes = sum(N * K // 2 + N * (K // 32) * 2 for N, K in linears)
+    else:  # one byte per weight + one fp32 scale per row
+        qbytes = sum(N * K + 4 * N for N, K in linears)
+    params = V * H + L * (sum(N * K for N, K in linears) + 2 * H) + H + H * V
+    assert res["shape"]["parameters"] == params  # the 16-bit count, whatever the weights hold
+    assert res["shape"]["weights"] == ("int4 g32" if weights == "int4" else "fp8 e4m3")
+    assert res["shape"]["weight_bytes"] == 2 * (2 * V * H + L * 2 * H + H) + L * qbytes
+    for r in res["forward"]:
+        assert r["weight_bytes"] == 2 * (V * H + r["T"] * H + L * 2 * H + H) + L * qbytes
+        assert r["weight_bytes"] < 2 * (params - V * H + r["T"] * H)  # below the bf16 figure
+        assert r["pct_measured"] == pytest.approx(100 * r["bytes"] / (r["eager_ms"] * 1e-3) / 1e9
+                                                  / res["bandwidth"]["measured_gb_per_s"])
+    assert res["decode"][0]["generated_tokens"] == 2 and res["decode"][0]["weight_bytes"] == res["forward"][0]["weight_bytes"]
+    assert res["settings"]["weights"] == weights and ("int4 g32" in out or "fp8 e4m3" in out)
+
+
 def test_synthetic_shipped_name_and_layer_cut():
     cfg, raw = S.load_shape("nld-8b", layers=2)
     assert cfg.num_hidden_layers == 2 and cfg.hidden_size == 4096 and cfg.eos_token_ids == ()
@@ -198,6 +246,10 @@ def test_datasheet_bandwidth_by_device_name(monkeypatch):
     (["--synthetic", "nld-3b", "--context", "999999"], "--context 999999"),
     (["--synthetic", "nld-3b", "--peer", "hf"], "--peer does not apply with --synthetic"),
     (["--widths", "1,8"], "--widths applies only with --synthetic"),
+    (["--group-size", "64"], "--group-size applies only with --weights int4"),
+    (["--peer", "hf", "--weights", "fp8"], "--peer hf runs the 16-bit checkpoint"),
+    (["--synthetic", "nld-3b", "--weights", "fp8", "--group-size", "64"], "--group-size applies only with --weights int4"),
+    (["--synthetic", "nld-3b", "--weights", "int4", "--group-size", "20"], "--group-size 20: expected a positive"),
     (["--peer", "hf", "--temperature", "0.7"], "--peer hf compares greedy outputs"),
     (["--repeats", "0"], "--repeats 0: must be >= 1"),
     (["--max-new-tokens", "many"], "--max-new-tokens"),

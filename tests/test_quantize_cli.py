@@ -96,3 +96,40 @@ def test_as_a_subprocess(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "quantizing src (fp8)" in r.stderr and "wrote" in r.stderr  # the progress bar, then the summary
     assert load_model(tmp_path / "dst", device="cpu").layers[1].mlp.gate_up_proj.weight.dtype == torch.float8_e4m3fn
+
+
+def test_calibration_quantizes_with_gptq(tmp_path):
+    import os  # noqa: PLC0415
+
+    from trikern.train.distill import BatchedCausal  # noqa: PLC0415
+
+    text = tmp_path / "calib.txt"
+    text.write_text(Path(os.__file__).read_text()[:20000])  # stdlib code, like the model's training data
+    dst = tmp_path / "q"
+    assert main(["quantize", str(DEFAULT), str(dst), "--weights", "int4", "--calibration", str(text),
+                 "--calibration-tokens", "2048", "--format", "gptq", "--no-progress"]) == 0
+    gq = load_model(dst, device="cpu", dtype="fp32", lora=False)
+    rtn = load_model(DEFAULT, device="cpu", dtype="fp32", lora=False, quantize="int4")
+    ref = load_model(DEFAULT, device="cpu", dtype="fp32", lora=False)
+    assert sum(isinstance(m, QuantLinear) for m in gq.modules()) == 4 * gq.cfg.num_hidden_layers
+    a, b = gq.layers[0].mlp.gate_up_proj.qweight, rtn.layers[0].mlp.gate_up_proj.qweight
+    assert a.group == b.group and not torch.equal(dequantize(a), dequantize(b))  # GPTQ, not round to nearest
+    ids = trikern.load(DEFAULT).tokenizer.encode(text.read_text())[:512]
+    x = torch.tensor(ids[:4 * 128]).view(4, 128)
+    with torch.inference_mode():
+        out = {k: m.logits(BatchedCausal(m, 4).hidden(x)) for k, m in (("gptq", gq), ("rtn", rtn), ("ref", ref))}
+    err = {k: ((out[k] - out["ref"]).norm() / out["ref"].norm()).item() for k in ("gptq", "rtn")}
+    assert err["gptq"] < err["rtn"], err  # on its calibration text, GPTQ's model is the closer one
+
+
+def test_calibration_refusals(tmp_path, capsys):
+    assert main(["quantize", str(DEFAULT), str(tmp_path / "a"), "--weights", "fp8", "--calibration", "x.txt"]) == 2
+    assert "GPTQ calibrates int4 weights" in capsys.readouterr().err
+    assert main(["quantize", str(DEFAULT), str(tmp_path / "b"), "--weights", "int4", "--calibration",
+                 str(tmp_path / "none.txt")]) == 2
+    assert "none.txt: file not found" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("x = 1\n")
+    assert main(["quantize", str(DEFAULT), str(tmp_path / "c"), "--weights", "int4", "--calibration", str(short)]) == 2
+    assert "GPTQ needs at least one window" in capsys.readouterr().err
+    assert not any(p.name.startswith(("a", "b", "c", ".")) for p in tmp_path.iterdir() if p.is_dir())

@@ -2,7 +2,8 @@
 
     trikern bench [--model PATH] [--modes ar,spec-linear] [--block-sizes 4,8,16] [--max-new-tokens N]
                   [--json F] [--csv F] [--plot F.png] [--peer hf]
-    trikern bench --synthetic nld-8b [--layers N] [--context 1024] [--widths 1,8,32,72] [--json F]
+    trikern bench --synthetic nld-8b [--layers N] [--context 1024] [--widths 1,8,32,72]
+                  [--weights int4|fp8 [--group-size 128]] [--json F]
 
 The prompt-set bench (promptset.py, run by `run_prompt_set`) runs every (mode, block size) over the
 shipped held-out prompts (prompts.jsonl) or `--prompts FILE`; the synthetic bench (synthetic.py, run
@@ -38,13 +39,14 @@ def run_prompt_set(a) -> int:
     import torch  # noqa: PLC0415
 
     from .. import load  # noqa: PLC0415
-    from . import peer, promptset, report  # noqa: PLC0415
+    from . import peer, promptset, report, synthetic  # noqa: PLC0415
     from .prompts import load_prompts  # noqa: PLC0415
 
     prompts = load_prompts(a.prompts, a.limit)
     if a.plot:
         report.check_plot_available()
-    m = load(a.model, device=a.device, dtype=getattr(torch, a.dtype) if a.dtype else None, backend=a.backend)
+    m = load(a.model, device=a.device, dtype=getattr(torch, a.dtype) if a.dtype else None, backend=a.backend,
+             quantize=a.weights, group_size=a.group_size)
     modes = a.modes or (a.all_modes if m.cfg.tri_mode else ("ar",))
     bad = [x for x in modes if x != "ar" and not m.cfg.tri_mode]
     if bad:
@@ -81,9 +83,9 @@ def run_prompt_set(a) -> int:
     out = {"bench": "prompts", "env": env,
            "model": {"path": str(m.path), "model_type": cfg.model_type, "layers": cfg.num_hidden_layers,
                      "hidden_size": cfg.hidden_size, "vocab_size": cfg.vocab_size,
-                     "parameters": sum(p.numel() for p in m.model.parameters())},
+                     "parameters": synthetic.parameter_count(m.model)},
            "settings": {**vars(s), "prompts": a.prompts or "shipped", "prompt_ids": [p.id for p in prompts],
-                        "backend": a.backend},
+                        "backend": a.backend, "weights": a.weights, "group_size": a.group_size},
            "rows": rows, "peer": summary, "generations": records, "peer_generations": peer_recs}
     if a.json:
         report.write_json(a.json, out)

@@ -9,6 +9,10 @@ copy of the weights), fills the cache with `context` random entries, and then me
   once: every matrix, the embedding only for the T gathered rows; K and V of the cache read once;
   the chunk's K/V written); GB/s; % of the read roofline, both the one this bench measures (a sum
   over a large tensor) and the datasheet figure when the device is known; tokens/s at T = 1.
+- `--weights int4|fp8`: the same with the layer linears quantized (weight-only, as
+  `load(quantize=)` does: trikern/quant), so the weight bytes, and the % of the read roofline, are
+  the quantized model's (packed weights, scales and zero points; the embedding, head and norms stay
+  in the model dtype).
 - decode rows, per mode and block size: the real decode loop (CUDA graphs where it uses them)
   from a `context`-token random prompt: ms per forward, GB/s, tokens/s. With random weights the
   acceptance means nothing: read ms per forward, not tokens per forward.
@@ -147,10 +151,27 @@ def random_model(cfg, device, dtype, backend: str, seed: int = 0):
 
 
 def weight_bytes(model) -> tuple[int, int]:
-    """(bytes of every parameter, bytes of the embedding table) of `model`."""
+    """(bytes of every weight, bytes of the embedding table) of `model`. Weights: the parameters and
+    the quantized linears' buffers (packed weights, scales, zero points); not the RoPE frequencies."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n != "inv_freq")
     emb = model.embed_tokens.weight
     return total, emb.numel() * emb.element_size()
+
+
+def parameter_count(model) -> int:
+    """Parameters of the model as a 16-bit checkpoint holds them (a quantized linear counts N x K)."""
+    from ..model import QuantLinear  # noqa: PLC0415
+
+    quant = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    return sum(p.numel() for p in model.parameters()) + sum(m.out_features * m.in_features for m in quant)
+
+
+def weights_label(a, dtype) -> str:
+    """What the layer linears hold: the model dtype, or the quantized format."""
+    if not getattr(a, "weights", None):
+        return str(dtype).removeprefix("torch.")
+    return f"int4 g{a.group_size}" if a.weights == "int4" else "fp8 e4m3"
 
 
 def kv_bytes_per_token(cfg, dtype) -> int:
@@ -191,12 +212,16 @@ def run(a, device, dtype, log=None) -> dict:
     print(f"[bench] read bandwidth {measured:.1f} GB/s (measured), datasheet "
           f"{report.fmt(sheet)} GB/s", file=log or sys.stderr, flush=True)
     model = random_model(cfg, device, dtype, a.backend, a.seed)
+    if getattr(a, "weights", None):
+        from ..quant import Spec  # noqa: PLC0415
+        from ..quant.checkpoint import quantize_model  # noqa: PLC0415
+        quantize_model(model, Spec(a.weights, a.group_size))
     total, emb = weight_bytes(model)
     shape = {"config": a.synthetic, "model_type": cfg.model_type, "layers": cfg.num_hidden_layers,
              "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
              "heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-             "vocab_size": cfg.vocab_size, "parameters": total // model.embed_tokens.weight.element_size(),
-             "weight_bytes_without_embedding": total - emb, "kv_bytes_per_token": kv_bytes_per_token(cfg, dtype)}
+             "vocab_size": cfg.vocab_size, "parameters": parameter_count(model),
+             "weights": weights_label(a, dtype), "weight_bytes": total, "weight_bytes_without_embedding": total - emb, "kv_bytes_per_token": kv_bytes_per_token(cfg, dtype)}
 
     def roof(row: dict, ms: float | None):
         if ms:
@@ -261,6 +286,7 @@ def run(a, device, dtype, log=None) -> dict:
             "bandwidth": {"measured_gb_per_s": measured, "datasheet_gb_per_s": sheet,
                           "measured_with": "sum over a large tensor"},
             "settings": {"context": context, "widths": list(widths), "reps": reps, "backend": a.backend,
+                         "weights": getattr(a, "weights", None), "group_size": getattr(a, "group_size", None),
                          "cuda_graphs": device.type == "cuda" and not a.no_cuda_graphs,
                          "decode_tokens": a.decode_tokens, "seed": a.seed},
             "forward": forward, "decode": decode, "wall_s": round(time.perf_counter() - t0, 3)}
@@ -277,7 +303,8 @@ def render(res: dict) -> str:
     e, s, bw = res["env"], res["shape"], res["bandwidth"]
     lines = [f"{e['device_name']} ({e['device']}, {e['dtype']}), torch {e['torch']}, triton {e['triton']}",
              f"{s['config']}: {s['layers']} layers, width {s['hidden_size']}, {s['parameters'] / 1e6:.1f}M parameters, "
-             f"{_size(s['weight_bytes_without_embedding'])} of weights outside the embedding; "
+             f"linears in {s.get('weights', e['dtype'])}: {_size(s.get('weight_bytes', 0))} of weights, "
+             f"{_size(s['weight_bytes_without_embedding'])} outside the embedding; "
              f"cache {res['settings']['context']} tokens",
              f"read roofline: {bw['measured_gb_per_s']:.1f} GB/s measured, datasheet "
              f"{report.fmt(bw['datasheet_gb_per_s'])} GB/s",

@@ -58,6 +58,10 @@ def add_parser(sub):
                    "3 on CPU)")
     p.add_argument("--decode-tokens", type=int, metavar="N", help="[synthetic] tokens per decode row; 0 skips the "
                    "decode rows (default: 32)")
+    p.add_argument("--weights", choices=["int4", "fp8"], help="quantize the layer linears while loading (weight-only, "
+                   "as load(quantize=) does; the prompt-set bench needs a 16-bit --model); with --synthetic, the "
+                   "bytes and %% of the roofline are the quantized model's")
+    p.add_argument("--group-size", type=int, metavar="N", help="int4 columns per scale (default: 128)")
     return p
 
 
@@ -93,6 +97,11 @@ def check(a, all_modes):
         v = getattr(a, name)
         if v is not None and Path(v).is_dir():
             raise BenchError(f"--{name} {v}: is a folder; pass a file name")
+    if a.group_size is not None and a.weights != "int4":
+        raise BenchError("--group-size applies only with --weights int4")
+    a.group_size = 128 if a.group_size is None else a.group_size
+    if a.weights == "int4" and (a.group_size < 8 or a.group_size % 8):
+        raise BenchError(f"--group-size {a.group_size}: expected a positive multiple of 8 (32, 64, 128, ...)")
     a.all_modes = tuple(all_modes)
     a.modes = parse_modes(a.modes, all_modes) if a.modes is not None else None
     a.block_sizes = parse_positive_ints(a.block_sizes, "--block-sizes") if a.block_sizes is not None else None
@@ -121,6 +130,8 @@ def check(a, all_modes):
         raise BenchError(f"--threshold {a.threshold}: must be in [0, 1]")
     if a.peer and a.temperature > 0:
         raise BenchError("--peer hf compares greedy outputs: drop --temperature (or pass 0)")
+    if a.peer and a.weights:
+        raise BenchError(f"--peer hf runs the 16-bit checkpoint: drop --weights {a.weights} (compare trikern alone)")
     if a.peer and a.modes is not None and "ar" not in a.modes:
         a.modes = ("ar", *a.modes)  # the peer is compared with trikern's AR greedy
 

@@ -30,6 +30,11 @@ def add_parser(sub):
                      help="int4: a zero point per group (min / max of the group)")
     q.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors", "gptq"],
                    help="checkpoint format (default compressed-tensors; gptq: int4 only, v1 zero points)")
+    q.add_argument("--calibration", metavar="FILE", type=Path, help="int4: quantize with GPTQ, calibrated on this "
+                   "text file's first --calibration-tokens tokens (loads the 16-bit model whole); default: round "
+                   "to nearest, tensor by tensor")
+    q.add_argument("--calibration-tokens", type=int, default=8192, metavar="N",
+                   help="tokens of --calibration used, in windows of 512 (default 8192)")
     q.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return q
@@ -46,7 +51,11 @@ def _quantize(a) -> int:
     if a.weights == "fp8" and a.group_size != 128:
         raise ValueError("--group-size applies to --weights int4 (fp8 has one scale per output channel)")
     spec = Spec(a.weights, a.group_size, a.symmetric)
-    out = quantize_checkpoint(a.src, a.dst, spec, fmt=a.format, overwrite=a.overwrite, progress=a.progress)
+    if a.calibration_tokens < 1:
+        raise ValueError(f"--calibration-tokens {a.calibration_tokens}: must be >= 1")
+    out = quantize_checkpoint(a.src, a.dst, spec, fmt=a.format, overwrite=a.overwrite, progress=a.progress,
+                              calibration=a.calibration, calibration_tokens=a.calibration_tokens)
     print(f"wrote {out} ({a.format}, {a.weights}" + (f", group {a.group_size}, "
-          f"{'symmetric' if a.symmetric else 'asymmetric'}" if a.weights == "int4" else "") + ")", file=sys.stderr)
+          f"{'symmetric' if a.symmetric else 'asymmetric'}" if a.weights == "int4" else "")
+          + (", calibrated by GPTQ" if a.calibration else ", round to nearest") + ")", file=sys.stderr)
     return 0

@@ -6,6 +6,8 @@ in-memory int4 / fp8 layouts (kernels/qweight.py) once, at load or save time.
     compressed.py  compressed-tensors (llm-compressor): pack-quantized int4, float-quantized fp8
     checkpoint.py  loading.py's side: which linears a checkpoint quantizes, reading or quantizing them
     export.py      `trikern quantize`: a 16-bit checkpoint -> a compressed-tensors one
+    calibrate.py   GPTQ: int4 with each column's rounding error corrected over a calibration set
+    sizes.py       a config's weight bytes, 16-bit or quantized, computed on the meta device
 
 Which linears: the q/k/v/o/gate/up/down projections of every layer (`encoder.layers.*` for NLD,
 `model.layers.*` for Llama-style); embeddings, the head, norms and the draft LoRA stay in the model

@@ -240,3 +240,27 @@ def _same_perm(perms, pieces, src):
             raise FormatError(f"{src.where(t)}: tensor '{t}' orders the input columns differently from "
                               f"'{pieces[0].name}'; trikern fuses these weights and needs one input order")
     return first
+
+
+# The model's layer linears (fused as the model holds them) that `quantize=` quantizes.
+MODEL_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+
+
+def quantize_model(model, spec: Spec):
+    """Quantize a built model's layer linears in place, one at a time (each 16-bit weight is freed
+    as its QuantLinear replaces it): for weights that are already in memory, as the synthetic bench's
+    random ones are. The same linears and layouts as a `quantize=` load: a fused weight quantized
+    whole equals its pieces quantized and stacked, since every row is quantized on its own and the
+    pieces share K (so `group_for` picks one group size)."""
+    dtype = model.embed_tokens.weight.dtype
+    for i, layer in enumerate(model.layers):
+        for name in MODEL_LINEARS:
+            lin = layer.get_submodule(name)
+            if isinstance(lin, QuantLinear):
+                continue
+            w = quantize_weight(lin.weight.detach(), spec, f"layers.{i}.{name}.weight")
+            if not isinstance(w, Fp8Weight) and w.scales.dtype != dtype:
+                w.scales = w.scales.to(dtype)
+            layer.set_submodule(name, QuantLinear(w, backend=model.backend))
+            del lin
+    return model

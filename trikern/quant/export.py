@@ -11,6 +11,12 @@ one output shard plus one source tensor. config.json gets the `quantization_conf
 files, the draft LoRA folder and every other non-weight file are copied. The whole folder is
 written into a temporary folder beside DST and renamed into place at the end: DST is either absent
 or complete.
+
+With a calibration text (int4 only), the linears are quantized by GPTQ (quant/calibrate.py) instead
+of round to nearest: the 16-bit model is loaded whole (the peak is then the 16-bit model), run once
+over the text's tokens, and each fused weight's GPTQ result is cut back into the checkpoint's
+pieces (rows are quantized independently, so q / k / v each get their own rows, scales and zero
+points); the shards are then written as without it.
 """
 from __future__ import annotations
 
@@ -35,13 +41,19 @@ FORMATS = ("compressed-tensors", "gptq")
 
 
 def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", overwrite: bool = False,
-                        progress: bool = True) -> Path:
-    """Write the quantized copy of checkpoint folder `src` to `dst`; returns `dst`."""
+                        progress: bool = True, calibration=None, calibration_tokens: int = 8192,
+                        seq_len: int = 512) -> Path:
+    """Write the quantized copy of checkpoint folder `src` to `dst`; returns `dst`. `calibration`: a
+    text file whose first `calibration_tokens` tokens (windows of `seq_len`) calibrate GPTQ."""
     src, dst = Path(src), Path(dst)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "gptq" and spec.weights != "int4":
         raise ValueError("format 'gptq' holds int4 weights only; use compressed-tensors for fp8")
+    if calibration is not None and spec.weights != "int4":
+        raise ValueError("--calibration: GPTQ calibrates int4 weights; fp8 is quantized round to nearest")
+    if calibration is not None and not Path(calibration).is_file():
+        raise FileNotFoundError(f"--calibration {calibration}: file not found")
     if src.is_file() and src.name == "config.json":
         src = src.parent
     if not (src / "config.json").is_file():
@@ -57,11 +69,13 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
     cfg = ModelConfig.from_dict(raw, str(src / "config.json"))
     linears = set(linear_names(cfg.prefix, cfg.num_hidden_layers))
     shards = _shards(src)
+    done = None if calibration is None else _gptq_weights(src, cfg, spec, Path(calibration), calibration_tokens,
+                                                          seq_len)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
     try:
-        groups = _write_weights(src, tmp, shards, linears, spec, fmt, progress)
+        groups = _write_weights(src, tmp, shards, linears, spec, fmt, progress, done)
         missing = sorted(linears - set(groups))
         if missing:
             raise FormatError(f"{src}: no weight for linear(s) {', '.join(missing[:3])}"
@@ -93,8 +107,43 @@ def _shards(src: Path) -> dict[str, list[str]] | None:
     return None
 
 
-def _write_weights(src, tmp, shards, linears, spec, fmt, progress) -> dict[str, int | None]:
-    """Write every shard; returns linear module -> the group size it got (None for fp8)."""
+def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, tokens: int, seq_len: int) -> dict:
+    """Checkpoint module name (with prefix) -> its GPTQ Int4Weight, from one calibration pass."""
+    from ..kernels.qweight import Int4Weight  # noqa: PLC0415
+    from ..loading import load_model  # noqa: PLC0415
+    from ..tokenizer import Tokenizer  # noqa: PLC0415
+    from .calibrate import gptq_quantize_model  # noqa: PLC0415
+
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--calibration {text_file}: cannot read it as UTF-8 text ({e})") from None
+    ids = Tokenizer.from_dir(src).encode(text)[:tokens]
+    T = min(seq_len, cfg.max_position_embeddings)
+    if len(ids) < T:
+        raise ValueError(f"--calibration {text_file}: {len(ids)} tokens; GPTQ needs at least one window of {T}")
+    windows = torch.tensor(ids[: len(ids) // T * T], dtype=torch.long).view(-1, T)
+    # fp32 for the calibration pass (exact Hessians on any CPU); scales in the checkpoint's dtype, as
+    # round-to-nearest export writes them.
+    model = load_model(src, device="cpu", dtype="fp32", lora=False, progress=False)
+    stored = str(cfg.raw.get("torch_dtype") or cfg.raw.get("dtype") or "bfloat16").removeprefix("torch.")
+    scale_dtype = {"float16": torch.float16, "float32": torch.float32}.get(stored, torch.bfloat16)
+    pieces = model.checkpoint_pieces()  # before the fused linears are replaced
+    gptq_quantize_model(model, spec, windows, scale_dtype=scale_dtype)
+    out = {}
+    for local, (pname, rows) in pieces.items():
+        if not (local.startswith("layers.") and local.endswith("_proj.weight")):
+            continue
+        w = model.get_submodule(pname.removesuffix(".weight")).qweight
+        r = rows or slice(None)
+        out[f"{cfg.prefix}.{local.removesuffix('.weight')}"] = Int4Weight(
+            w.packed[r], w.scales[r], None if w.zeros is None else w.zeros[r], w.group)
+    return out
+
+
+def _write_weights(src, tmp, shards, linears, spec, fmt, progress, done=None) -> dict[str, int | None]:
+    """Write every shard; returns linear module -> the group size it got (None for fp8). `done`:
+    module -> its already quantized weight (GPTQ), used instead of quantizing the tensor."""
     from safetensors import safe_open  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -118,7 +167,10 @@ def _write_weights(src, tmp, shards, linears, spec, fmt, progress) -> dict[str, 
                         if t.dtype not in (torch.bfloat16, torch.float16, torch.float32):
                             raise FormatError(f"{where} is {str(t.dtype).removeprefix('torch.')}; expected a "
                                               f"bf16, fp16 or fp32 weight")
-                        w = quantize_weight(t, spec, where)
+                        w = done[module] if done is not None else quantize_weight(t, spec, where)
+                        if tuple(w.shape) != tuple(t.shape):
+                            raise FormatError(f"{where} has shape {list(t.shape)}; the model built from "
+                                              f"config.json gives {list(w.shape)}")
                         groups[module] = getattr(w, "group", None)
                         out.update(gptq.write_linear(module, w) if fmt == "gptq" else
                                    compressed.write_linear(module, w))

@@ -78,7 +78,8 @@ def main(argv=None):
     import torch
     from tokenizers import Tokenizer
 
-    from trikern.decode import GenerationConfig, decode, new_context
+    from trikern.decode import GenerationConfig, candidates, decode, new_context
+    from trikern.decode.registry import STRATEGIES
     from trikern.decode.strategies import tree_linear, tree_quadratic
     from trikern.loading import load_model
     from trikern.train.evaluate import DEFAULT_MODEL
@@ -92,7 +93,8 @@ def main(argv=None):
     cfgs = configs(a)
     if a.auto:
         B = max(map(int, a.blocks.split(",")))
-        # auto's trees run each strategy's own N for its block (N = B here; tree_nodes only caps it)
+        # auto's trees run each strategy's own N for its block (N = B here; tree_nodes only caps it),
+        # in place of the chain at the blocks the trees declare (registry.candidates)
         cfgs += [("auto", B, None), ("auto", B, B)]
 
     def generate(c, ids, new):
@@ -104,6 +106,13 @@ def main(argv=None):
 
     ar = {pid: generate(("ar", 1, None), ids, a.max_new_tokens)[0] for pid, ids in ps}
     for c in cfgs:  # warm-up: CPU matmul paths of each shape are timed once per process
+        if c[0] == "auto":  # every candidate auto may run, as a fixed setting warms its own shapes
+            for m, B in candidates("auto", c[1], model.cfg, c[2]):
+                cls = STRATEGIES[m]
+                if getattr(cls, "variant_of", None):
+                    generate((cls.variant_of, B, cls.nodes_for(B, c[2], auto=True)), ps[0][1], 16)
+                else:
+                    generate((m, B, None), ps[0][1], 16)
         for _ in range(2):
             generate(c, ps[0][1], 16)
     runs = {c: {pid: [] for pid, _ in ps} for c in cfgs}
@@ -135,7 +144,7 @@ def main(argv=None):
         base = chain.get((r["mode"], r["B"]))
         x = (lambda k: f"{r[k] / base[k]:.2f}") if base else (lambda k: "")
         name = label((r["mode"], r["B"], r["tree_nodes"])) if r["mode"] != "auto" else \
-            f"auto B<={r['B']} " + ("chains" if r["tree_nodes"] is None else "chains + trees (N = B)")
+            f"auto B<={r['B']} " + ("chains" if r["tree_nodes"] is None else "with trees (N = B)")
         print(f"| {name} | {r['tpf']:.2f} | {x('tpf')} | {r['tok_s']:.1f} | {x('tok_s')} | "
               f"{'yes' if r['equals_ar'] else 'NO'} |")
     fixed = [r for r in rows if r["mode"] != "auto"]

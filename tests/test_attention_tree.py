@@ -155,3 +155,20 @@ def test_tree_launches_only_tiles_that_compile_clean(arch):
     assert tree_variants and all(tree_tile_ok(arch, v.config) for v in tree_variants)
     if arch == 90:
         assert len(_candidates(arch, 128, 8, 4096, 128, 2, TREE)) < len(_candidates(arch, 128, 8, 4096, 128, 2))
+
+
+def test_cpu_mask_is_kept_per_tree_mask():
+    """The CPU backend builds a TREE mask once per TreeMask (every layer of a forward shares it) and
+    keeps it on that object, not in module state: a second tree of the same shape gets its own mask."""
+    n, S = 5, 2
+    a, b = layout(chain(6), S), layout(star(6), S)
+    (q, k, v, kc, vc), _ = make_case(6 * S, 4, 2, 8, n, dtype=torch.float32, seed=3)
+    kc, vc = torch.nan_to_num(kc), torch.nan_to_num(vc)
+    out_a = cpu_attention.attention(q, k, v, kc, vc, n, TREE, a)
+    assert len(a.derived) == 1 and not b.derived
+    out_b = cpu_attention.attention(q, k, v, kc, vc, n, TREE, b)
+    for tm, out in ((a, out_a), (b, out_b)):
+        torch.testing.assert_close(out, attention_ref(q, k, v, kc, vc, n, TREE, tm), **FP32_TOL)
+        again = cpu_attention.attention(q, k, v, kc, vc, n, TREE, tm)  # from the kept mask
+        assert torch.equal(again, out) and len(tm.derived) == 1
+    assert not torch.equal(out_a, out_b)

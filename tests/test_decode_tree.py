@@ -146,14 +146,16 @@ def test_thinking_budget(models, mode, budget):
 
 
 def test_auto_with_trees_equals_ar(models):
-    """tree_nodes with mode auto: the chains and the trees of every block size are candidates."""
+    """tree_nodes with mode auto: at the block sizes a tree declares, the tree replaces the chain."""
     from trikern.decode import candidates
 
     m = models[1]
     keys = candidates("auto", 8, m.cfg, tree_nodes=6)
-    assert {k for k in keys if k[0].startswith("tree")} == {("tree-linear", 8), ("tree-quadratic", 4),
-                                                            ("tree-quadratic", 8)}
-    assert candidates("auto", 8, m.cfg) == [k for k in keys if not k[0].startswith("tree")]
+    trees = {("tree-linear", 8), ("tree-quadratic", 4), ("tree-quadratic", 8)}
+    assert {k for k in keys if k[0].startswith("tree")} == trees
+    chains = candidates("auto", 8, m.cfg)
+    replaced = {(k[0].replace("tree", "spec"), k[1]) for k in trees}
+    assert sorted(k for k in keys if not k[0].startswith("tree")) == sorted(set(chains) - replaced)
     for prompt in prompts(2, m.cfg.vocab_size, seed=3):
         ar, _, _ = run(m, prompt, "ar", max_new_tokens=24)
         out, _, _ = run(m, prompt, "auto", max_new_tokens=24, block_size=8, tree_nodes=6)

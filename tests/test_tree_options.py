@@ -76,3 +76,42 @@ def test_command_line():
     assert "[spec-linear tree_nodes=10] 12 tokens" in ok.stderr
     bad = cli("x", "--tree-nodes", "0", "--mode", "spec-linear", "--max-new-tokens", "2")
     assert bad.returncode != 0 and "tree_nodes=0: expected an integer in [1, 256]" in bad.stderr
+
+
+def test_quadratic_tree_over_the_memory_budget_is_refused_with_the_numbers(monkeypatch):
+    """A quadratic tree runs N(B+1) rows: the spec-quadratic memory check applies to its N, not B."""
+    from util import random_model
+
+    from trikern import checks
+    from trikern.decode import GenerationConfig, new_context
+
+    m = random_model()
+    B = 4
+    chain = sum(checks.quadratic_step_bytes(m.cfg, B, 4).values())
+    assert sum(checks.quadratic_step_bytes(m.cfg, B, 4, nodes=16).values()) > 2 * chain
+    # A budget the chain's step fits (with room for the reference attention's mask) and a 16-node tree's does not.
+    monkeypatch.setattr(checks, "QUADRATIC_BUDGET_BYTES", 2 * chain)
+    new_context(m, GenerationConfig(max_new_tokens=4, block_size=B), 3, "spec-quadratic")
+    new_context(m, GenerationConfig(max_new_tokens=4, block_size=B, tree_nodes=B), 3, "spec-quadratic")
+    with pytest.raises(ValueError, match=r"^tree_nodes=16, block_size=4: a spec-quadratic tree step runs "
+                                         r"N\(B\+1\) = 80 rows") as e:
+        new_context(m, GenerationConfig(max_new_tokens=4, block_size=B, tree_nodes=16), 3, "spec-quadratic")
+    assert "GiB" in str(e.value) and "fewer tree_nodes" in str(e.value)
+    # auto runs each block's own N (<= B) whatever tree_nodes asks: the same rows as the chain
+    new_context(m, GenerationConfig(max_new_tokens=4, block_size=B, tree_nodes=16), 3, "auto")
+    new_context(m, GenerationConfig(max_new_tokens=4, block_size=B, tree_nodes=16), 3, "spec-linear")  # N rows
+
+
+def test_warmup_runs_autos_trees(model, monkeypatch):
+    """Model.warmup(tree_nodes=N) runs each tree auto may pick, at auto's node count (so a first tree
+    step under auto is not a cold one); without it, chains only."""
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda prompt, **kw: calls.append(
+        (kw.get("mode"), kw.get("block_size"), kw.get("tree_nodes"))))
+    model.warmup(block_size=8)
+    assert calls and all(n is None for _, _, n in calls)
+    calls.clear()
+    model.warmup(block_size=8, tree_nodes=64)
+    trees = {c for c in calls if c[2] is not None}
+    assert trees == {("spec-linear", 8, 8), ("spec-quadratic", 4, 4), ("spec-quadratic", 8, 8)}
+    assert ("spec-linear", 8, None) not in calls and ("spec-linear", 4, None) in calls

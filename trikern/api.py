@@ -17,7 +17,7 @@ import torch
 
 from .checks import check_block_range, check_block_size, is_int
 from .decode import GenerationConfig, check_mode, new_context
-from .decode.registry import check_tree_nodes
+from .decode.registry import TREE_VARIANTS, check_tree_nodes
 from .prompt_cache import PromptCache
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
@@ -126,20 +126,25 @@ class Model:
             m.warmup()
         return m
 
-    def warmup(self, block_size=None) -> float:
-        """Run a few steps of every strategy `mode="auto"` may pick, and of diffusion, at the
-        default block size: Triton kernels compile and autotune for these shapes (and graphs are
-        captured once) before a user waits on them. Returns the seconds it took (`warmup_s`)."""
+    def warmup(self, block_size=None, tree_nodes=None) -> float:
+        """Run a few steps of every strategy `mode="auto"` may pick (with `tree_nodes`: auto's draft
+        trees too, at the shapes auto runs them), and of diffusion, at the default block size: Triton
+        kernels compile and autotune for these shapes (and graphs are captured once) before a user
+        waits on them. Returns the seconds it took (`warmup_s`)."""
         from .decode import AUTO, candidates  # noqa: PLC0415
+        from .decode.registry import STRATEGIES  # noqa: PLC0415
 
         t0 = time.perf_counter()
         B = block_size or self.cfg.block_size
-        keys = candidates(AUTO, B, self.cfg)
+        keys = candidates(AUTO, B, self.cfg, tree_nodes)
         if self.cfg.tri_mode and self.cfg.mask_token_id is not None:
             keys.append(("diffusion", B))
         prompt = [t % self.cfg.vocab_size for t in range(1, 18)]
         for mode, b in keys:
             kw = {} if mode == "ar" else {"block_size": b}
+            cls = STRATEGIES[mode]
+            if getattr(cls, "variant_of", None):  # a tree: asked for as its mode plus auto's node count
+                mode, kw["tree_nodes"] = cls.variant_of, cls.nodes_for(b, tree_nodes, auto=True)
             self.generate(prompt, mode=mode, max_new_tokens=3 * b + 2, reuse_prefix=False, **kw)
         self.reset()
         self.warmup_s = time.perf_counter() - t0
@@ -207,7 +212,13 @@ class Model:
         gen, _ = self._check(mode, stop, kw)
         if mode == "spec-quadratic":  # its memory; auto's candidates are checked per request
             dtype = self.model.embed_tokens.weight.dtype
-            check_block_size(self.cfg, gen.block_size or self.cfg.block_size, mode, dtype.itemsize)
+            B = gen.block_size or self.cfg.block_size
+            if gen.tree_nodes is None:
+                check_block_size(self.cfg, B, mode, dtype.itemsize)
+            else:  # a draft tree: N(B+1) rows
+                tree = TREE_VARIANTS[mode]
+                check_block_size(self.cfg, B, tree.mode, dtype.itemsize,
+                                 nodes=tree.nodes_for(B, gen.tree_nodes, auto=False))
         return gen
 
     def _check(self, mode, stop, kw):

@@ -9,8 +9,8 @@ garbage without a word.
 
 `check_block_range` bounds a block size in every mode: the fixed cap (`MAX_BLOCK_SIZE`, or the
 checkpoint's own block size when larger) and the context. `check_block_size` adds, for
-spec-quadratic, the memory one step needs (`quadratic_step_bytes`) against `QUADRATIC_BUDGET_BYTES`;
-the decode context runs it before anything is allocated.
+spec-quadratic and its draft trees, the memory one step needs (`quadratic_step_bytes`) against
+`QUADRATIC_BUDGET_BYTES`; the decode context runs it before anything is allocated.
 """
 from __future__ import annotations
 
@@ -100,21 +100,24 @@ def max_block_size(cfg) -> int:
     return min(max(MAX_BLOCK_SIZE, cfg.block_size), cfg.max_position_embeddings - 1)
 
 
-def quadratic_step_bytes(cfg, B: int, dtype_bytes: int, attention_slots: int | None = None) -> dict[str, int]:
+def quadratic_step_bytes(cfg, B: int, dtype_bytes: int, attention_slots: int | None = None,
+                         nodes: int | None = None) -> dict[str, int]:
     """Estimated memory of one spec-quadratic step at block size B, by part.
 
-    R = B(B+1) rows go through the model at once: their K/V scratch in the cache (every layer),
-    one layer's activations (residual and normed hidden, q/k/v, gate/up), and the head on 2B rows in
-    fp32. `attention_slots` (cache slots the step attends over) adds the [R, slots + R] boolean mask
-    the PyTorch reference attention builds (SDPA on CPU does not materialise the scores; the Triton
+    R = B(B+1) rows go through the model at once (a draft tree of `nodes` = N: N(B+1), every node
+    with its B masks): their K/V scratch in the cache (every layer), one layer's activations
+    (residual and normed hidden, q/k/v, gate/up), and the head on 2B rows (a tree: N + B) in fp32.
+    `attention_slots` (cache slots the step attends over) adds the [R, slots + R] boolean mask the
+    PyTorch reference attention builds (SDPA on CPU does not materialise the scores; the Triton
     kernel computes the mask from indices).
     """
-    R = B * (B + 1)
+    N = B if nodes is None else nodes
+    R = N * (B + 1)
     parts = {
         "kv_scratch": R * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2 * dtype_bytes,
         "activations": R * (2 * cfg.intermediate_size + 2 * cfg.hidden_size
                             + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) * dtype_bytes,
-        "logits": 2 * B * cfg.vocab_size * 4,
+        "logits": (N + B) * cfg.vocab_size * 4,
     }
     if attention_slots is not None:
         parts["reference_attention_mask"] = R * (attention_slots + R)
@@ -136,15 +139,23 @@ def check_block_range(cfg, B: int):
             f"context ({cfg.max_position_embeddings} tokens)")
 
 
-def check_block_size(cfg, B: int, mode: str, dtype_bytes: int, attention_slots: int | None = None):
-    """Refuse a block size the mode and the model cannot use, before anything is allocated."""
+def check_block_size(cfg, B: int, mode: str, dtype_bytes: int, attention_slots: int | None = None,
+                     nodes: int | None = None):
+    """Refuse a block size the mode and the model cannot use, before anything is allocated. `nodes`:
+    the node budget of a spec-quadratic draft tree (mode "tree-quadratic"; None: B)."""
     check_block_range(cfg, B)
-    if mode != "spec-quadratic":
+    if mode not in ("spec-quadratic", "tree-quadratic"):
         return
-    parts = quadratic_step_bytes(cfg, B, dtype_bytes, attention_slots)
+    N = B if nodes is None else nodes
+    parts = quadratic_step_bytes(cfg, B, dtype_bytes, attention_slots, N)
     total = sum(parts.values())
     if total > QUADRATIC_BUDGET_BYTES:
         detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items())
+        if mode == "tree-quadratic":
+            raise ValueError(
+                f"tree_nodes={N}, block_size={B}: a spec-quadratic tree step runs N(B+1) = {N * (B + 1)} rows "
+                f"and needs about {_gib(total)} ({detail}), over the {_gib(QUADRATIC_BUDGET_BYTES)} budget; "
+                f"use fewer tree_nodes, a smaller block_size or mode='spec-linear'")
         raise ValueError(
             f"block_size={B}: a spec-quadratic step runs B(B+1) = {B * (B + 1)} rows and needs about "
             f"{_gib(total)} ({detail}), over the {_gib(QUADRATIC_BUDGET_BYTES)} budget; use a smaller "

@@ -138,11 +138,12 @@ class DecodeContext:
     """Model, cache, settings, RNG and stats of one generation: what every step needs."""
 
     def __init__(self, model, gen: GenerationConfig, prompt_len: int, mode: str, candidates, scratch: int,
-                 reuse: tuple[KVCache, int] | None = None):
+                 reuse: tuple[KVCache, int] | None = None, tree_nodes: dict | None = None):
         """`candidates`: the (mode, block size) keys this generation may run, `scratch`: the most
         cache slots one of their steps writes past the committed length (registry.new_context
         computes both). `reuse` = (cache, n): the first n prompt tokens' K/V are already in `cache`
-        (the previous generation's, e.g. the earlier turns of a chat); only the rest is prefilled."""
+        (the previous generation's, e.g. the earlier turns of a chat); only the rest is prefilled.
+        `tree_nodes`: the node budget of each draft-tree key (its step's rows, for the memory check)."""
         gen.validate()
         cfg = model.cfg
         self.model, self.cfg, self.gen = model, cfg, gen
@@ -165,7 +166,8 @@ class DecodeContext:
         # Before allocating: the PyTorch reference attention (no Triton) materialises [rows, slots] masks.
         ref_slots = None if use_triton(model.backend, model.embed_tokens.weight) else capacity + scratch
         for m, b in self.candidates:
-            check_block_size(cfg, b, m, self.dtype.itemsize, attention_slots=ref_slots)
+            check_block_size(cfg, b, m, self.dtype.itemsize, attention_slots=ref_slots,
+                             nodes=(tree_nodes or {}).get((m, b)))
         # At least the last prompt token is fed again: its logits start the generation.
         self.reused = 0 if reuse is None else max(0, min(int(reuse[1]), prompt_len - 1))
         if self.reused:

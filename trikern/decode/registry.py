@@ -51,8 +51,11 @@ def check_tree_nodes(mode: str, tree_nodes) -> None:
 def candidates(mode: str, block_size: int, cfg, tree_nodes: int | None = None) -> list[tuple[str, int]]:
     """The (mode, block size) keys a generation may run; `block_size` caps auto's block sizes.
     Speculative candidates need a tri-mode checkpoint with a mask token. With `tree_nodes` a
-    self-speculation mode runs its draft-tree variant, and auto has both (the chain and the tree of
-    every block size) to choose from."""
+    self-speculation mode runs its draft-tree variant, and auto runs, at the block sizes a tree
+    declares (`auto_blocks`), the tree instead of the chain: auto's tree has N <= B nodes, the chain's
+    rows or fewer, and accepts at least what the chain does (its top-1 path is the chain), so keeping
+    both would only double what auto has to measure and explore in a generation; the chain stays
+    at the other block sizes."""
     check_tree_nodes(mode, tree_nodes)
     if mode != AUTO:
         if tree_nodes is not None:
@@ -60,8 +63,9 @@ def candidates(mode: str, block_size: int, cfg, tree_nodes: int | None = None) -
         return [(mode, 1 if not STRATEGIES[mode].family and STRATEGIES[mode].lossless else block_size)]
     spec = cfg.tri_mode and cfg.mask_token_id is not None
     pool = [c for c in STRATEGIES.values() if tree_nodes is not None or not getattr(c, "variant_of", None)]
+    treed = {} if tree_nodes is None else {m: set(c.auto_blocks) for m, c in TREE_VARIANTS.items()}
     return [(c.mode, B) for c in pool if c.lossless and (spec or not c.tri_mode)
-            for B in c.auto_blocks if B <= block_size or not c.family]
+            for B in c.auto_blocks if (B <= block_size or not c.family) and B not in treed.get(c.mode, ())]
 
 
 def scratch_needed(keys, gen: GenerationConfig | None = None) -> int:
@@ -75,4 +79,7 @@ def new_context(model, gen: GenerationConfig, prompt_len: int, mode: str = "ar",
     check_mode(mode, model.cfg)
     gen.validate()  # before the settings size anything (tree_nodes picks the strategies)
     keys = candidates(mode, gen.block_size or model.cfg.block_size, model.cfg, gen.tree_nodes)
-    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys, gen), reuse=reuse)
+    nodes = {(m, B): STRATEGIES[m].nodes_for(B, gen.tree_nodes, mode == AUTO) for m, B in keys
+             if hasattr(STRATEGIES[m], "nodes_for")}  # a tree's rows per step, for the memory check
+    return DecodeContext(model, gen, prompt_len, mode, keys, scratch_needed(keys, gen), reuse=reuse,
+                         tree_nodes=nodes)

@@ -45,22 +45,27 @@ class TreeStrategy(Strategy):
         return B * cls.node_rows(B)
 
     @classmethod
-    def scratch_for(cls, B: int, gen) -> int:
+    def nodes_for(cls, B: int, tree_nodes: int | None, auto: bool, depths: int | None = None) -> int:
+        """The nodes of a tree at block size B: a fixed mode's the request's `tree_nodes` (else
+        `default_nodes(B)`); under auto, `default_nodes(B)` (which `tree_nodes` caps: auto's candidates
+        are keyed by mode and block size, so one N per block size is what it can weigh). Either is
+        capped by what a tree of B - 1 depths (or `depths`) with TOP_K children per node can hold."""
+        default = cls.default_nodes(B)
+        want = tree_nodes or default
+        if auto:
+            want = min(want, default)
+        D = B - 1 if depths is None else depths
+        return max(1, min(want, max_nodes(D, cls.TOP_K), MAX_NODES))
+
+    @classmethod
+    def scratch_for(cls, B: int, gen, auto: bool = False) -> int:
         # never below scratch(B): the driver checks the room of a step by it
-        nodes = min(gen.tree_nodes or cls.default_nodes(B), MAX_NODES)
-        return max(cls.scratch(B), nodes * cls.node_rows(B))
+        return max(cls.scratch(B), cls.nodes_for(B, gen.tree_nodes, auto) * cls.node_rows(B))
 
 
-def node_budget(ctx: DecodeContext, B: int, default: int, top_k: int = TOP_K, depths: int | None = None) -> int:
-    """The nodes of a tree at block size B: a fixed mode's the request's `tree_nodes` (else `default`);
-    under auto, `default` (the strategy's own choice for B, which `tree_nodes` caps: auto's candidates
-    are keyed by mode and block size, so one N per block size is what it can weigh). Either is capped
-    by what a tree of B - 1 depths (or `depths`) with `top_k` children per node can hold."""
-    want = ctx.gen.tree_nodes or default
-    if ctx.stats.mode == "auto":
-        want = min(want, default)
-    D = B - 1 if depths is None else depths
-    return max(1, min(want, max_nodes(D, top_k), MAX_NODES))
+def node_budget(ctx: DecodeContext, cls: type[TreeStrategy], B: int, depths: int | None = None) -> int:
+    """`cls.nodes_for` under this generation's request and mode."""
+    return cls.nodes_for(B, ctx.gen.tree_nodes, ctx.stats.mode == "auto", depths)
 
 
 def draft_logp(ctx: DecodeContext, logits: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,9 @@ class TreeLinear(TreeStrategy):
     mode = "tree-linear"
     variant_of = "spec-linear"  # asked for as spec-linear with tree_nodes=N
     family = "tree-linear"
-    # Under auto every candidate is measured live: only the blocks where a tree beat the chain on the
-    # embedded model on a CPU (benchmarks/bench_tree.py; B = 4 broke even).
+    # Under auto (with tree_nodes) the tree replaces the chain at these blocks (registry.candidates):
+    # where a tree beat the chain on the embedded model on a CPU (benchmarks/bench_tree.py; B = 4
+    # broke even).
     auto_blocks = (8, 16)
 
     @staticmethod
@@ -46,7 +47,7 @@ class TreeLinear(TreeStrategy):
         self.mask_id, self.mask_index = require_mask_id(ctx, self.mode)
         self.backend = ctx.model.backend
         self.draft_rows = torch.arange(1, B, device=ctx.device)
-        self.nodes = node_budget(ctx, B, self.default_nodes(B), self.TOP_K)
+        self.nodes = node_budget(ctx, type(self), B)
 
     def draft(self, pending):
         """pending [1] -> the draft's log-probabilities [B-1, V] of depths 1 .. B-1."""

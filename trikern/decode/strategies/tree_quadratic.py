@@ -35,8 +35,9 @@ class TreeQuadratic(TreeStrategy):
     mode = "tree-quadratic"
     variant_of = "spec-quadratic"  # asked for as spec-quadratic with tree_nodes=N
     family = "tree-quadratic"
-    # Under auto every candidate is measured live: the blocks whose N = B tree was fastest (B = 16's
-    # B(B+1) rows lose to every linear setting on a CPU; benchmarks/bench_tree.py).
+    # Under auto (with tree_nodes) the tree replaces the chain at these blocks (registry.candidates):
+    # the blocks whose N = B tree was fastest (B = 16's B(B+1) rows lose to every linear setting on
+    # a CPU; benchmarks/bench_tree.py).
     auto_blocks = (4, 8)
 
     @staticmethod
@@ -57,7 +58,7 @@ class TreeQuadratic(TreeStrategy):
         self.logp = None
 
     def nodes(self, depths: int) -> int:
-        return node_budget(self.ctx, self.B, self.default_nodes(self.B), self.TOP_K, depths)
+        return node_budget(self.ctx, type(self), self.B, depths)
 
     def start(self, pending):
         super().start(pending)

@@ -41,6 +41,16 @@ class KVCache:
         new.truncate(n)
         return new
 
+    @classmethod
+    def view(cls, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor, capacity: int) -> "KVCache":
+        """A cache over existing storage: `k` / `v` [layers, kv_heads, slots, head_dim] views (a
+        batched cache's region of one sequence, trikern/batch/cache.py) and `length` a 0-dim view of
+        its committed length. Writes, commits and truncations land in the storage viewed."""
+        new = cls.__new__(cls)
+        new.k, new.v, new.length = k, v, length
+        new.capacity, new.slots = int(capacity), k.shape[2]
+        return new
+
     def layer(self, i):
         """(K, V) of layer i: [Hkv, slots, D] views."""
         return self.k[i], self.v[i]

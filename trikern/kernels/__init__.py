@@ -3,16 +3,17 @@ CPU backend (kernels/cpu/) has faster versions of the model's ops for CPU tensor
 
 Call the ops through this package with a `backend` ("auto" | "cpu" | "triton" | "torch"; see
 dispatch.py); ops.py routes each. CAUSAL / BIDIRECTIONAL / QUADRATIC / TREE are the attention patterns
-(`attention(..., pattern)`; TREE takes a `TreeMask`).
+(`attention(..., pattern)`; TREE takes a `TreeMask`); `attention_varlen` takes several sequences'
+chunks at once (a `Varlen` layout).
 """
-from .attention import BIDIRECTIONAL, CAUSAL, QUADRATIC, TREE, TreeMask
+from .attention import BIDIRECTIONAL, CAUSAL, QUADRATIC, TREE, TreeMask, Varlen
 from .dispatch import BACKENDS, check_backend, resolve, use_triton
 from .rope import rope_table
-from .ops import (add_rmsnorm, attention, build_tree, draft_tree, linear_for, quant_linear, reveal, rmsnorm, rope,
+from .ops import (add_rmsnorm, attention, attention_varlen, build_tree, draft_tree, linear_for, quant_linear, reveal, rmsnorm, rope,
                   swiglu, tree_verify, verify)
 
 __all__ = [
-    "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC", "TREE", "TreeMask",
-    "add_rmsnorm", "attention", "build_tree", "check_backend", "draft_tree", "linear_for", "quant_linear", "resolve", "reveal",
+    "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC", "TREE", "TreeMask", "Varlen",
+    "add_rmsnorm", "attention", "attention_varlen", "build_tree", "check_backend", "draft_tree", "linear_for", "quant_linear", "resolve", "reveal",
     "rmsnorm", "rope", "rope_table", "swiglu", "tree_verify", "use_triton", "verify",
 ]

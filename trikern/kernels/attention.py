@@ -31,7 +31,6 @@ and `trikern tune`.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +46,19 @@ PATTERNS = {"causal": CAUSAL, "bidirectional": BIDIRECTIONAL, "quadratic": QUADR
 KNOWN_PATTERNS = (CAUSAL, BIDIRECTIONAL, QUADRATIC, TREE)
 
 
-class TreeMask(NamedTuple):
+class TreeMask:
     """The TREE pattern's layout (passed as `sub_block`): per node its ancestor bit row, and the
-    tokens per node (1: the node alone; B+1: the node and its B masks)."""
-    ancestors: torch.Tensor  # [N, W] int32, W = ceil(N / 32)
-    sub_block: int = 1
+    tokens per node (1: the node alone; B+1: the node and its B masks).
+
+    Backends keep per-pass derived tensors (the CPU backend's mask) in `derived`, as `Varlen` does:
+    every layer of a forward asks for the same one, and a TreeMask lives for one forward."""
+
+    __slots__ = ("ancestors", "sub_block", "derived")
+
+    def __init__(self, ancestors: torch.Tensor, sub_block: int = 1):
+        self.ancestors = ancestors  # [N, W] int32, W = ceil(N / 32)
+        self.sub_block = sub_block
+        self.derived: dict = {}
 
 
 def tree_bits(ancestors: torch.Tensor) -> torch.Tensor:
@@ -577,3 +584,101 @@ def tune_shapes(device):
              (512, 4096, 0, CAUSAL), (4096, 4096, 0, CAUSAL)]
     names = {v: k for k, v in PATTERNS.items()}
     return [(f"T={c[0]} S={c[1]} {names[c[3]]}", thunk(*c)) for c in cases]
+
+
+# ------------------------------------------------------------------------------------------------
+# Varlen: one launch's chunks of several sequences, each over its own region of one shared cache
+# (trikern/batch: a cache with a region of `region` slots per sequence, laid out one after another
+# along the slot axis, so a region is an ordinary [Hkv, region, D] cache view).
+# ------------------------------------------------------------------------------------------------
+class Varlen:
+    """The layout of a batched pass: segment b is the chunk rows [starts[b], starts[b+1]) of the
+    flat q / k / v, its cache region starts at slot bases[b] of the layer's cache, and it holds
+    lengths[b] committed entries there (host ints: the batch driver knows them after each step's
+    host read). Every segment is under the same attention pattern, as in `attention`.
+
+    Backends keep per-pass derived tensors (masks, gather indices) in `derived`: every layer of a
+    forward asks for the same ones, and a Varlen lives for one forward."""
+
+    __slots__ = ("starts", "bases", "lengths", "region", "derived")
+
+    def __init__(self, starts, bases, lengths, region: int):
+        self.starts, self.bases, self.lengths = tuple(map(int, starts)), tuple(map(int, bases)), tuple(map(int, lengths))
+        self.region = int(region)
+        self.derived: dict = {}
+        B = len(self.bases)
+        if len(self.starts) != B + 1 or len(self.lengths) != B:
+            raise ValueError(f"varlen attention: starts must have len(bases) + 1 = {B + 1} entries and lengths "
+                             f"{B}; got {len(self.starts)} and {len(self.lengths)}")
+        if self.starts[0] != 0 or any(a > b for a, b in zip(self.starts, self.starts[1:])):
+            raise ValueError(f"varlen attention: starts={self.starts} must begin at 0 and not decrease")
+        for b in range(B):
+            n, T = self.lengths[b], self.starts[b + 1] - self.starts[b]
+            if n < 0 or n + T > self.region:
+                raise ValueError(f"varlen attention: segment {b} has lengths[b]={n} and {T} chunk tokens; its "
+                                 f"region holds {self.region} slots")
+
+    @property
+    def count(self) -> int:
+        return len(self.bases)
+
+    @property
+    def tokens(self) -> int:
+        return self.starts[-1]
+
+    def segment(self, b: int) -> tuple[int, int, int, int]:
+        """(row start, row end, region base, committed length) of segment b."""
+        return self.starts[b], self.starts[b + 1], self.bases[b], self.lengths[b]
+
+
+def _check_varlen(q, k_cache, segs: Varlen, pattern, sub_block):
+    if not isinstance(segs, Varlen):
+        raise ValueError(f"varlen attention: segs must be a Varlen; got {type(segs).__name__}")
+    seen = ("checked", q.shape[0], k_cache.shape[1], pattern, sub_block)
+    if seen in segs.derived:  # every layer of a pass checks the same layout: once is enough
+        return
+    if q.shape[0] != segs.tokens:
+        raise ValueError(f"varlen attention: q has {q.shape[0]} rows, segs.starts ends at {segs.tokens}")
+    if pattern not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
+        raise ValueError(f"varlen attention: pattern={pattern!r} not supported (CAUSAL, BIDIRECTIONAL, QUADRATIC)")
+    S = k_cache.shape[1]
+    for b in range(segs.count):
+        a, e, base, _ = segs.segment(b)
+        if base < 0 or base + segs.region > S:
+            raise ValueError(f"varlen attention: segment {b}'s region [{base}, {base + segs.region}) is outside "
+                             f"the cache's {S} slots")
+        if pattern == QUADRATIC and (sub_block < 1 or (e - a) % sub_block):
+            raise ValueError(f"quadratic attention: segment {b} has {e - a} tokens, not a multiple of "
+                             f"sub_block={sub_block}")
+    segs.derived[seen] = True
+
+
+def _per_segment(fn, q, k, v, k_cache, v_cache, segs: Varlen, pattern, sub_block, scale):
+    """Each segment through the single-sequence op `fn` over its own cache region."""
+    outs = []
+    for b in range(segs.count):
+        a, e, base, n = segs.segment(b)
+        if e > a:
+            region = slice(base, base + segs.region)
+            outs.append(fn(q[a:e], k[a:e], v[a:e], k_cache[:, region], v_cache[:, region], n, pattern, sub_block,
+                           scale))
+    return torch.cat(outs) if outs else q.new_empty(0, *q.shape[1:])
+
+
+def attention_varlen_ref(q, k, v, k_cache, v_cache, segs: Varlen, pattern=CAUSAL, sub_block=0, scale=None):
+    """The spec of varlen attention: segment b is `attention_ref` of its rows over its own region
+    (k_cache[:, bases[b] : bases[b] + region]) with lengths[b] committed entries. q, k, v: [N, H, D]
+    flat over the segments; k_cache, v_cache: one layer [Hkv, slots, D]."""
+    _check(q, k, v, k_cache, v_cache)
+    _check_varlen(q, k_cache, segs, pattern, sub_block)
+    return _per_segment(attention_ref, q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)
+
+
+def attention_varlen_triton(q, k, v, k_cache, v_cache, segs: Varlen, pattern=CAUSAL, sub_block=0, scale=None):
+    """Varlen on the Triton kernel: one `attention_triton` launch per segment over its region view
+    (the kernel takes strides, so a region is no copy). A single varlen launch (a grid axis over
+    segments, lengths read on the device, capturable in one CUDA graph per batch bucket) is not
+    written yet."""
+    _check(q, k, v, k_cache, v_cache)
+    _check_varlen(q, k_cache, segs, pattern, sub_block)
+    return _per_segment(attention_triton, q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)

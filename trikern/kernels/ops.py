@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .attention import CAUSAL, attention_ref, attention_triton
+from .attention import CAUSAL, attention_ref, attention_triton, attention_varlen_ref, attention_varlen_triton
 from .cpu import attention as cpu_attention
 from .cpu import linear as cpu_linear
 from .cpu import norm as cpu_norm
@@ -59,6 +59,19 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
     if be == "triton":
         return attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
     return attention_ref(q, k, v, k_cache, v_cache, cache_len, pattern, sub_block, scale)
+
+
+def attention_varlen(q, k, v, k_cache, v_cache, segs, pattern=CAUSAL, sub_block=0, scale=None, backend="auto",
+                     chunk_in_cache=False):
+    """Several sequences' chunks in one call, each over its own cache region (attention.Varlen);
+    `chunk_in_cache` as in `attention`."""
+    be = resolve(backend, q)
+    if be == "cpu":
+        return cpu_attention.attention_varlen(q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale,
+                                              chunk_in_cache)
+    if be == "triton":
+        return attention_varlen_triton(q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)
+    return attention_varlen_ref(q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)
 
 
 def rope(q, k, positions, inv_freq, attn_factor=1.0, llama4_beta=None, llama4_len=1, backend="auto", table=None):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from ..attention import BIDIRECTIONAL, CAUSAL, KNOWN_PATTERNS, TREE, _bad_pattern, _check, check_tree, full_mask
+from ..attention import (BIDIRECTIONAL, CAUSAL, KNOWN_PATTERNS, TREE, Varlen, _bad_pattern, _check, _check_varlen,
+                         check_tree, chunk_mask, full_mask)
 
 # Query rows per chunk: the fp32 scores stay within this many elements (16 MiB).
 CPU_SCORES = 1 << 22
@@ -43,20 +45,14 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
     return _softmax_fp32(q, keys, vals, mask, scale)
 
 
-# The last TREE mask: every layer of a forward asks for the same one (the ancestor rows of one tree),
-# and building it is a tenth of a small model's step. Holding the ancestors tensor itself keeps the
-# identity test sound (its id cannot be reused while it is held).
-_last_tree: tuple | None = None
-
-
 def _tree_mask(tree, T, n, device):
-    global _last_tree
+    # Every layer of a forward asks for the same mask (the ancestor rows of one tree), and building
+    # it is a tenth of a small model's step: it is built once per TreeMask (one forward) and kept there.
     check_tree(tree, T, device)
-    hit = _last_tree
-    if hit is not None and hit[0] is tree.ancestors and hit[1:4] == (tree.sub_block, T, n):
-        return hit[4]
-    mask = full_mask(TREE, T, n, n, tree, device)
-    _last_tree = (tree.ancestors, tree.sub_block, T, n, mask)
+    key = ("cpu-mask", T, n)
+    mask = tree.derived.get(key)
+    if mask is None:
+        mask = tree.derived[key] = full_mask(TREE, T, n, n, tree, device)
     return mask
 
 
@@ -83,4 +79,142 @@ def _softmax_fp32(q, keys, vals, mask, scale):
     out = q.new_empty(T, Hq, D)
     for t0 in range(0, T, step):
         out[t0:t0 + step] = chunk(t0, q[t0:t0 + step])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Varlen (kernels.attention.Varlen): several sequences' chunks in one call. Segments are padded to
+# [B, Tmax] queries over [B, L] keys gathered from each one's region, so a group of sequences is one
+# fused fp32 SDPA over [B, Hkv, G * Tmax] rows however many it holds: a loop over segments would pay
+# the per-op cost of a one-token step once per sequence per layer, which is most of what batching
+# saves on a CPU. Padding rows are computed and dropped; padding keys are masked.
+#
+# The plan (built once per pass, `segs.derived`, shared by every layer): a segment much longer than
+# the shortest (a joining prompt's prefill chunk among one-token steps) runs alone, as do groups that
+# would outgrow `CPU_SCORES` -- padding every sequence to it would cost more than the loop; a lone
+# segment is the single-sequence op on its region (the solo run's exact arithmetic, chunked by
+# `CPU_SCORES`). With `chunk_in_cache` (a pass that writes the cache) each chunk's K/V already sit in
+# its region after the committed entries, so the keys are one gather of slots [0, n + T) per
+# region; otherwise the committed entries and the chunk are gathered apart and concatenated.
+# ------------------------------------------------------------------------------------------------
+PAD_LIMIT = 64  # a segment over this many tokens and twice the shortest one runs alone
+
+
+def attention_varlen(q, k, v, k_cache, v_cache, segs: Varlen, pattern=CAUSAL, sub_block=0, scale=None,
+                     chunk_in_cache=False):
+    _check_varlen(q, k_cache, segs, pattern, sub_block)
+    _check(q, k, v, k_cache, v_cache)
+    N, Hq, D = q.shape
+    if N == 0:
+        return q.new_empty(0, Hq, D)
+    groups = _plan(segs, Hq, chunk_in_cache)
+    args = (q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale, chunk_in_cache)
+    if len(groups) == 1 and sum(segs.starts[b + 1] - segs.starts[b] for b in groups[0]) == N:
+        return _group(groups[0], *args)  # every row, in order
+    out = q.new_empty(N, Hq, D)
+    for grp in groups:
+        rows = segs.derived.get(("out", grp))
+        if rows is None:
+            rows = segs.derived[("out", grp)] = torch.cat([torch.arange(*segs.segment(b)[:2]) for b in grp]).to(q.device)
+        out.index_copy_(0, rows, _group(grp, *args))
+    return out
+
+
+def _plan(segs: Varlen, Hq: int, chunk_in_cache: bool) -> list[tuple[int, ...]]:
+    """The non-empty segments in groups run together (see above), in row order within a group."""
+    key = ("plan", Hq, chunk_in_cache)
+    hit = segs.derived.get(key)
+    if hit is not None:
+        return hit
+    size = {b: segs.starts[b + 1] - segs.starts[b] for b in range(segs.count) if segs.starts[b + 1] > segs.starts[b]}
+    shortest = min(size.values())
+    groups, cur, cur_T, cur_L = [], [], 0, 0
+    for b, T in size.items():
+        if T > max(PAD_LIMIT, 2 * shortest):
+            groups.append((b,))
+            continue
+        n = segs.lengths[b]
+        T2, L2 = max(cur_T, T), max(cur_L, n + T if chunk_in_cache else n)
+        if cur and (len(cur) + 1) * T2 * Hq * (L2 + (0 if chunk_in_cache else T2)) > CPU_SCORES:
+            groups.append(tuple(cur))
+            cur, T2, L2 = [], T, n + T if chunk_in_cache else n
+        cur.append(b)
+        cur_T, cur_L = T2, L2
+    if cur:
+        groups.append(tuple(cur))
+    segs.derived[key] = groups
+    return groups
+
+
+def _group(grp, q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale, chunk_in_cache):
+    """The rows of the segments `grp` (in their order): one padded SDPA, or the single-sequence op."""
+    if len(grp) == 1:
+        a, e, base, n = segs.segment(grp[0])
+        region = slice(base, base + segs.region)
+        return attention(q[a:e], k[a:e], v[a:e], k_cache[:, region], v_cache[:, region], n, pattern, sub_block,
+                         scale, chunk_in_cache)
+    T_all, Hq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    qi, ci, mask, rows = _varlen_layout(segs, grp, pattern, sub_block, chunk_in_cache, q.device)
+    B, Tmax = qi.shape
+    Hkv = k_cache.shape[0]
+    G = Hq // Hkv
+    keys, vals = (_gather_keys(c, x, ci, qi, chunk_in_cache) for c, x in ((k_cache, k), (v_cache, v)))
+    L = keys.shape[2]
+    # queries [B, Tmax, Hq, D] -> [B, Hkv, G * Tmax, D], rows ordered (g, t) as in `_softmax_fp32`
+    qp = q if rows is None and B * Tmax == T_all else q.index_select(0, qi.reshape(-1))  # all rows, in order
+    qp = qp.view(B, Tmax, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Tmax, D)
+    rows_mask = segs.derived.get(("rows", grp, pattern, sub_block, chunk_in_cache, G))
+    if rows_mask is None:  # [B, 1, G * Tmax, L]: every query head of a kv group sees its token's keys
+        rows_mask = mask[:, None, None].expand(B, 1, G, Tmax, L).reshape(B, 1, G * Tmax, L)
+        segs.derived[("rows", grp, pattern, sub_block, chunk_in_cache, G)] = rows_mask
+    # One fused op (scores, mask, softmax, product) in fp32: half the time of the three ops spelled out.
+    o = F.scaled_dot_product_attention(qp.float(), keys, vals, attn_mask=rows_mask, scale=scale)
+    o = o.view(B, Hkv, G, Tmax, D).permute(0, 3, 1, 2, 4).reshape(B * Tmax, Hq, D)  # rows (b, t)
+    return (o if rows is None else o.index_select(0, rows)).to(q.dtype)
+
+
+def _gather_keys(cache, chunk, ci, qi, chunk_in_cache):
+    """[B, Hkv, L, D] fp32: the slots `ci` of each region, then (unless the chunk is in the cache)
+    the segment's own chunk rows `qi`."""
+    Hkv, D = cache.shape[0], cache.shape[2]
+    B, n = ci.shape
+    out = cache.index_select(1, ci.reshape(-1)).view(Hkv, B, n, D)
+    if not chunk_in_cache:
+        own = chunk.index_select(0, qi.reshape(-1)).view(B, qi.shape[1], Hkv, D).permute(2, 0, 1, 3)
+        out = torch.cat([out, own], 2)
+    return out.transpose(0, 1).float()
+
+
+def _varlen_layout(segs: Varlen, grp, pattern, sub_block, chunk_in_cache, device):
+    """For the segments `grp`: (query rows [B, Tmax], region slots [B, L0], mask [B, Tmax, L], the real
+    rows of the padded output or None when there is no padding), built once per pass. Keys: L0 slots
+    of each region (the committed entries, and with `chunk_in_cache` the chunk after them), then
+    (without it) Tmax chunk rows."""
+    key = ("layout", grp, pattern, sub_block, chunk_in_cache, device)
+    hit = segs.derived.get(key)
+    if hit is not None:
+        return hit
+    segments = [segs.segment(b) for b in grp]
+    B = len(segments)
+    Tmax = max(e - a for a, e, _, _ in segments)
+    extra = 0 if chunk_in_cache else Tmax
+    L0 = max(max(n + (e - a) * chunk_in_cache for a, e, _, n in segments), 1)  # >= 1: no empty gathers
+    t, j = torch.arange(Tmax), torch.arange(L0)
+    qi = torch.empty(B, Tmax, dtype=torch.long)
+    ci = torch.empty(B, L0, dtype=torch.long)
+    mask = torch.zeros(B, Tmax, L0 + extra, dtype=torch.bool)
+    rows = []
+    for b, (a, e, base, n) in enumerate(segments):
+        T = e - a
+        qi[b] = a + t.clamp(max=T - 1)  # padding rows repeat the last one (dropped at the end)
+        ci[b] = base + j.clamp(max=max(n + T * chunk_in_cache - 1, 0))
+        mask[b, :, :n] = True
+        at = n if chunk_in_cache else L0
+        mask[b, :T, at:at + T] = chunk_mask(pattern, T, sub_block)
+        mask[b, T:, at] = True  # padding rows see one key: no all -inf row (no NaN to drop)
+        rows.append(b * Tmax + torch.arange(T))
+    padded = any(e - a != Tmax for a, e, _, _ in segments)
+    out = (qi.to(device), ci.to(device), mask.to(device), torch.cat(rows).to(device) if padded else None)
+    segs.derived[key] = out
     return out

@@ -1,0 +1,147 @@
+"""CPU benchmark of batched decoding (issue 22): aggregate and per-user tokens/s at concurrency
+1, 2, 4, 8 for each batched mode on the embedded model (`trikern.load()`).
+
+At concurrency c, c users send a prompt at once to a BatchDecoder(max_batch=c) (trikern/batch) and
+each generates --max-new-tokens tokens (greedy, no EOS stop). Aggregate tok/s = all tokens / wall
+time until the last user is done; per-user tok/s = a user's tokens / its own time from request to
+last token (queueing and prefill included: what the user sees), the median user; "slowest / solo"
+= the slowest user's time over a solo run's in the same repeat (the issue's goal at c = 4: <= 2).
+Prompts: trikern/bench/prompts.jsonl, cycled. Every (mode, c) runs once per repeat, taking turns
+(one process, interleaved), after one untimed warm-up each; figures are medians over the repeats,
+and the ratios are taken within a repeat before the median, since a shared CPU is noisy.
+A last line per mode gives the single-sequence decoder's (trikern.decode) tok/s on the same
+prompt and batched c = 1 over it: what one user got before batching. "= solo": every user's text
+equals its c = 1 text (in bf16 a batch's matmul shapes may round
+differently; the fp32 equality is what tests/test_batch_decode.py checks).
+
+    python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4; 5 repeats
+    python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
+    python benchmarks/bench_batch.py --smoke          # 8 tokens, 1 repeat: checks the script runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", default="ar,spec-linear:4,spec-linear:8,spec-quadratic:4",
+                   help="comma list of ar, spec-linear:B, spec-quadratic:B, diffusion:B")
+    p.add_argument("--concurrency", default="1,2,4,8")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: steadier on a CPU shared with other work)")
+    p.add_argument("--dtype", default=None, help="bf16 or fp32 (default: the checkpoint's as trikern.load gives it)")
+    p.add_argument("--json", default=None, help="write the rows here too")
+    p.add_argument("--smoke", action="store_true", help="8 tokens, 1 repeat, c in {1, 2}: checks the script runs")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.max_new_tokens, a.repeats, a.concurrency = 8, 1, "1,2"
+    return a
+
+
+def main(argv=None):
+    a = parse(argv)
+    import torch
+
+    import trikern
+    from trikern.batch import BatchDecoder
+
+    torch.set_num_threads(a.threads)
+    lm = trikern.load(dtype=a.dtype)
+    model, tok = lm.model, lm.tokenizer
+    rows = [json.loads(line) for line in (ROOT / "trikern" / "bench" / "prompts.jsonl").read_text().splitlines()]
+    prompts = [tok.encode(d["prompt"]) for d in rows if "prompt" in d]  # (the chat rows need a template)
+    modes = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else None) for m in a.modes.split(",")]
+    levels = [int(c) for c in a.concurrency.split(",")]
+
+    def serve(mode, B, c, new):
+        """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once."""
+        dec = BatchDecoder(model, max_batch=c, mode=mode, block_size=B)
+        t0 = time.perf_counter()
+        seqs = [dec.add(prompts[i % len(prompts)], max_new_tokens=new) for i in range(c)]
+        for _ in dec.run():
+            pass
+        wall = time.perf_counter() - t0
+        per_user = [len(s.tokens) / (s.t_done - t0) for s in seqs]
+        return (sum(len(s.tokens) for s in seqs) / wall, statistics.median(per_user),
+                max(s.t_done - t0 for s in seqs), [s.tokens for s in seqs])
+
+    def today(mode, B, new):
+        """tokens/s of the single-sequence decoder (trikern.decode) on prompt 0: what c = 1 was before."""
+        from trikern.decode import GenerationConfig, decode, new_context
+        gen = GenerationConfig(max_new_tokens=new, block_size=B)
+        t0 = time.perf_counter()
+        ctx = new_context(model, gen, len(prompts[0]), mode)
+        n = sum(len(piece) for piece in decode(ctx, torch.tensor(prompts[0]), mode, profile=False))
+        return n / (time.perf_counter() - t0)
+
+    for m, B in modes:  # warm-up: the CPU backend times its matmul paths once per shape
+        for c in levels:
+            serve(m, B, c, 16)
+    def alone(mode, B, j, new):
+        dec = BatchDecoder(model, max_batch=1, mode=mode, block_size=B)
+        seq = dec.add(prompts[j], max_new_tokens=new)
+        for _ in dec.run():
+            pass
+        return seq.tokens
+
+    ref = {(m, B, j): alone(m, B, j, a.max_new_tokens) for m, B in modes for j in range(min(max(levels), len(prompts)))}
+    res = {(m, B, c): [] for m, B in modes for c in levels}
+    same = dict.fromkeys(res, True)
+    base_today = {mb: [] for mb in modes}
+    t_start = time.time()
+    for r in range(a.repeats):
+        for m, B in modes:
+            solo_s = None
+            base_today[(m, B)].append(today(m, B, a.max_new_tokens))
+            for c in levels:
+                agg, user, slowest, outs = serve(m, B, c, a.max_new_tokens)
+                if c == 1:
+                    solo_s = slowest
+                same[(m, B, c)] &= all(out == ref[(m, B, i % len(prompts))] for i, out in enumerate(outs))
+                res[(m, B, c)].append((agg, user, slowest, slowest / solo_s if solo_s else float("nan")))
+        print(f"# repeat {r + 1}/{a.repeats} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
+
+    print(f"# embedded model, CPU {str(model.embed_tokens.weight.dtype).replace('torch.', '')} ({a.threads} "
+          f"thread{'s' if a.threads > 1 else ''}), greedy, {a.max_new_tokens} new tokens per user, {a.repeats} "
+          f"repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's c=1, per repeat")
+    print("| mode | c | aggregate tok/s | x c=1 | per-user tok/s | slowest / solo | = solo |")
+    print("|---|---|---|---|---|---|---|")
+    out = []
+    for m, B in modes:
+        base = res[(m, B, levels[0])]
+        for c in levels:
+            v = res[(m, B, c)]
+            agg = statistics.median(x[0] for x in v)
+            ratio = statistics.median(x[0] / b[0] for x, b in zip(v, base))
+            user = statistics.median(x[1] for x in v)
+            slow = statistics.median(x[3] for x in v)
+            name = m if B is None else f"{m} B={B}"
+            print(f"| {name} | {c} | {agg:.1f} | {ratio:.2f} | {user:.1f} | {slow:.2f} | "
+                  f"{'yes' if same[(m, B, c)] else 'no'} |")
+            out.append(dict(mode=m, B=B, c=c, aggregate=agg, x_c1=ratio, per_user=user, slowest_over_solo=slow,
+                            equals_solo=same[(m, B, c)]))
+    for m, B in modes:
+        name = m if B is None else f"{m} B={B}"
+        one = [x[0] for x in res[(m, B, 1)]] if 1 in levels else None
+        if one:
+            ratio = statistics.median(x / y for x, y in zip(one, base_today[(m, B)]))
+            print(f"# {name}: the single-sequence decoder (trikern.decode) {statistics.median(base_today[(m, B)]):.1f} "
+                  f"tok/s; batched c=1 / it = {ratio:.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The batched decode loop: a changing set of sequences over one SlotCache, one step for all of them.
+
+`BatchDecoder(model, max_batch, mode, block_size)` holds at most `max_batch` sequences in its cache
+regions; `add` queues a request, `cancel` drops one (a client that disconnected), and each `step`:
+
+1. admits queued sequences into free regions (in arrival order);
+2. gives the joining ones prefill pieces of at most `prefill_chunk` prompt tokens in all, so a long
+   prompt is fed over several steps and the sequences already decoding wait about one step for it,
+   not for the whole prompt;
+3. runs one step of the batch's (mode, block size) (steps.py) for every decoding sequence, the
+   prefill pieces riding in its causal pass;
+4. passes each sequence's tokens through its emitter (EOS, token budget, thinking budget), and
+   releases the region of every sequence that finished.
+
+One (mode, block size) for the whole batch, chosen when the decoder is made. A sequence's output
+equals its solo run's (the same model math per row and the same RNG draws, tests/test_batch_decode.py).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..checks import check, check_block_size, int_problem
+from ..decode.context import GenerationConfig
+from ..decode.registry import check_mode
+from .cache import SlotCache
+from .sequence import Sequence
+from .steps import STEPS
+
+MODES = tuple(STEPS)
+
+
+class BatchDecoder:
+    def __init__(self, model, max_batch: int = 4, mode: str = "ar", block_size: int | None = None,
+                 context: int | None = None, prefill_chunk: int = 256, draft_lora: bool = True):
+        """`context`: the most tokens (prompt + generated) of one sequence (default: the model's
+        max_position_embeddings); every region is sized for it."""
+        cfg = model.cfg
+        if mode not in STEPS:
+            raise ValueError(f"mode={mode!r}: batched decoding runs one of {', '.join(MODES)}")
+        for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected an int >= 1")
+        limit = cfg.max_position_embeddings
+        context = limit if context is None else context
+        if not isinstance(context, int) or not 2 <= context <= limit:
+            raise ValueError(f"context={context!r}: expected an int in [2, {limit}] (max_position_embeddings)")
+        check_mode(mode, cfg)  # a spec mode needs a tri-mode checkpoint with a mask token
+        if block_size is not None:
+            check("block_size", block_size, int_problem(block_size, lo=1))
+        B = 1 if mode == "ar" else (block_size or cfg.block_size)  # spec-quadratic: B draft tokens, B + 1 wide
+        # As a solo request: the range, and a quadratic step's memory (one sequence's; the batch's
+        # padded attention scores grow with it, which the CPU backend chunks only per sequence).
+        check_block_size(cfg, B, mode, model.embed_tokens.weight.dtype.itemsize)
+        self.model, self.cfg = model, cfg
+        self.device = model.embed_tokens.weight.device
+        self.dtype = model.embed_tokens.weight.dtype
+        self.mode, self.B, self.context = mode, B, context
+        self.prefill_chunk, self.draft_lora = prefill_chunk, bool(draft_lora)
+        self.step_kind = STEPS[mode](self, B)
+        # A final step may commit up to B tokens past the budget, and a step writes its scratch.
+        self.cache = SlotCache.for_model(cfg, max_batch, context + B, self.dtype, self.device,
+                                         scratch=STEPS[mode].scratch(B))
+        self.max_batch = max_batch
+        self.queue: list[Sequence] = []
+        self.active: list[Sequence] = []
+        self.steps = 0
+        self.batch_sizes: dict[int, int] = {}  # decoding sequences per step -> steps
+
+    # -- joining and leaving ---------------------------------------------------------------
+    def add(self, prompt_ids, gen: GenerationConfig | None = None, ident=None, **kw) -> Sequence:
+        """Queue a generation (`gen`, or GenerationConfig(**kw)); it joins at the next step with a free
+        region. Settings the batch fixes for every sequence are refused here, by name."""
+        gen = GenerationConfig(**kw) if gen is None else gen
+        ids = prompt_ids.tolist() if torch.is_tensor(prompt_ids) else list(prompt_ids)
+        for name, ok in (("block_size", gen.block_size in (None, self.B) or self.mode == "ar"),
+                         ("tree_nodes", gen.tree_nodes is None), ("cuda_graphs", not gen.cuda_graphs),
+                         ("draft_lora", gen.draft_lora == self.draft_lora or self.mode == "ar")):
+            if not ok:
+                raise ValueError(f"{name}={getattr(gen, name)!r}: a batched decoder runs one setting for every "
+                                 f"sequence (mode={self.mode!r}, block_size={self.B}, draft_lora={self.draft_lora}); "
+                                 f"per-sequence {name} is not supported")
+        for i, t in enumerate(ids):
+            if not 0 <= int(t) < self.cfg.vocab_size:
+                raise ValueError(f"prompt_ids[{i}]={t!r}: expected a token id in [0, {self.cfg.vocab_size})")
+        seq = Sequence(ids, gen, self.context, self.mode, self.device, ident)
+        if not seq.done:
+            self.queue.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence):
+        """Drop a sequence (queued or active) before it finishes; its region is freed."""
+        if seq in self.queue:
+            self.queue.remove(seq)
+        if seq in self.active:
+            self._leave(seq)
+        seq.done = True
+
+    def _leave(self, seq: Sequence):
+        self.active.remove(seq)
+        self.cache.release(seq.slot)
+        seq.slot = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.active)
+
+    # -- the loop ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> dict[Sequence, list[int]]:
+        """One step for the whole batch: {sequence: tokens it yields now} (a finished sequence has
+        `done` set and has left the batch)."""
+        while self.queue and self.cache.free:
+            seq = self.queue.pop(0)
+            seq.slot = self.cache.acquire()
+            self.active.append(seq)
+            self.step_kind.admit(seq)
+        decoding = [s for s in self.active if s.decoding]
+        prefill, budget = [], self.prefill_chunk
+        for s in self.active:
+            if s.prefilling and budget > 0:
+                T = min(budget, s.prefill_len - s.fed)
+                prefill.append((s, T))
+                budget -= T
+        if not decoding and not prefill:
+            return {}
+        for s in decoding + [s for s, _ in prefill]:
+            if s.length + self.step_kind.scratch(self.B) > self.cache.region:
+                raise RuntimeError(f"SlotCache region too small: a {self.B}-token step at length {s.length} "
+                                   f"needs more than its {self.cache.region} slots (BatchDecoder sizing bug)")
+        produced = self.step_kind.run(decoding, prefill)
+        self.steps += 1
+        self.batch_sizes[len(decoding)] = self.batch_sizes.get(len(decoding), 0) + 1
+        out = {}
+        for s, tokens in produced.items():
+            if s in decoding:
+                s.stats.forwards += self.step_kind.forwards
+                if self.mode != "ar":
+                    s.stats.acceptance_lengths[len(tokens)] += 1
+            else:
+                s.stats.prefill_forwards += 1
+            out[s], forced = s.emit(tokens)
+            if s.done:
+                self._leave(s)
+            elif forced:  # thinking budget: the end-think token replaced the last one produced
+                s.length = s.emitter.cache_length()
+                self.cache.lengths[s.slot] = s.length
+                self.step_kind.restart(s, torch.full((1,), s.gen.end_think_id, device=self.device))
+            else:
+                s.pending = torch.tensor(tokens[-1:], device=self.device)
+        for s, _ in prefill:
+            if s not in produced:
+                s.stats.prefill_forwards += 1
+        return out
+
+    def run(self) -> Iterator[dict[Sequence, list[int]]]:
+        """Steps until every queued and active sequence is done (more may be added between steps)."""
+        while self.busy:
+            yield self.step()
+
+
+def generate_batch(model, prompts, mode="ar", max_batch=4, block_size=None, **kw) -> list[list[int]]:
+    """The token ids each prompt generates, decoded together `max_batch` at a time (the rest queue)."""
+    dec = BatchDecoder(model, max_batch, mode, block_size)
+    seqs = [dec.add(p, **kw) for p in prompts]
+    for _ in dec.run():
+        pass
+    return [s.tokens for s in seqs]

@@ -19,6 +19,9 @@ from ..kernels import CAUSAL, use_triton
 from ..kernels.tree import MAX_NODES
 from ..sampling import make_generator
 
+AUTO = "auto"  # the mode that picks the fastest lossless strategy before every step (auto/policy.py)
+
+
 class ContextLengthError(ValueError):
     """The prompt does not fit the model's context."""
 

@@ -5,7 +5,7 @@ A new mode is a Strategy subclass (strategies/) listed in STRATEGIES; nothing el
 """
 from __future__ import annotations
 
-from .context import DecodeContext, GenerationConfig
+from .context import AUTO, DecodeContext, GenerationConfig
 from .strategies.ar import AR
 from .strategies.diffusion import Diffusion
 from .strategies.spec_linear import LinearSpec
@@ -14,7 +14,6 @@ from .strategies.tree_linear import TreeLinear
 from .strategies.tree_quadratic import TreeQuadratic
 
 STRATEGIES = {cls.mode: cls for cls in (AR, Diffusion, LinearSpec, QuadraticSpec, TreeLinear, TreeQuadratic)}
-AUTO = "auto"  # the fastest lossless strategy before every step (auto/policy.py)
 # A strategy with `variant_of` is asked for as that mode plus an option (a draft tree: tree_nodes=N).
 TREE_VARIANTS = {c.variant_of: c for c in STRATEGIES.values() if getattr(c, "variant_of", None)}
 STEP_MODES = tuple(m for m, c in STRATEGIES.items() if not getattr(c, "variant_of", None))  # one strategy each

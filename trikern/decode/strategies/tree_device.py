@@ -15,7 +15,7 @@ import torch
 from ... import kernels as K
 from ...kernels.tree import MAX_NODES, DraftTree, max_nodes
 from ...sampling import probs
-from ..context import DecodeContext
+from ..context import AUTO, DecodeContext
 from .base import Strategy
 from .device import verifier_inputs
 
@@ -65,7 +65,7 @@ class TreeStrategy(Strategy):
 
 def node_budget(ctx: DecodeContext, cls: type[TreeStrategy], B: int, depths: int | None = None) -> int:
     """`cls.nodes_for` under this generation's request and mode."""
-    return cls.nodes_for(B, ctx.gen.tree_nodes, ctx.stats.mode == "auto", depths)
+    return cls.nodes_for(B, ctx.gen.tree_nodes, ctx.stats.mode == AUTO, depths)
 
 
 def draft_logp(ctx: DecodeContext, logits: torch.Tensor) -> torch.Tensor:
@@ -85,10 +85,10 @@ def root_tree(pending: torch.Tensor) -> DraftTree:
                      torch.zeros(1, dtype=torch.long, device=dev), torch.ones(1, 1, dtype=torch.int32, device=dev))
 
 
-def tree_chunk(tree: DraftTree, cache_len, S: int, mask_id: int):
-    """(tokens [N*S], positions [N*S]): node i's sub-block `[token_i, M x (S-1)]`, the node at n + depth_i
-    and its masks at n + depth_i + 1 .. n + depth_i + S - 1."""
-    off = torch.arange(S, device=tree.tokens.device)
+def tree_chunk(tree: DraftTree, cache_len, W: int, mask_id: int):
+    """(tokens [N*W], positions [N*W]): node i's sub-block `[token_i, M x (W-1)]`, the node at n + depth_i
+    and its masks at n + depth_i + 1 .. n + depth_i + W - 1."""
+    off = torch.arange(W, device=tree.tokens.device)
     tokens = torch.where(off[None, :] == 0, tree.tokens[:, None], torch.full_like(tree.tokens[:, None], mask_id))
     positions = cache_len + tree.depth[:, None] + off[None, :]
     return tokens.reshape(-1), positions.reshape(-1)

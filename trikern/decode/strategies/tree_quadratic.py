@@ -6,13 +6,13 @@ depths (`logp`, [D, V]; None right after the prompt, a forced token or a switch 
 step (`TreeQuadratic.step`, host-sync free):
 
 1. kernels.build_tree: the N best paths below the pending token (the root), K children per node.
-2. One forward over N sub-blocks of S = B+1 tokens, node i's `[token_i, M x B]` with the node at
+2. One forward over N sub-blocks of W = B+1 tokens, node i's `[token_i, M x B]` with the node at
    n + depth_i and its masks at n + depth_i + 1 .. n + depth_i + B, under the TREE pattern: a node
    sees the cache, its ancestors and itself; a mask sees the cache, its node's ancestors and node, and
    its own sub-block. Node rows are AR's rows (each node's root path is a causal chain); the masks of
    node i draft the block that would follow if node i's path were accepted. Writes N(B+1) scratch
    entries.
-3. kernels.tree_verify (stride S): the deepest accepted node c, its path and the bonus are emitted,
+3. kernels.tree_verify (stride W): the deepest accepted node c, its path and the bonus are emitted,
    the K/V of the root and the path's nodes are compacted to n .. n+depth_c and committed.
 4. Next draft: node c's sub-block. Its first mask sits where the bonus now is (already verified);
    its masks at offsets 2 .. B give the log-probabilities of the next tree's depths 1 .. B-1.
@@ -52,7 +52,7 @@ class TreeQuadratic(TreeStrategy):
 
     def __init__(self, ctx, B):
         super().__init__(ctx, B)
-        self.S = B + 1
+        self.W = B + 1
         self.mask_id, self.mask_index = require_mask_id(ctx, self.mode)
         self.backend = ctx.model.backend
         self.logp = None
@@ -73,16 +73,16 @@ class TreeQuadratic(TreeStrategy):
 
     def forward(self, pending, logp):
         """-> (tokens [D+1] padded with -1, count [], next pending [1], next logp [B-1, V])."""
-        ctx, cache, S = self.ctx, self.ctx.cache, self.S
+        ctx, cache, W = self.ctx, self.ctx.cache, self.W
         D = 0 if logp is None else logp.shape[0]
         tree = root_tree(pending) if D == 0 else K.build_tree(logp, pending, self.nodes(D), self.TOP_K,
                                                              backend=self.backend)
         N = tree.tokens.shape[0]
-        tokens, pos = tree_chunk(tree, cache.length, S, self.mask_id)
-        hidden = ctx.model(tokens, pos, cache, K.TREE, write_cache=True, sub_block=TreeMask(tree.ancestors, S),
-                           return_hidden=True).view(N, S, -1)
+        tokens, pos = tree_chunk(tree, cache.length, W, self.mask_id)
+        hidden = ctx.model(tokens, pos, cache, K.TREE, write_cache=True, sub_block=TreeMask(tree.ancestors, W),
+                           return_hidden=True).view(N, W, -1)
         # The head runs on the N node rows, then on the B-1 draft rows of the one sub-block the verdict picks.
-        out, count, _, last = verify_tree(ctx, tree, ctx.model.logits(hidden[:, 0]), D, S, self.backend)
+        out, count, _, last = verify_tree(ctx, tree, ctx.model.logits(hidden[:, 0]), D, W, self.backend)
         bonus = out.gather(0, (count - 1).reshape(1))
         masks = ctx.model.logits(hidden.index_select(0, last.reshape(1))[0, 2:])  # offsets 2 .. B of node c
         return out, count, bonus, draft_logp(ctx, without_mask(masks, self.mask_index))
@@ -99,14 +99,14 @@ class TreeQuadratic(TreeStrategy):
         n = prompt_ids.shape[0]
         if n > 1:
             ctx.prefill(prompt_ids[:-1])
-        check_room(ctx, n - 1, self.S)
+        check_room(ctx, n - 1, self.W)
         self.start(prompt_ids[-1:])
         first = self._advance(run)
         return StepResult(first.tokens, 1 + (n > 1 and ctx.reused < n - 1))
 
     def step(self, run, timer, em):
         D = 0 if self.logp is None else self.logp.shape[0]
-        check_room(self.ctx, em.cache_length(), (self.nodes(D) if D else 1) * self.S)  # N may exceed B
+        check_room(self.ctx, em.cache_length(), (self.nodes(D) if D else 1) * self.W)  # N may exceed B
         result = self._advance(run)
         timer.mark("step")
         return result

@@ -253,7 +253,11 @@ class Transformer(nn.Module):
             return K.attention(q, k, v, kc, vc, length, pattern, sub_block, self.scale, backend=self.backend,
                                chunk_in_cache=write_cache)
 
-        hidden = self.forward_hidden(tokens, positions, attend, lora)
+        return self.output(self.forward_hidden(tokens, positions, attend, lora), logits_index, return_hidden)
+
+    def output(self, hidden, logits_index=None, return_hidden=False):
+        """What a forward returns from its last hidden states: them, or the logits of `logits_index`'s
+        rows (all by default)."""
         if return_hidden:
             return hidden
         if logits_index is not None:

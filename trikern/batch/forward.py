@@ -68,9 +68,4 @@ def forward_batch(model, tokens, cache: SlotCache, segs: K.Varlen, pattern=K.CAU
         return K.attention_varlen(q, k, v, kc, vc, segs, pattern, sub_block, model.scale, backend=model.backend,
                                   chunk_in_cache=write_cache)
 
-    hidden = model.forward_hidden(tokens, pos, attend, lora)
-    if return_hidden:
-        return hidden
-    if logits_index is not None:
-        hidden = hidden[logits_index]
-    return model.logits(hidden)
+    return model.output(model.forward_hidden(tokens, pos, attend, lora), logits_index, return_hidden)

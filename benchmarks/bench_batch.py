@@ -1,5 +1,6 @@
 """CPU benchmark of batched decoding (issue 22): aggregate and per-user tokens/s at concurrency
-1, 2, 4, 8 for each batched mode on the embedded model (`trikern.load()`).
+1, 2, 4, 8 for each batched mode and auto on the embedded model (`trikern.load()`), and auto over
+the best fixed setting at each concurrency.
 
 At concurrency c, c users send a prompt at once to a BatchDecoder(max_batch=c) (trikern/batch) and
 each generates --max-new-tokens tokens (greedy, no EOS stop). Aggregate tok/s = all tokens / wall
@@ -14,7 +15,7 @@ prompt and batched c = 1 over it: what one user got before batching. "= solo": e
 equals its c = 1 text (in bf16 a batch's matmul shapes may round
 differently; the fp32 equality is what tests/test_batch_decode.py checks).
 
-    python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4; 5 repeats
+    python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4, auto B<=8; 5 repeats
     python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
     python benchmarks/bench_batch.py --smoke          # 8 tokens, 1 repeat: checks the script runs
 """
@@ -33,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--modes", default="ar,spec-linear:4,spec-linear:8,spec-quadratic:4",
-                   help="comma list of ar, spec-linear:B, spec-quadratic:B, diffusion:B")
+    p.add_argument("--modes", default="ar,spec-linear:4,spec-linear:8,spec-quadratic:4,auto:8",
+                   help="comma list of ar, spec-linear:B, spec-quadratic:B, diffusion:B, auto:B (B: auto's cap)")
     p.add_argument("--concurrency", default="1,2,4,8")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
@@ -64,9 +65,15 @@ def main(argv=None):
     modes = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else None) for m in a.modes.split(",")]
     levels = [int(c) for c in a.concurrency.split(",")]
 
+    decoders = {}
+
     def serve(mode, B, c, new):
-        """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once."""
-        dec = BatchDecoder(model, max_batch=c, mode=mode, block_size=B)
+        """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once.
+        One decoder per (mode, B, c) for the whole run, as a server keeps its own: auto's step costs
+        per batch size, measured in the warm-up, stay with it."""
+        dec = decoders.get((mode, B, c))
+        if dec is None:
+            dec = decoders[(mode, B, c)] = BatchDecoder(model, max_batch=c, mode=mode, block_size=B)
         t0 = time.perf_counter()
         seqs = [dec.add(prompts[i % len(prompts)], max_new_tokens=new) for i in range(c)]
         for _ in dec.run():
@@ -131,6 +138,13 @@ def main(argv=None):
                   f"{'yes' if same[(m, B, c)] else 'no'} |")
             out.append(dict(mode=m, B=B, c=c, aggregate=agg, x_c1=ratio, per_user=user, slowest_over_solo=slow,
                             equals_solo=same[(m, B, c)]))
+    fixed = [mb for mb in modes if mb[0] != "auto"]
+    for m, B in [mb for mb in modes if mb[0] == "auto"]:
+        for c in levels:  # per repeat: auto's aggregate over that repeat's best fixed one
+            ratios = [x[0] / max(res[(fm, fB, c)][r][0] for fm, fB in fixed)
+                      for r, x in enumerate(res[(m, B, c)])] if fixed else []
+            if ratios:
+                print(f"# auto B<={B}, c={c}: {statistics.median(ratios):.2f}x the best fixed setting's aggregate")
     for m, B in modes:
         name = m if B is None else f"{m} B={B}"
         one = [x[0] for x in res[(m, B, 1)]] if 1 in levels else None

@@ -206,8 +206,8 @@ def test_slot_cache_regions():
 
 def test_bad_settings_name_the_parameter():
     m = random_model(seed=1)
-    with pytest.raises(ValueError, match="mode='auto'"):
-        BatchDecoder(m, mode="auto")
+    with pytest.raises(ValueError, match="mode='beam'"):
+        BatchDecoder(m, mode="beam")
     with pytest.raises(ValueError, match="max_batch=0"):
         BatchDecoder(m, max_batch=0)
     with pytest.raises(ValueError, match="context=1000"):

@@ -12,30 +12,43 @@ regions; `add` queues a request, `cancel` drops one (a client that disconnected)
 4. passes each sequence's tokens through its emitter (EOS, token budget, thinking budget), and
    releases the region of every sequence that finished.
 
-One (mode, block size) for the whole batch, chosen when the decoder is made. A sequence's output
+One (mode, block size) for the whole batch at each step: the decoder's, or with mode="auto" the one
+auto.py chooses for the sequences decoding now. A sequence's output
 equals its solo run's (the same model math per row and the same RNG draws, tests/test_batch_decode.py).
+
+Prefix reuse (`reuse_prefix=True`, what a server wants: the next turn of a chat): a region keeps
+its K/V when its sequence leaves, and `kept` remembers the token ids they hold. A joining sequence
+goes to the free region sharing the longest prefix with its prompt and prefills only the rest (at
+least its last prompt token, whose logits start the generation); with no shared prefix it takes an
+empty region, else the one released longest ago. `adopt` carries those prefixes over to a decoder
+made for another mode.
 """
 from __future__ import annotations
 
 from typing import Iterator
+
+import time
 
 import torch
 
 from ..checks import check, check_block_size, int_problem
 from ..decode.context import GenerationConfig
 from ..decode.registry import check_mode
+from .auto import AutoBatch
 from .cache import SlotCache
 from .sequence import Sequence
-from .steps import STEPS
+from .steps import STEPS as FIXED
 
+STEPS = {**FIXED, AutoBatch.mode: AutoBatch}  # auto chooses among the fixed kinds per step (auto.py)
 MODES = tuple(STEPS)
 
 
 class BatchDecoder:
     def __init__(self, model, max_batch: int = 4, mode: str = "ar", block_size: int | None = None,
-                 context: int | None = None, prefill_chunk: int = 256, draft_lora: bool = True):
+                 context: int | None = None, prefill_chunk: int = 256, draft_lora: bool = True,
+                 reuse_prefix: bool = False):
         """`context`: the most tokens (prompt + generated) of one sequence (default: the model's
-        max_position_embeddings); every region is sized for it."""
+        max_position_embeddings); every region is sized for it. `reuse_prefix`: see the module doc."""
         cfg = model.cfg
         if mode not in STEPS:
             raise ValueError(f"mode={mode!r}: batched decoding runs one of {', '.join(MODES)}")
@@ -46,6 +59,8 @@ class BatchDecoder:
         context = limit if context is None else context
         if not isinstance(context, int) or not 2 <= context <= limit:
             raise ValueError(f"context={context!r}: expected an int in [2, {limit}] (max_position_embeddings)")
+        if not isinstance(reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix={reuse_prefix!r}: expected True or False")
         check_mode(mode, cfg)  # a spec mode needs a tri-mode checkpoint with a mask token
         if block_size is not None:
             check("block_size", block_size, int_problem(block_size, lo=1))
@@ -67,6 +82,10 @@ class BatchDecoder:
         self.active: list[Sequence] = []
         self.steps = 0
         self.batch_sizes: dict[int, int] = {}  # decoding sequences per step -> steps
+        self.prefill_tokens = 0  # prompt tokens fed by prefill passes (a reused prefix is not)
+        self.reuse_prefix = reuse_prefix
+        # Free region -> the token ids its first entries hold, oldest release first (reuse_prefix only).
+        self.kept: dict[int, list[int]] = {}
 
     # -- joining and leaving ---------------------------------------------------------------
     def add(self, prompt_ids, gen: GenerationConfig | None = None, ident=None, **kw) -> Sequence:
@@ -100,7 +119,52 @@ class BatchDecoder:
     def _leave(self, seq: Sequence):
         self.active.remove(seq)
         self.cache.release(seq.slot)
+        if self.reuse_prefix and seq.length:
+            # Committed entries are the prompt and every token produced but the newest (steps commit
+            # between steps only), so their ids are a prefix of prompt + emitted.
+            self.kept[seq.slot] = (seq.prompt + seq.tokens)[:seq.length]
         seq.slot = None
+
+    def _admit(self, seq: Sequence):
+        """Give a queued sequence a region (its longest kept prefix, if any) and start its prefill."""
+        slot, n = self._region_for(seq.prompt)
+        seq.slot = self.cache.acquire(slot)
+        self.kept.pop(slot, None)
+        self.active.append(seq)
+        seq.t_join = time.perf_counter()
+        self.step_kind.admit(seq)
+        n = min(n, seq.prefill_len - 1)  # feed at least one token: the pass that ends the prefill
+        if n > 0:
+            seq.fed = seq.length = seq.stats.cached_tokens = n
+            self.cache.lengths[slot] = n
+
+    def _region_for(self, prompt: list[int]) -> tuple[int, int]:
+        """(free region, prompt tokens its kept ids share): the longest shared prefix; else an empty
+        region; else the one released longest ago."""
+        best, n = None, 0
+        for s, ids in self.kept.items():
+            k = next((i for i, (a, b) in enumerate(zip(ids, prompt)) if a != b), min(len(ids), len(prompt)))
+            if k > n:
+                best, n = s, k
+        if best is None:
+            empty = [s for s in self.cache.free if s not in self.kept]
+            best = empty[0] if empty else next(iter(self.kept))
+        return best, n
+
+    def adopt(self, other: "BatchDecoder"):
+        """Copy the prefixes `other`'s free regions keep into this decoder's empty regions (the most
+        recent ones when they do not all fit): a decoder made for another mode or block size then
+        reuses them as `other` would have. Both decoders run the same model."""
+        if not self.reuse_prefix:
+            return
+        empty = [s for s in self.cache.free if s not in self.kept]
+        items = list(other.kept.items())[-len(empty):] if empty else []
+        for (src, ids), dst in zip(items, empty):
+            n = min(len(ids), self.context)
+            a, b = other.cache.base(src), self.cache.base(dst)
+            self.cache.k[:, :, b:b + n].copy_(other.cache.k[:, :, a:a + n])
+            self.cache.v[:, :, b:b + n].copy_(other.cache.v[:, :, a:a + n])
+            self.kept[dst] = ids[:n]
 
     @property
     def busy(self) -> bool:
@@ -112,10 +176,7 @@ class BatchDecoder:
         """One step for the whole batch: {sequence: tokens it yields now} (a finished sequence has
         `done` set and has left the batch)."""
         while self.queue and self.cache.free:
-            seq = self.queue.pop(0)
-            seq.slot = self.cache.acquire()
-            self.active.append(seq)
-            self.step_kind.admit(seq)
+            self._admit(self.queue.pop(0))
         decoding = [s for s in self.active if s.decoding]
         prefill, budget = [], self.prefill_chunk
         for s in self.active:
@@ -130,13 +191,14 @@ class BatchDecoder:
                 raise RuntimeError(f"SlotCache region too small: a {self.B}-token step at length {s.length} "
                                    f"needs more than its {self.cache.region} slots (BatchDecoder sizing bug)")
         produced = self.step_kind.run(decoding, prefill)
+        self.prefill_tokens += sum(T for _, T in prefill)
         self.steps += 1
         self.batch_sizes[len(decoding)] = self.batch_sizes.get(len(decoding), 0) + 1
         out = {}
         for s, tokens in produced.items():
             if s in decoding:
                 s.stats.forwards += self.step_kind.forwards
-                if self.mode != "ar":
+                if self.mode not in ("ar", "diffusion"):  # speculative steps only, as a solo run records
                     s.stats.acceptance_lengths[len(tokens)] += 1
             else:
                 s.stats.prefill_forwards += 1

@@ -1,0 +1,171 @@
+"""`mode="auto"` for a batch: before every step, the (mode, block size) with the highest expected
+aggregate tokens per second for the sequences decoding now.
+
+What a step of a candidate costs depends on how many sequences it carries: one forward over n
+chains reads the weights once, so AR's step grows slowly with n while a wide speculative step
+grows with its rows. So the step costs are kept per batch size, one `CostModel` each
+(decode/auto/costs.py: a slow running average per candidate, apart from the machine's current
+speed). Batch size 1 starts from the persisted single-sequence profile, as a solo `auto` does; a
+batch size not seen yet starts from the costs of the nearest one measured, as priors its live steps
+confirm or overturn (CostModel's rule for a profile from another moment). What a step yields
+depends on each sequence's text: every sequence keeps its own `Acceptance` per speculative family,
+so the expected tokens of a candidate are the sum over the batch, and the choice is decode/auto's
+pure `best` over that sum divided by the cost at this batch size. A step now and then explores
+another family within decode/auto's `Exploration` budget, on the aggregate figures.
+
+Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
+ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each
+sequence's output what its solo run gives. Two rules keep the state right: joining sequences are
+admitted as AR admits them (the whole prompt prefilled, the first token from its logits), so a step
+with prefill pieces runs a causal candidate (AR or spec-linear: QUADRATIC cannot carry a causal
+chunk); and a sequence entering a quadratic block size (from another candidate, or new to the
+batch) starts from the one-token draft `[pending]`, the restart a solo `auto` pays too.
+"""
+from __future__ import annotations
+
+import time
+
+from .. import warmup
+from ..decode.auto.acceptance import Acceptance
+from ..decode.auto.costs import CostModel
+from ..decode.auto.exploration import Exploration, family
+from ..decode.auto.policy import AutoPolicy, best
+from ..decode.auto.profile import StepProfile
+from ..decode.context import AUTO
+from ..decode.registry import FAMILIES, candidates
+from .steps import STEPS, BatchStep
+
+QUAD = "spec-quadratic"
+
+
+class AutoBatch(BatchStep):
+    mode = AUTO
+    DECAY, HYSTERESIS = AutoPolicy.DECAY, AutoPolicy.HYSTERESIS
+
+    def __init__(self, dec, B: int, profile: bool = True):
+        super().__init__(dec, B)
+        self.keys = candidates(AUTO, B, dec.cfg)
+        self.kinds = {k: STEPS[k[0]](dec, k[1]) for k in self.keys}
+        self.horizon = max(b for _, b in self.keys) - 1
+        # The shortest cache-length bucket: the batch's sequences have lengths of their own.
+        self.profile = StepProfile(dec.model, 0) if profile and StepProfile.enabled() else None
+        self.stored = None
+        if self.profile is not None:
+            self.stored = {k: p["seconds"] for k in self.keys if (p := self.profile.get(k)) and p["seconds"] > 0}
+        self.costs: dict[int, CostModel] = {}
+        self.acc: dict = {}  # sequence -> {family: Acceptance}
+        self.explore = Exploration()
+        self.current = None
+        self.restarted = False  # the last step was a quadratic restart (nothing verified)
+        self.quad_ready: set = set()  # sequences whose draft was made by the current quadratic key
+        self.steps = 0
+        self.chosen: dict = {}  # (batch size, key) -> steps (figures, tests)
+
+    @staticmethod
+    def scratch(B: int) -> int:
+        return max(STEPS[m].scratch(B) for m in ("ar", "spec-linear", QUAD))
+
+    def restart(self, seq, pending):
+        seq.pending = pending
+        self.quad_ready.discard(seq)
+
+    # -- estimates ---------------------------------------------------------------------------
+    def cost_model(self, n: int) -> CostModel:
+        """The step costs at batch size `n` (made on first use; see the module docstring)."""
+        if n not in self.costs:
+            near = sorted(self.costs, key=lambda m: (abs(m - n), m))
+            stored = self.stored if n == 1 or not near else \
+                {k: c.seconds for k, c in self.costs[near[0]].cost.items() if c.measured >= CostModel.MEASURE}
+            self.costs[n] = CostModel(self.keys, stored or None)
+        return self.costs[n]
+
+    def acceptance(self, seq) -> dict:
+        if seq not in self.acc:
+            prior = self.profile.get_acceptance if self.profile is not None else (lambda f: None)
+            self.acc[seq] = {f: Acceptance(self.horizon, prior(f)) for f in FAMILIES}
+        return self.acc[seq]
+
+    def tokens(self, decoding, key) -> float:
+        fam = family(key)
+        return float(len(decoding)) if fam is None else \
+            sum(self.acceptance(s)[fam].expected_tokens(key[1]) for s in decoding)
+
+    # -- the choice ----------------------------------------------------------------------------
+    def choose(self, decoding, prefill) -> tuple:
+        n = len(decoding)
+        keys = [k for k in self.keys if not (prefill and k[0] == QUAD)]
+        if n == 0:  # prefill pieces alone: one causal pass
+            return ("ar", 1)
+        self.steps += 1
+        costs = self.cost_model(n)
+        if self.restarted and self.current in keys:  # take the step the restart paid for
+            return self.current
+        if (key := self.explore.continuing()) is not None and key in keys:
+            return key
+        self.explore.key = None
+        if (check := costs.to_confirm()) is not None and check in keys:
+            return check
+        need = [k for k in costs.unmeasured() if k in keys]
+        if need:  # measure on the fly, the current candidate first (no switch)
+            return self.current if self.current in need else need[0]
+
+        def rate(k):
+            s = costs.seconds(k)
+            return self.tokens(decoding, k) / s if s > 0 else 0.0
+
+        cur = self.current if self.current in keys else None
+        top = best(keys, rate, cur, self.HYSTERESIS)
+        # The exploration budget reasons per sequence: a block's optimistic yield is B per chain.
+        key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n)
+        if key is None:
+            return top
+        self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
+        return key
+
+    # -- one step ----------------------------------------------------------------------------
+    def run(self, decoding, prefill):
+        key = self.choose(decoding, prefill)
+        kind = self.kinds[key]
+        if key[0] == QUAD:
+            for s in decoding:
+                if key != self.current or s not in self.quad_ready:
+                    kind.restart(s, s.pending)
+        drafted = {s: (s.draft.shape[0] - 1 if key[0] == QUAD else key[1] - 1) for s in decoding}
+        warm = warmup.count
+        t0 = time.perf_counter()
+        out = kind.run(decoding, prefill)  # ends with the step's one host read
+        seconds = time.perf_counter() - t0
+        self.forwards = kind.forwards
+        self.quad_ready = set(decoding) if key[0] == QUAD else set()
+        self.current = key
+        self.chosen[(len(decoding), key)] = self.chosen.get((len(decoding), key), 0) + 1
+        self.observe(key, decoding, out, drafted, seconds, bool(prefill) or warmup.count != warm)
+        return out
+
+    def observe(self, key, decoding, out, drafted, seconds, cold):
+        """Acceptance per sequence, then the cost at this batch size (steps with prefill pieces, that
+        warmed something up or only restarted quadratic drafts are not what the step costs)."""
+        fam = family(key)
+        n = len(decoding)
+        for s in list(self.acc):
+            if s.done or s.slot is None:
+                del self.acc[s]
+        total = 0
+        for s in decoding:
+            got = len(out.get(s, ()))
+            total += got
+            for f, a in self.acceptance(s).items():
+                if f == fam:
+                    a.step(self.DECAY, drafted[s], min(got - 1, drafted[s]))
+                else:
+                    a.step(self.DECAY)
+        if n == 0:
+            return
+        verified = sum(drafted.values())
+        costs = self.cost_model(n)
+        self.explore.observe(self.steps, key, total, seconds, cold, verified, costs.speed)
+        # Saturation is the batch's: every chain filled its block (the aggregate counts cannot say).
+        self.explore.saturated = key[1] if fam and all(len(out.get(s, ())) > drafted[s] > 0 for s in decoding) else 0
+        self.restarted = fam is not None and verified == 0
+        if not (cold or self.restarted):
+            costs.observe(key, seconds)

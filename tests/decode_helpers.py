@@ -43,7 +43,7 @@ class Cycle:
     def first(self):
         return self.keys[0]
 
-    def choose(self):
+    def choose(self, left=None):
         self.i += 1
         return self.keys[self.i % len(self.keys)]
 

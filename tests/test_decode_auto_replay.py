@@ -40,7 +40,7 @@ def replay(policy, trace, costs=COSTS, slow=lambda: 1.0) -> tuple[int, float]:
     first = policy.first()  # its prefill: a quadratic one drafts the first block
     made, seconds, drafts_for = 1, 0.0, first[1] if first[0] == QUAD else 0
     while made < n:
-        key = policy.choose()
+        key = policy.choose(n - made)  # as the driver tells it: the tokens left to emit
         mode, B = key
         if mode == QUAD and not drafts_for:  # entering quadratic: the one-token restart
             tokens, drafted, cost = 1, 0, min(costs[key], costs[(QUAD, 2)])

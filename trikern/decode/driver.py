@@ -59,7 +59,7 @@ def drive(ctx: DecodeContext, prompt_ids: torch.Tensor, policy, runner=None, on_
             if forced:  # thinking budget: the end-think token replaced the last one produced
                 ctx.cache.truncate(em.cache_length())
                 cur.start(torch.full((1,), g.end_think_id, device=ctx.device))
-            key = policy.choose()
+            key = policy.choose(em.room)
             if key != cur.key:
                 nxt = strategy(key)
                 nxt.take_over(cur)

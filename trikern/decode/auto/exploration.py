@@ -11,6 +11,10 @@ B = 16 is worth three of AR there) and leave a stale prior in charge for the who
 share follows how often this generation's explorations beat the setting they displaced: where one
 setting wins throughout, refreshing the others is the whole gap between auto and that setting.
 
+A periodic refresh needs REFRESH_LEFT tokens still to come (the driver says how many): an
+exploration costs now and pays back only over the rest of the generation, so near its end, and in
+short generations, the best estimate runs instead.
+
 Within the same share, a step that accepted every draft is followed by one of a larger block that
 could win (either family): the counts say nothing past the block it filled, and waiting for the
 next refresh leaves copy-like text to a block size too small for it.
@@ -27,6 +31,8 @@ def family(key):
 
 class Exploration:
     EVERY = 8
+    REFRESH_LEFT = 24  # tokens left below which a periodic refresh is not worth its cost: what it
+    # learns pays only over the tokens still to come (replayed short generations: 0.97 -> 0.98x best)
     SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (`share`): a slow candidate
     # is re-checked, never paid for long
 
@@ -53,7 +59,7 @@ class Exploration:
         self.left -= 1
         return self.key
 
-    def propose(self, step: int, best, keys, rate, seconds):
+    def propose(self, step: int, best, keys, rate, seconds, left: int | None = None):
         """A candidate to run instead of `best` at step `step`, or None. `rate(k)` is a candidate's
         expected tokens per second, `seconds(k)` its cost. Only acceptance needs exploring (costs are
         known), and only candidates that could win if a whole block were accepted are worth it."""
@@ -72,7 +78,7 @@ class Exploration:
             larger = [k for k in could if k[1] > self.saturated]
             if larger:
                 return max(larger, key=lambda k: k[1] / seconds(k))
-        if step % self.EVERY == 0:
+        if step % self.EVERY == 0 and (left is None or left >= self.REFRESH_LEFT):
             # One step of a family informs all its block sizes: refresh the family not run for
             # longest, with its best candidate.
             other = [k for k in could if family(k) != family(best)]

@@ -50,7 +50,7 @@ class FixedPolicy:
     def first(self):
         return self.key
 
-    def choose(self):
+    def choose(self, left=None):
         return self.key
 
     def observe(self, key, tokens, seconds, cold, drafted=0):
@@ -102,7 +102,8 @@ class AutoPolicy:
         measured = [k for k in self.keys if self.costs.cost[k].measured]
         return max(measured, key=self.rate) if measured else self.keys[0]
 
-    def choose(self):
+    def choose(self, left: int | None = None):
+        """The key of the next step; `left`: the tokens the generation may still emit (None: unknown)."""
         self.steps += 1
         if (key := self.explore.continuing()) is not None:  # e.g. a quadratic exploration's second step
             return key
@@ -124,7 +125,7 @@ class AutoPolicy:
             return self.current
         cur = self.current
         self.current = best(self.keys, self.rate, cur, self.HYSTERESIS)
-        key = self.explore.propose(self.steps, self.current, self.keys, self.rate, costs.seconds)
+        key = self.explore.propose(self.steps, self.current, self.keys, self.rate, costs.seconds, left)
         if key is None:
             return self.current
         self.explore.begin(key, self.rate(self.current), strategy(key).entry_steps(key[1], cur))

@@ -5,7 +5,7 @@ in-memory int4 / fp8 layouts (kernels/qweight.py) once, at load or save time.
     gptq.py        GPTQ (AutoGPTQ / GPTQModel): qweight / qzeros / scales / g_idx, v1 and v2 zero points
     compressed.py  compressed-tensors (llm-compressor): pack-quantized int4, float-quantized fp8
     checkpoint.py  loading.py's side: which linears a checkpoint quantizes, reading or quantizing them
-    export.py      `trikern quantize`: a 16-bit checkpoint -> a compressed-tensors one
+    export.py      `trikern quantize`: a 16-bit checkpoint -> a compressed-tensors or GPTQ one
     calibrate.py   GPTQ: int4 with each column's rounding error corrected over a calibration set
     sizes.py       a config's weight bytes, 16-bit or quantized, computed on the meta device
 

@@ -12,14 +12,14 @@ group size `group_for` picks), so the result loads, runs and exports as any int4
 default the Hessians all come from the 16-bit model in one pass; `sequential=True` re-measures them
 layer by layer on the quantized layers' outputs (one pass per layer), and `act_order=True` takes the
 columns in order of decreasing input energy (the QuantLinear then gathers its input, as for an
-act-order GPTQ checkpoint). `trikern quantize --calibration` uses the default (one pass, column
-order), which every export format can hold.
+act-order GPTQ checkpoint). `trikern quantize --calibration` runs the default, or either variant with
+`--sequential` / `--act-order` (act-order: GPTQ format only, whose g_idx holds it).
 """
 from __future__ import annotations
 
 import torch
 
-from ..kernels.qweight import Int4Weight, pack_int4
+from ..kernels.qweight import Int4Weight, pack_int4, unpack_int4
 from .checkpoint import MODEL_LINEARS
 from .common import FormatError, Spec, group_for
 
@@ -137,5 +137,18 @@ def _calibrate_and_quantize(model, spec, windows, batch, damp, scale_dtype, laye
                 perm = torch.argsort(torch.diag(H), descending=True)
                 W, H = W[:, perm], H[perm][:, perm]
             w = gptq_weight(W, H, spec, dtype, f"layers.{i}.{name}.weight", damp)
+            if act_order:
+                w, perm = _canonical_order(w, perm)
         model.layers[i].set_submodule(name, QuantLinear(w, perm, backend=model.backend))
         r.H = None
+
+
+def _canonical_order(w: Int4Weight, perm: torch.Tensor) -> tuple[Int4Weight, torch.Tensor]:
+    """The same act-order weight with each group's columns in original column order: the order a
+    checkpoint's g_idx gives at load (it records each column's group, not the order within one), so
+    the model computes exactly as the act-order checkpoint it exports (sums in the same order)."""
+    K = perm.numel()
+    group = torch.arange(K, device=perm.device) // w.group
+    order = torch.argsort(group * K + perm)  # by group, then by original column
+    packed = pack_int4(unpack_int4(w.packed)[:, order])
+    return Int4Weight(packed, w.scales, w.zeros, w.group), perm[order]

@@ -9,7 +9,9 @@ pack-quantized (weights: type "int", num_bits 4, strategy "group" or "channel"),
     <name>.weight_zero_point  int32 [N / 8, G]  asymmetric only; packed along N (dim 0): nibble j of
                                                 word [r, g] is zp[8r + j, g] + 8
     <name>.weight_shape       int64 [2]         [N, K]
-    <name>.weight_g_idx       int32 [K]         only in checkpoints of the removed actorder "group"
+    <name>.weight_g_idx       int32 [K]         actorder "group" (alias "dynamic") only: the group of
+                                                each column, as GPTQ's g_idx (packed columns in the
+                                                original order); required with it, read where present
     W = (q - zp) * scale = (u - z) * scale with the stored nibbles u = q + 8, z = zp + 8: the packed
     words are trikern's `Int4Weight.packed` as they are, z its zero points (8 when symmetric).
 
@@ -26,6 +28,12 @@ the class name "Linear" (every decoder linear and the head are Linear); `ignore`
 regexes) exclude. Dynamic activation quantization (FP8_DYNAMIC) stores nothing and is not applied:
 trikern keeps activations 16-bit. Transforms, sparsity, static activation scales and KV-cache
 quantization change the math and are refused.
+
+Act order: 0.20 removed actorder "group" (its validator refuses "group", "dynamic" and true; only
+older llm-compressor checkpoints have it, read here); "weight" ("static") reorders GPTQ's columns
+during calibration only, groups staying in column order, so its tensors are the plain layout.
+trikern's own act-order GPTQ has groups in act order, which 0.20 cannot express: `trikern quantize
+--act-order` writes the GPTQ format.
 """
 from __future__ import annotations
 
@@ -133,7 +141,7 @@ def _scheme(w: dict, fmt, where: str) -> Scheme:
     sym = w.get("symmetric", True)
     if w.get("dynamic", False):
         raise FormatError(f"{where}.weights.dynamic: dynamic weight quantization is not a stored format")
-    actorder = w.get("actorder") in ("group", True)
+    actorder = w.get("actorder") in ("group", "dynamic", True)
     if typ == "int" and bits == 4:
         if fmt not in INT4_FORMATS:
             raise FormatError(f"{where}.format: {fmt!r}; int4 weights are read in format 'pack-quantized'")
@@ -203,6 +211,9 @@ def read_linear(src, name: str, N: int, K: int, s: Scheme, model_dtype: torch.dt
     g_idx = None
     if src.has(f"{name}.weight_g_idx"):
         g_idx = checked(src, f"{name}.weight_g_idx", (torch.int32, torch.int64), (K,), f"K={K}")
+    elif s.actorder:
+        raise FormatError(f"{src.where(name + '.weight_packed')}: actorder 'group' but tensor '{name}.weight_g_idx' "
+                          f"is missing (act order needs each column's group)")
     scales = sc.to(scale_dtype(sc.dtype, model_dtype))
     if g_idx is None and K % group == 0:  # the common case: the packed words are trikern's as they are
         return Int4Weight(packed, scales, zeros, group), None

@@ -16,7 +16,12 @@ With a calibration text (int4 only), the linears are quantized by GPTQ (quant/ca
 of round to nearest: the 16-bit model is loaded whole (the peak is then the 16-bit model), run once
 over the text's tokens, and each fused weight's GPTQ result is cut back into the checkpoint's
 pieces (rows are quantized independently, so q / k / v each get their own rows, scales and zero
-points); the shards are then written as without it.
+points); the shards are then written as without it. `sequential` re-measures the Hessians layer by
+layer on the quantized layers' outputs; `act_order` quantizes the columns in order of decreasing
+input energy, in groups that are runs of that order: GPTQ format only, written as AutoGPTQ /
+GPTQModel write desc_act (qweight rows in the original column order, g_idx the group of each
+column). compressed-tensors (0.20) has no such groups: it removed actorder "group" and its g_idx,
+and its actorder "weight" keeps the groups in column order, which is another algorithm.
 """
 from __future__ import annotations
 
@@ -42,9 +47,10 @@ FORMATS = ("compressed-tensors", "gptq")
 
 def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", overwrite: bool = False,
                         progress: bool = True, calibration=None, calibration_tokens: int = 8192,
-                        seq_len: int = 512) -> Path:
+                        seq_len: int = 512, sequential: bool = False, act_order: bool = False) -> Path:
     """Write the quantized copy of checkpoint folder `src` to `dst`; returns `dst`. `calibration`: a
-    text file whose first `calibration_tokens` tokens (windows of `seq_len`) calibrate GPTQ."""
+    text file whose first `calibration_tokens` tokens (windows of `seq_len`) calibrate GPTQ, with
+    calibrate.gptq_quantize_model's `sequential` and `act_order` (GPTQ format only)."""
     src, dst = Path(src), Path(dst)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -52,6 +58,13 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
         raise ValueError("format 'gptq' holds int4 weights only; use compressed-tensors for fp8")
     if calibration is not None and spec.weights != "int4":
         raise ValueError("--calibration: GPTQ calibrates int4 weights; fp8 is quantized round to nearest")
+    for flag, on in (("--act-order", act_order), ("--sequential", sequential)):
+        if on and calibration is None:
+            raise ValueError(f"{flag}: a GPTQ option; it needs --calibration FILE (without it the weights are "
+                             f"rounded to nearest)")
+    if act_order and fmt != "gptq":
+        raise ValueError(f"--act-order: format {fmt!r} cannot hold act-order groups (compressed-tensors removed "
+                         f"actorder 'group' and its weight_g_idx); add --format gptq")
     if calibration is not None and not Path(calibration).is_file():
         raise FileNotFoundError(f"--calibration {calibration}: file not found")
     if src.is_file() and src.name == "config.json":
@@ -70,7 +83,7 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
     linears = set(linear_names(cfg.prefix, cfg.num_hidden_layers))
     shards = _shards(src)
     done = None if calibration is None else _gptq_weights(src, cfg, spec, Path(calibration), calibration_tokens,
-                                                          seq_len)
+                                                          seq_len, sequential, act_order)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
@@ -80,7 +93,7 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
         if missing:
             raise FormatError(f"{src}: no weight for linear(s) {', '.join(missing[:3])}"
                               f"{' ...' if len(missing) > 3 else ''}")
-        raw["quantization_config"] = _config(cfg, spec, fmt, groups)
+        raw["quantization_config"] = _config(cfg, spec, fmt, groups, act_order)
         (tmp / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
         _copy_others(src, tmp)
         _publish_modes(tmp)
@@ -107,8 +120,10 @@ def _shards(src: Path) -> dict[str, list[str]] | None:
     return None
 
 
-def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, tokens: int, seq_len: int) -> dict:
-    """Checkpoint module name (with prefix) -> its GPTQ Int4Weight, from one calibration pass."""
+def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, tokens: int, seq_len: int,
+                  sequential: bool = False, act_order: bool = False) -> dict:
+    """Checkpoint module name (with prefix) -> (its GPTQ Int4Weight, its act-order column permutation
+    or None), from one calibration pass (one per layer with `sequential`)."""
     from ..kernels.qweight import Int4Weight  # noqa: PLC0415
     from ..loading import load_model  # noqa: PLC0415
     from ..tokenizer import Tokenizer  # noqa: PLC0415
@@ -129,21 +144,23 @@ def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, toke
     stored = str(cfg.raw.get("torch_dtype") or cfg.raw.get("dtype") or "bfloat16").removeprefix("torch.")
     scale_dtype = {"float16": torch.float16, "float32": torch.float32}.get(stored, torch.bfloat16)
     pieces = model.checkpoint_pieces()  # before the fused linears are replaced
-    gptq_quantize_model(model, spec, windows, scale_dtype=scale_dtype)
+    gptq_quantize_model(model, spec, windows, scale_dtype=scale_dtype, sequential=sequential, act_order=act_order)
     out = {}
     for local, (pname, rows) in pieces.items():
         if not (local.startswith("layers.") and local.endswith("_proj.weight")):
             continue
-        w = model.get_submodule(pname.removesuffix(".weight")).qweight
-        r = rows or slice(None)
-        out[f"{cfg.prefix}.{local.removesuffix('.weight')}"] = Int4Weight(
-            w.packed[r], w.scales[r], None if w.zeros is None else w.zeros[r], w.group)
+        lin = model.get_submodule(pname.removesuffix(".weight"))
+        w, r = lin.qweight, rows or slice(None)
+        # The pieces of a fused weight read one input: one permutation, each piece's g_idx the same.
+        out[f"{cfg.prefix}.{local.removesuffix('.weight')}"] = (Int4Weight(
+            w.packed[r], w.scales[r], None if w.zeros is None else w.zeros[r], w.group), lin.perm)
     return out
 
 
 def _write_weights(src, tmp, shards, linears, spec, fmt, progress, done=None) -> dict[str, int | None]:
     """Write every shard; returns linear module -> the group size it got (None for fp8). `done`:
-    module -> its already quantized weight (GPTQ), used instead of quantizing the tensor."""
+    module -> its already quantized weight and act-order permutation (GPTQ), used instead of
+    quantizing the tensor."""
     from safetensors import safe_open  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -167,12 +184,14 @@ def _write_weights(src, tmp, shards, linears, spec, fmt, progress, done=None) ->
                         if t.dtype not in (torch.bfloat16, torch.float16, torch.float32):
                             raise FormatError(f"{where} is {str(t.dtype).removeprefix('torch.')}; expected a "
                                               f"bf16, fp16 or fp32 weight")
-                        w = done[module] if done is not None else quantize_weight(t, spec, where)
+                        w, perm = done[module] if done is not None else (quantize_weight(t, spec, where), None)
                         if tuple(w.shape) != tuple(t.shape):
                             raise FormatError(f"{where} has shape {list(t.shape)}; the model built from "
                                               f"config.json gives {list(w.shape)}")
                         groups[module] = getattr(w, "group", None)
-                        out.update(gptq.write_linear(module, w) if fmt == "gptq" else
+                        if perm is not None and fmt != "gptq":  # never silently drop the column order
+                            raise ValueError(f"{where}: an act-order weight needs format 'gptq'")
+                        out.update(gptq.write_linear(module, w, perm) if fmt == "gptq" else
                                    compressed.write_linear(module, w))
                     else:
                         out[name] = t
@@ -189,7 +208,7 @@ def _write_weights(src, tmp, shards, linears, spec, fmt, progress, done=None) ->
     return groups
 
 
-def _config(cfg: ModelConfig, spec: Spec, fmt: str, groups: dict[str, int | None]) -> dict:
+def _config(cfg: ModelConfig, spec: Spec, fmt: str, groups: dict[str, int | None], act_order: bool = False) -> dict:
     """The quantization_config; weights whose K the asked group size does not divide got a smaller
     one (common.group_for), which the config records per module kind."""
     counts = Counter(groups.values())
@@ -207,7 +226,7 @@ def _config(cfg: ModelConfig, spec: Spec, fmt: str, groups: dict[str, int | None
             others[g].append(pattern)
     if fmt == "gptq":
         dynamic = {f"+:{p}": {"group_size": g} for g, ps in others.items() for p in ps}
-        return gptq.config(main, spec.symmetric, dynamic=dynamic or None)
+        return gptq.config(main, spec.symmetric, desc_act=act_order, dynamic=dynamic or None)
     ignore = [] if cfg.tie_word_embeddings else [cfg.head_name.removesuffix(".weight")]
     per_group = {main: ["Linear"], **{g: [f"re:{p}" for p in ps] for g, ps in others.items()}}
     return compressed.config(per_group, spec.weights, spec.symmetric, ignore)

@@ -18,7 +18,9 @@ bits 4, group_size (-1: one group per row), sym, desc_act, checkpoint_format, lm
 GPTQModel's `dynamic` per-module rules ("-:regex": left unquantized; "+:regex" or "regex": these
 fields overridden), matched with `re.match` against the module's full name.
 Act-order (desc_act with a g_idx that is not k // group) is supported: the columns are permuted into
-group order at load (common.int4_from_groups) and the model gathers its input to match.
+group order at load (common.int4_from_groups) and the model gathers its input to match; `write_linear`
+with the permutation is the inverse (qweight rows back in original column order, g_idx[perm[i]] =
+i // group), as AutoGPTQ / GPTQModel write desc_act.
 """
 from __future__ import annotations
 

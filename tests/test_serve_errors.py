@@ -2,8 +2,9 @@
 status naming the parameter, and the server keeps serving. Also the API key, the full queue (429),
 the body limit (413) and the command line's own errors.
 
-The module's server runs with --api-key, --max-queue 0 and a small --max-body-bytes, so one request
-at a time is served and a second one is refused.
+The module's server runs with --api-key, --max-batch 1 (the one-at-a-time engine), --max-queue 0 and
+a small --max-body-bytes, so one request at a time is served and a second one is refused
+(tests/test_serve_batch.py has bad requests against the batched engine).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY, "--max-queue", "0",
+    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--api-key", KEY, "--max-batch", "1",
+               "--max-queue", "0",
                "--max-body-bytes", str(LIMIT))
     yield s
     s.stop()

@@ -1,15 +1,15 @@
 """The user-facing model object: `trikern.load(...)` -> Model with generate / stream / chat.
 
 Glue only: loading (trikern.loading), tokenization and chat templates (trikern.tokenizer) and the
-decoding loops (trikern.decode) are composed here; stop strings and streaming detokenization are
-applied on top of the token stream a decode loop yields. `stream()` returns a `Stream` (text pieces,
+decoding loops (trikern.decode) are composed here; stop strings and streaming detokenization
+(trikern.text, shared with the server's batched engine) are applied on top of the token stream a
+decode loop yields. `stream()` returns a `Stream` (text pieces,
 then `.result`); the reusable prefix cache is a `PromptCache` (trikern.prompt_cache) the caller may hold.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -19,19 +19,12 @@ from .checks import check_block_range, check_block_size, is_int
 from .decode import GenerationConfig, check_mode, new_context
 from .decode.registry import TREE_VARIANTS, check_tree_nodes
 from .prompt_cache import PromptCache
+from .text import GenerationResult, TextEmitter
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 # Keyword options of generate / stream / chat besides mode and stop (see Model._gen_config).
 OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "block_size", "threshold", "draft_lora",
            "thinking_budget", "cuda_graphs", "tree_nodes")
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]  # generated tokens only
-    stats: dict = field(default_factory=dict)
-    finish_reason: str = "length"  # "stop" (EOS or a stop string) | "length" | "cancelled" (should_stop, close)
 
 
 class Stream:
@@ -272,11 +265,7 @@ class Model:
 
         device = self.model.embed_tokens.weight.device
         prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
-        detok = self.tokenizer.detokenizer(skip_special_tokens=True, context_ids=ids) if self.tokenizer else None
-        eos = set(ctx.gen.stop_token_ids)
-        out_ids: list[int] = []
-        text: list[str] = []
-        reason = "length"
+        text = TextEmitter(self.tokenizer, ids, ctx.gen.stop_token_ids, stops)
         steps = run_decoder(ctx, prompt_ids, mode)
         intact = False  # the cache matches prompt + output: stopped at a yield, not inside a step
         closed = False  # the consumer closed the stream: the result is still made, nothing more yielded
@@ -284,45 +273,30 @@ class Model:
             yield ""  # primed by Stream: nothing has run yet
             for chunk in steps:
                 if should_stop is not None and should_stop():  # between steps: the cache stays usable
-                    reason = "cancelled"
+                    text.cancel()
                     break
-                out_ids.extend(chunk)
-                if chunk and chunk[-1] in eos:
-                    reason = "stop"
-                if detok is None:
-                    continue
-                piece = detok.feed(chunk)
-                if stops is not None:
-                    piece = stops.feed(piece)
-                    if stops.stopped:
-                        reason = "stop"
+                piece = text.feed(chunk)
                 if piece:
-                    text.append(piece)
                     yield piece
-                if stops is not None and stops.stopped:
+                if text.stopped:
                     break
             intact = True
         except GeneratorExit:  # the consumer stopped reading (a client left): between steps
             intact = closed = True
-            reason = "cancelled"
+            text.cancel()
         finally:
             steps.close()
             if intact:  # keep the cache for the next request: its first `length` entries are prompt + output
-                pc.keep(ctx.cache, ids + out_ids)
-        if detok is not None and not (stops is not None and stops.stopped):
-            tail = detok.flush()
-            if stops is not None:
-                tail = stops.feed(tail) + stops.flush()
-            if tail:
-                text.append(tail)
-                if not closed:
-                    try:
-                        yield tail
-                    except GeneratorExit:  # closed after its last piece: it finished all the same
-                        pass
+                pc.keep(ctx.cache, ids + text.token_ids)
+        tail = text.flush()
+        if tail and not closed:
+            try:
+                yield tail
+            except GeneratorExit:  # closed after its last piece: it finished all the same
+                pass
         stats = {**ctx.stats.as_dict(), "dtype": str(self.model.embed_tokens.weight.dtype).removeprefix("torch."),
                  "dtype_reason": self.dtype_reason}
-        out[0] = GenerationResult("".join(text), out_ids, stats, reason)
+        out[0] = text.result(stats)
 
     def stream(self, prompt, mode="ar", stop: Sequence[str] | None = None, should_stop=None, **kw) -> Stream:
         """A `Stream` of text pieces as tokens are committed (multi-byte characters are never split),

@@ -135,7 +135,7 @@ class AutoBatch(BatchStep):
         t0 = time.perf_counter()
         out = kind.run(decoding, prefill)  # ends with the step's one host read
         seconds = time.perf_counter() - t0
-        self.forwards = kind.forwards
+        self.forwards, self.speculative = kind.forwards, kind.speculative
         self.quad_ready = set(decoding) if key[0] == QUAD else set()
         self.current = key
         self.chosen[(len(decoding), key)] = self.chosen.get((len(decoding), key), 0) + 1

@@ -8,7 +8,8 @@ pass writes all its chunks with one index_copy per layer (flat slot = base + pos
 
 `lengths` [S] int64 on the device holds each region's committed length; `view(s).length` is a
 0-dim view of its entry, so a commit through the view is a commit here. A region is free or held
-by one sequence (`acquire` / `release`); a released region keeps its K/V until it is reused.
+by one sequence (`acquire` / `release`); a released region keeps its K/V until it is reused
+(BatchDecoder's prefix reuse admits a sequence into the region that holds its prompt's prefix).
 """
 from __future__ import annotations
 
@@ -37,11 +38,16 @@ class SlotCache:
     def for_model(cls, cfg, seqs, capacity, dtype, device, scratch=0):
         return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, seqs, capacity, dtype, device, scratch)
 
-    def acquire(self) -> int:
-        """A free region, emptied (length 0); RuntimeError when all are held."""
+    def acquire(self, s: int | None = None) -> int:
+        """A free region (the first one, or region `s`), its length 0 (its K/V stay as they were: a
+        caller reusing a prefix of them sets the length); RuntimeError when all are held."""
         if not self.free:
             raise RuntimeError(f"SlotCache: all {self.seqs} sequence regions are in use")
-        s = self.free.pop(0)
+        if s is None:
+            s = self.free[0]
+        elif s not in self.free:
+            raise ValueError(f"SlotCache.acquire: region {s} is not free")
+        self.free.remove(s)
         self.lengths[s] = 0
         return s
 

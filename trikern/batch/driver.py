@@ -198,7 +198,7 @@ class BatchDecoder:
         for s, tokens in produced.items():
             if s in decoding:
                 s.stats.forwards += self.step_kind.forwards
-                if self.mode not in ("ar", "diffusion"):  # speculative steps only, as a solo run records
+                if self.step_kind.speculative:  # speculative steps only, as a solo run records
                     s.stats.acceptance_lengths[len(tokens)] += 1
             else:
                 s.stats.prefill_forwards += 1

@@ -44,7 +44,7 @@ class Sequence:
         self.pending: torch.Tensor | None = None  # [1] on the device: emitted, K/V not yet in the cache
         self.tokens: list[int] = []  # emitted so far
         self.done = self.max_new_tokens == 0
-        self.t_join = time.perf_counter()
+        self.t_join = time.perf_counter()  # reset when it gets a region
         self.t_first = self.t_done = None
 
     @property
@@ -63,6 +63,7 @@ class Sequence:
         now = time.perf_counter()
         if self.t_first is None:
             self.t_first = now
+            self.stats.prefill_s = now - self.t_join  # from getting a region (other sequences' steps included)
         self.tokens += out
         self.stats.generated_tokens = self.emitter.emitted
         self.stats.decode_s = now - self.t_first

@@ -25,6 +25,7 @@ from .forward import forward_batch, last_rows, layout
 
 class BatchStep:
     mode = ""
+    speculative = False  # its steps verify drafts (their acceptance lengths are recorded, as solo)
 
     def __init__(self, dec, B: int):
         self.dec, self.B = dec, B
@@ -100,6 +101,7 @@ class LinearSpecBatch(BatchStep):
     verify pass over their chains [pending, drafts] and the prefill chunks; kernels.verify per
     sequence decides its own accepted prefix, and each region commits pending + accepted."""
     mode = "spec-linear"
+    speculative = True
 
     def __init__(self, dec, B):
         super().__init__(dec, B)
@@ -162,6 +164,7 @@ class QuadraticSpecBatch(BatchStep):
     prefill feeds all of a prompt but its last token causally (a pass of its own: QUADRATIC cannot
     hold a causal chunk), then the sequence starts from the A = 1 draft `[p_last]` in the same step."""
     mode = "spec-quadratic"
+    speculative = True
 
     def __init__(self, dec, B):
         super().__init__(dec, B)

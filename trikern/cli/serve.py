@@ -10,6 +10,10 @@ from ..serve import launch
 from ..serve.launch import DEFAULT_MAX_TOKENS
 from .options import UsageError, add_model_options, load_model_from_args
 
+# The default --batch-context cap: every region of the batch holds this many tokens whatever the
+# requests are (a 262k-token model context x --max-batch regions would not fit a GPU).
+BATCH_CONTEXT = 8192
+
 
 def add_parser(sub):
     p = sub.add_parser(
@@ -25,8 +29,16 @@ def add_parser(sub):
     p.add_argument("--api-key", default=os.environ.get("TRIKERN_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health "
                    "(default: $TRIKERN_API_KEY; unset: no authentication)")
+    p.add_argument("--max-batch", type=int, default=4, metavar="N",
+                   help="requests decoded together, one batched forward per step (default: 4; 1: one at a time, "
+                   "as before batching). One mode and block size per batch: a request for another waits until the "
+                   "batch drains; draft-tree requests (tree_nodes) run alone")
+    p.add_argument("--batch-context", type=int, default=None, metavar="N",
+                   help=f"tokens (prompt + max_tokens) of one batched request: each of the --max-batch cache regions "
+                   f"holds this many; a request needing more runs alone (default: the model's context, at most "
+                   f"{BATCH_CONTEXT})")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
-                   help="requests that may wait behind the running one; more get 429 (default: 16)")
+                   help="requests that may wait beyond the free batch slots; more get 429 (default: 16)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
                    help="largest request body accepted; larger gets 413 (default: 1 MiB)")
     p.add_argument("--default-max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
@@ -42,6 +54,10 @@ def check(a):
     """UsageError for an option out of range."""
     if not 1 <= a.port <= 65535:
         raise UsageError(f"--port {a.port}: expected 1..65535")
+    if a.max_batch < 1:
+        raise UsageError(f"--max-batch {a.max_batch}: expected >= 1")
+    if a.batch_context is not None and a.batch_context < 2:
+        raise UsageError(f"--batch-context {a.batch_context}: expected >= 2")
     if a.max_queue < 0:
         raise UsageError(f"--max-queue {a.max_queue}: expected >= 0")
     if a.max_body_bytes < 1:
@@ -71,5 +87,7 @@ def run(a) -> int:
         return 2
     launch.run(model, model_name=a.served_model_name or launch.served_name(a.model, model.path), default_mode=a.mode,
                modes=MODES, host=a.host, port=a.port, api_key=a.api_key, max_queue=a.max_queue,
-               max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens, log_level=a.log_level)
+               max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens, log_level=a.log_level,
+               max_batch=a.max_batch,
+               batch_context=min(a.batch_context or BATCH_CONTEXT, model.cfg.max_position_embeddings))
     return 0

@@ -3,7 +3,8 @@
 Routes: POST /v1/chat/completions, POST /v1/completions (JSON, or SSE with `stream: true`),
 GET /v1/models, GET /health, GET /metrics. Every error is an OpenAI error object with a 4xx status
 (5xx only for faults of the server itself, never with a traceback). No decoding happens here: a
-request becomes a `Work`, the engine runs it, and its events become a response.
+request becomes a `Work`, the engine runs it (engine.py one at a time, batch_engine.py several
+together: `max_batch`), and its events become a response.
 
 A streamed response starts only once the request's first event arrives, so a request the Model
 refuses (bad option, prompt over the context) is a 400 even when streaming was asked for.
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .batch_engine import BatchEngine
 from .engine import Engine, EngineClosed, Job, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import APIError, Request, chunk, client_error, completion_body, new_id, now, parse_chat, \
@@ -106,9 +108,13 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
-def create_app(model, cfg: ServerConfig, max_queue: int, metrics: Metrics | None = None) -> Starlette:
+def create_app(model, cfg: ServerConfig, max_queue: int, metrics: Metrics | None = None, max_batch: int = 1,
+               batch_context: int | None = None) -> Starlette:
+    """`max_batch` 1: one generation at a time (Engine); more: up to that many decode together
+    (BatchEngine, each in a cache region of `batch_context` tokens)."""
     metrics = metrics or Metrics()
-    engine = Engine(model, max_queue, metrics)
+    engine = Engine(model, max_queue, metrics) if max_batch == 1 else \
+        BatchEngine(model, max_queue, metrics, max_batch=max_batch, context=batch_context)
 
     def check_auth(request: HTTPRequest):
         if cfg.api_key is None:

@@ -6,6 +6,9 @@ the event loop: ("piece", str)* then exactly one of ("done", GenerationResult), 
 ("cancelled", None). A job is cancelled when its client goes away: a queued job is dropped at once,
 a running one stops after its current decode step (the Model checks `should_stop` between steps),
 and the thread moves on to the next job; the cache stays valid for the next request's prefix reuse.
+
+This is `trikern serve --max-batch 1`; batch_engine.py's `BatchEngine` (the default) keeps this
+class's queue, cancelling and single path, and decodes several requests together.
 """
 from __future__ import annotations
 
@@ -79,9 +82,22 @@ class Engine:
         self._running: Job | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="trikern-decoder", daemon=True)
-        self.metrics.add_gauge("trikern_queue_depth", "Requests waiting for the decoder.", lambda: len(self._waiting))
-        self.metrics.add_gauge("trikern_running", "Requests being decoded (0 or 1).",
-                               lambda: int(self._running is not None))
+        self.metrics.add_gauge("trikern_queue_depth", "Requests waiting for the decoder.", self.queued)
+        self.metrics.add_gauge("trikern_running", "Requests being decoded.", self.running)
+
+    # What the queue bound and the gauges count (the batched engine has more places a job can be).
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def running(self) -> int:
+        return int(self._running is not None)
+
+    def _idle_slots(self) -> int:
+        """Requests the decoder could start now without any waiting."""
+        return 1 - self.running()
+
+    def _running_jobs(self) -> list[Job]:
+        return [] if self._running is None else [self._running]
 
     # -- event-loop side ------------------------------------------------------------------
     def start(self):
@@ -95,7 +111,7 @@ class Engine:
                 raise EngineClosed("the server is shutting down")
             # The slot of the running request is not part of the queue: an idle decoder takes one
             # request even with max_queue == 0.
-            free = self.max_queue + (1 if self._running is None else 0) - len(self._waiting)
+            free = self.max_queue + self._idle_slots() - self.queued()
             if free <= 0:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
             self._waiting.append(job)
@@ -120,12 +136,12 @@ class Engine:
         with self._cond:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
-            running = self._running
+            running = self._running_jobs()
             self._cond.notify_all()
         for job in waiting:
             job.emit("error", EngineClosed("the server is shutting down"))
-        if running is not None:
-            running.cancelled.set()
+        for job in running:
+            job.cancelled.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -182,7 +198,12 @@ class Engine:
         finally:
             pieces.close()  # closes the decode loop: its cache is released now, not at the next GC
         result = pieces.result
-        s = result.stats
+        self._count(result.stats, mode)
+        return ("done", result)
+
+    def _count(self, s: dict, mode: str):
+        """The per-generation metrics of a finished generation's stats."""
+        m = self.metrics
         m.prompt_tokens.inc(s.get("prompt_tokens", 0), mode=mode)
         m.generated_tokens.inc(s.get("generated_tokens", 0), mode=mode)
         m.forwards.inc(s.get("forwards", 0), mode=mode)
@@ -190,4 +211,3 @@ class Engine:
             m.tokens_per_forward.observe(s.get("tokens_per_forward", 0.0), mode=mode)
         if s.get("decode_s", 0) > 0:
             m.decode_tps.observe(s.get("tokens_per_second", 0.0), mode=mode)
-        return ("done", result)

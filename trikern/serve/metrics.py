@@ -118,6 +118,16 @@ class Metrics:
             (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000), ("mode",))
         self.queue_wait = Histogram("trikern_queue_wait_seconds", "Time a request waited for the decoder.",
                                     (0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+        # The batched engine (--max-batch > 1); they stay at zero with --max-batch 1.
+        self.batch_size = Histogram(
+            "trikern_batch_size", "Sequences decoding in one batched step, observed per step (steps that only "
+            "prefill not counted).", (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
+        self.batch_tokens = Counter(
+            "trikern_batch_tokens_total", "Tokens the batched steps produced, as they were produced (generations "
+            "still running or cancelled later included).", ("mode",))
+        self.batch_prefill_tokens = Counter(
+            "trikern_batch_prefill_tokens_total", "Prompt tokens the batched steps prefilled (a prefix reused from a "
+            "kept cache region is not prefilled).")
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]):
@@ -127,6 +137,6 @@ class Metrics:
         lines: list[str] = []
         for m in (self.requests, *self.gauges, self.prompt_tokens, self.generated_tokens, self.forwards,
                   self.tokens_per_forward, self.ttft, self.decode_tps, self.queue_wait, self.cancelled,
-                  self.pieces_after_cancel):
+                  self.pieces_after_cancel, self.batch_size, self.batch_tokens, self.batch_prefill_tokens):
             lines += m.render()
         return "\n".join(lines) + "\n"

@@ -29,3 +29,22 @@ def test_cli_warmup_flag():
                        capture_output=True, text=True, env=CHILD_ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "warm-up took" in r.stderr
+
+
+def test_warmup_measures_autos_missing_step_costs(tmp_path, monkeypatch):
+    """A device with no stored step costs gets them all in the warm-up (not on the fly in the first
+    auto generations); one that has them keeps them."""
+    from trikern.decode import AUTO, candidates
+    from trikern.decode.auto.profile import StepProfile
+    from trikern.kernels import autotune_store
+
+    monkeypatch.setattr(autotune_store, "shipped_dirs", lambda: [])
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    m = trikern.load(device="cpu")
+    keys = candidates(AUTO, m.cfg.block_size, m.cfg)
+    assert all(StepProfile(m.model, 0).get(k) is None for k in keys)
+    m.warmup()
+    stored = {k: StepProfile(m.model, 0).get(k) for k in keys}
+    assert all(v is not None and v["seconds"] > 0 for v in stored.values()), stored
+    m.warmup()  # nothing missing: nothing re-measured
+    assert {k: StepProfile(m.model, 0).get(k) for k in keys} == stored

@@ -67,6 +67,16 @@ class Stream:
         self.close()
 
 
+def fused_by_default(model) -> bool:
+    """Whether `load` runs the model's layers as fused linears (Transformer.fuse): on CUDA with the
+    Triton kernels, unless TRIKERN_FUSED=0. Safe blind: each fused op's tuner also times the
+    unfused path (cuBLAS + the separate kernels) and keeps the faster; with tuning off
+    (TRIKERN_AUTOTUNE=0) the unfused path runs. On a CPU the CPU backend's own ops run."""
+    from .kernels.autotune import switched_off  # noqa: PLC0415
+    w = model.embed_tokens.weight
+    return w.is_cuda and model.fusable() and not switched_off("TRIKERN_FUSED")
+
+
 def dtype_reason(weight: torch.Tensor) -> str:
     """Why the model computes in its dtype: the CPU's default (cpu_features.py) or the caller's choice."""
     name = str(weight.dtype).removeprefix("torch.")
@@ -112,6 +122,8 @@ class Model:
         folder = checkpoint_dir(path)  # config.json -> its folder, so the tokenizer beside it loads too
         model = load_model(folder, device=device, dtype=dtype, backend=backend, lora=lora, quantize=quantize,
                            group_size=group_size)
+        if fused_by_default(model):
+            model.fuse()
         has_tok = (folder / "tokenizer.json").is_file()
         tok = Tokenizer.from_dir(folder, eos_token_ids=model.cfg.eos_token_ids) if has_tok else None
         m = cls(model, tok, folder)
@@ -139,9 +151,26 @@ class Model:
             if getattr(cls, "variant_of", None):  # a tree: asked for as its mode plus auto's node count
                 mode, kw["tree_nodes"] = cls.variant_of, cls.nodes_for(b, tree_nodes, auto=True)
             self.generate(prompt, mode=mode, max_new_tokens=3 * b + 2, reuse_prefix=False, **kw)
+        self._measure_missing_step_costs(B)
         self.reset()
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
+
+    def _measure_missing_step_costs(self, block_size):
+        """If auto's stored step-cost profile lacks a candidate of this device, measure them all now
+        (`trikern tune --decode` at one short cache length, a few warm steps each, in turns: well
+        under a second on a CPU) rather than on the fly in the first auto generations, where a
+        short generation cannot win back the steps it spends measuring."""
+        from .decode import AUTO, candidates  # noqa: PLC0415
+        from .decode.auto.profile import StepProfile  # noqa: PLC0415
+        from .decode.auto.tuning import measure  # noqa: PLC0415
+
+        if not StepProfile.enabled():
+            return
+        profile = StepProfile(self.model, 0)
+        if all(profile.get(k) is not None for k in candidates(AUTO, block_size, self.cfg)):
+            return
+        measure(self.model, cache_lengths=(64,), steps=3, block_size=block_size, log=lambda *a, **k: None)
 
     def make_prompt_cache(self) -> PromptCache:
         """An empty prefix cache for this model: pass it as `prompt_cache=` to generate / stream /

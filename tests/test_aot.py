@@ -119,7 +119,8 @@ def test_helpers():
     (["--arch", "sm_70"], "--arch 'sm_70' is not a supported target (the kernels need sm_80 or newer)"),
     (["--arch", ""], "--arch '' names no arch; supported: sm_80, "),
     (["--arch", "hopper"], "--arch 'hopper' is not like sm_80, sm_90 or sm_121"),
-    (["--ops", "bogus"], "--ops: unknown op bogus; known: attention, draft_tree, quant_linear, reveal, rmsnorm, "
+    (["--ops", "bogus"], "--ops: unknown op bogus; known: attention, draft_tree, fused_linear, quant_linear, "
+                         "reveal, rmsnorm, "
                          "rope, swiglu, tree, verify"),
     (["--ops", ""], "--ops '' selects no op; known: attention, "),
     (["--module", "no_such_module_xyz"], "--module 'no_such_module_xyz' does not import: ModuleNotFoundError"),

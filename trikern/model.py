@@ -146,6 +146,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq(cfg.rope, cfg.head_dim), persistent=False)
         self.attn_factor = attention_factor(cfg.rope)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.fused = False  # the layers run as fused linears (`fuse`)
         for m in self.modules():
             if isinstance(m, Linear):
                 m.product = self.product
@@ -155,6 +156,9 @@ class Transformer(nn.Module):
         """Checkpoint-layout name (no prefix) -> (parameter name, its rows: a slice, or None for the
         whole parameter), in the order the unfused model declared them (q, k, v, o, gate, up, down,
         norms), so code that walks the pieces in order (random init) draws what it always drew."""
+        if self.fused:
+            raise RuntimeError("checkpoint layout: this model's qkv_proj / gate_up_proj rows are in the fused "
+                               "linears' order (Transformer.fuse); load the checkpoint again to export or train")
         out = {}
         for pname in self.state_dict():
             local = next((f for f in FUSED if pname.endswith("." + f)), None)
@@ -184,9 +188,13 @@ class Transformer(nn.Module):
         r = self.cfg.rope
         return self.inv_freq, self.attn_factor, r.llama_4_scaling_beta, r.original_max_position_embeddings or 1
 
-    def forward_hidden(self, tokens, positions, attend, lora=False):
+    def forward_hidden(self, tokens, positions, attend, lora=False, kv=None):
         """Layer stack over flat tokens [N] at `positions` [N]; `attend(i, q, k, v) -> o` gives the
-        attention pattern ([N, H, D] tensors, RoPE applied). Returns final-normed hidden [N, H]."""
+        attention pattern ([N, H, D] tensors, RoPE applied). Returns final-normed hidden [N, H].
+        `kv(i)`: (K, V of layer i, the slots this pass writes) for a fused model, whose qkv product
+        writes them itself; `attend` is then called with `written=True`."""
+        if self.fused:
+            return self._fused_hidden(tokens, positions, attend, lora, kv)
         cfg, be = self.cfg, self.backend
         N = tokens.shape[0]
         Hq, I = cfg.num_attention_heads, cfg.intermediate_size
@@ -215,6 +223,59 @@ class Transformer(nn.Module):
             x = m.down_proj(K.swiglu(gate, up, backend=be))
         return K.add_rmsnorm(x, residual, self.norm.weight, cfg.rms_norm_eps, backend=be)[0]
 
+    # -- the fused layer: five launches (kernels/fused_linear.py) ----------------------------
+    def fusable(self) -> bool:
+        """Whether `fuse` applies: plain (unquantized) linears on a backend that runs the fused ops
+        (triton, or their references); the CPU backend keeps laid-out copies of the weights as they are."""
+        plain = all(isinstance(getattr(m, name), Linear) for layer in self.layers
+                    for m, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                                    (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")))
+        return plain and self.cfg.head_dim % 2 == 0 and \
+            K.resolve(self.backend, self.embed_tokens.weight) in ("triton", "torch")
+
+    @torch.no_grad()
+    def fuse(self) -> "Transformer":
+        """Run every layer as five launches: qkv (+ RMSNorm, RoPE, the K/V cache write), attention,
+        o_proj (+ residual), gate_up (+ RMSNorm, SwiGLU), down (+ residual). Re-lays qkv_proj's and
+        gate_up_proj's rows in place (no second copy of the weights), so the model is then for
+        inference only (its checkpoint layout is refused). On CUDA each fused op's tuner also times
+        the unfused path (cuBLAS + the separate kernels) and runs whichever is faster."""
+        if self.fused:
+            return self
+        if not self.fusable():
+            raise ValueError(f"fuse: needs plain linears on the triton or torch backend (backend={self.backend!r}, "
+                             f"device {self.embed_tokens.weight.device})")
+        cfg = self.cfg
+        I, Hq, Hkv, D = cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        for layer in self.layers:
+            w = layer.self_attn.qkv_proj.weight
+            w.copy_(K.interleave_qkv(w, Hq, Hkv, D))
+            w = layer.mlp.gate_up_proj.weight
+            w.copy_(K.interleave_gate_up(w[:I], w[I:]))
+        self.fused = True
+        return self
+
+    def _fused_hidden(self, tokens, positions, attend, lora, kv):
+        cfg, be, eps = self.cfg, self.backend, self.cfg.rms_norm_eps
+        N = tokens.shape[0]
+        r = self.embed_tokens(tokens)  # the residual stream: each fused product adds onto it
+        rope = self._rope_args()
+        for i, layer in enumerate(self.layers):
+            at, m = layer.self_attn, layer.mlp
+            kc, vc, slots = kv(i) if kv is not None else (None, None, None)
+            q, k, v = K.norm_qkv_rope_cache(r, layer.input_layernorm.weight, eps, at.qkv_proj.weight, positions,
+                                            *rope, kc, vc, slots, kv_heads=cfg.num_key_value_heads,
+                                            head_dim=cfg.head_dim, backend=be)
+            o = attend(i, q, k, v, written=slots is not None).reshape(N, -1)
+            r = K.linear_residual(o, at.o_proj.weight, r, backend=be)
+            if lora and at.lora is not None:  # the draft adapter: two small products more, draft passes only
+                a, b, scale = at.lora
+                r = r + scale * F.linear(F.linear(o, a), b)
+            h = K.norm_gate_up_swiglu(r, layer.post_attention_layernorm.weight, eps, m.gate_up_proj.weight,
+                                      backend=be)
+            r = K.linear_residual(h, m.down_proj.weight, r, backend=be)
+        return K.rmsnorm(r, self.norm.weight, eps, backend=be)
+
     def logits(self, hidden):
         return self.product(hidden, self.head_weight(), self)
 
@@ -237,23 +298,25 @@ class Transformer(nn.Module):
                                 dtype=self.embed_tokens.weight.dtype, device=tokens.device)
             length = 0
         else:
-            # On a GPU the length stays on the device (no host sync: CUDA graphs capture); on a CPU
-            # reading it is free, and read once here rather than by every layer's attention.
-            length = cache.length if cache.length.is_cuda else int(cache.length)
+            # The Triton kernels read the length on the device (no host sync: CUDA graphs capture;
+            # under the interpreter too, so a CPU run launches what a GPU one does); the CPU
+            # backend reads it once here rather than in every layer's attention.
+            length = cache.length if cache.length.is_cuda or K.use_triton(self.backend, tokens) else int(cache.length)
             if write_cache:
                 slots = cache.scratch_slots(tokens.shape[0])
 
-        def attend(i, q, k, v):
+        def attend(i, q, k, v, written=False):
             if cache is None:
                 kc = vc = empty
             else:
                 kc, vc = cache.layer(i)
-                if write_cache:
+                if write_cache and not written:
                     cache.write(i, k, v, slots)
             return K.attention(q, k, v, kc, vc, length, pattern, sub_block, self.scale, backend=self.backend,
                                chunk_in_cache=write_cache)
 
-        return self.output(self.forward_hidden(tokens, positions, attend, lora), logits_index, return_hidden)
+        kv = (lambda i: (*cache.layer(i), slots)) if write_cache else None
+        return self.output(self.forward_hidden(tokens, positions, attend, lora, kv), logits_index, return_hidden)
 
     def output(self, hidden, logits_index=None, return_hidden=False):
         """What a forward returns from its last hidden states: them, or the logits of `logits_index`'s

@@ -61,11 +61,12 @@ def forward_batch(model, tokens, cache: SlotCache, segs: K.Varlen, pattern=K.CAU
     pos = positions(segs, device) if pos is None else pos
     idx = write_slots(segs, device) if write_cache else None
 
-    def attend(i, q, k, v):
+    def attend(i, q, k, v, written=False):
         kc, vc = cache.layer(i)
-        if write_cache:
+        if write_cache and not written:
             cache.write(i, k, v, idx)
         return K.attention_varlen(q, k, v, kc, vc, segs, pattern, sub_block, model.scale, backend=model.backend,
                                   chunk_in_cache=write_cache)
 
-    return model.output(model.forward_hidden(tokens, pos, attend, lora), logits_index, return_hidden)
+    kv = (lambda i: (*cache.layer(i), idx)) if write_cache else None
+    return model.output(model.forward_hidden(tokens, pos, attend, lora, kv), logits_index, return_hidden)

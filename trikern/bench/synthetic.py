@@ -9,6 +9,11 @@ copy of the weights), fills the cache with `context` random entries, and then me
   once: every matrix, the embedding only for the T gathered rows; K and V of the cache read once;
   the chunk's K/V written); GB/s; % of the read roofline, both the one this bench measures (a sum
   over a large tensor) and the datasheet figure when the device is known; tokens/s at T = 1.
+  Kernels per forward and per layer (trikern/kernels/launches.py: Triton launches plus the torch
+  ops that launch a kernel, on one eager forward; per layer from a second model of the same shape
+  with one layer, the rest being the embedding, final norm and head), on CPU too: with
+  TRITON_INTERPRET=1 and --backend triton the Triton launches are the interpreter's, and the report
+  says so. The JSON also has the counts by kernel name and the path each autotuned op took.
 - `--weights int4|fp8`: the same with the layer linears quantized (weight-only, as
   `load(quantize=)` does: trikern/quant), so the weight bytes, and the % of the read roofline, are
   the quantized model's (packed weights, scales and zero points; the embedding, head and norms stay
@@ -71,7 +76,7 @@ def measure_read_gbs(device: torch.device, reps: int = 10) -> float:
         fn = x.sum
     ms = time_ms(fn, device, reps, warmup=2)
     gbs = x.numel() * x.element_size() / (ms * 1e-3) / 1e9
-    del x
+    x = fn = None  # free the tensor now (the lambda holds it too)
     return gbs
 
 
@@ -150,6 +155,24 @@ def random_model(cfg, device, dtype, backend: str, seed: int = 0):
     return m.requires_grad_(False).eval()
 
 
+def as_loaded(model):
+    """`model` with its layers fused where `trikern.load` fuses them (`api.fused_by_default`: CUDA,
+    the Triton kernels), and on a CPU with backend "triton" under the interpreter too, so the kernels
+    counted there are the ones a GPU forward launches. TRIKERN_FUSED=0 keeps the unfused layers, as
+    in load. A model without fused layers (no `fuse`) is returned as it is."""
+    from .. import api  # noqa: PLC0415
+    from ..kernels.autotune import switched_off  # noqa: PLC0415
+    from ..kernels.dispatch import interpreting  # noqa: PLC0415
+
+    by_default = getattr(api, "fused_by_default", None)
+    if by_default is None or not hasattr(model, "fuse"):
+        return model
+    interpreted = model.embed_tokens.weight.is_cpu and interpreting() and model.backend == "triton"
+    if by_default(model) or (interpreted and model.fusable() and not switched_off("TRIKERN_FUSED")):
+        model.fuse()
+    return model
+
+
 def weight_bytes(model) -> tuple[int, int]:
     """(bytes of every weight, bytes of the embedding table) of `model`. Weights: the parameters and
     the quantized linears' buffers (packed weights, scales, zero points); not the RoPE frequencies."""
@@ -189,11 +212,119 @@ def bytes_per_forward(model, T: int, cache_len: int) -> dict:
     return {"weight_bytes": weights, "kv_bytes": kv, "bytes": weights + kv}
 
 
+# -- the forward rows -------------------------------------------------------------------------------------
+def counted_by(device: torch.device, backend: str) -> str:
+    """How the kernel counts of a run are obtained, in words (the report prints it)."""
+    from ..kernels.dispatch import interpreting  # noqa: PLC0415
+
+    if device.type == "cuda":
+        return "Triton launches and torch ops on CUDA (eager forward; a CUDA graph replays the same kernels)"
+    if backend == "triton" and interpreting():
+        return "interpreter-counted: Triton launches under TRITON_INTERPRET=1 and torch ops, on CPU"
+    return f"torch ops on CPU (backend {backend}: no Triton launch)"
+
+
+def roofline(row: dict, ms: float | None, measured: float, sheet: float | None):
+    """GB/s and % of the read roofline of a row that moved row["bytes"] in `ms`."""
+    if ms:
+        gbs = row["bytes"] / (ms * 1e-3) / 1e9
+        row.update(gb_per_s=gbs, pct_measured=100 * gbs / measured, pct_datasheet=100 * gbs / sheet if sheet else None)
+    row["roofline_ms"] = row["bytes"] / (measured * 1e9) * 1e3
+
+
+def layer_model(model, raw: dict, a, device, dtype):
+    """The model of `raw`'s shape with one layer (two if `model` has one), weights as `model`'s
+    (quantized and fused alike): counting both gives the kernels per layer (launches.split_layers)."""
+    from ..config import ModelConfig  # noqa: PLC0415
+
+    d = dict(raw, num_hidden_layers=1 if model.cfg.num_hidden_layers > 1 else 2)
+    other = random_model(ModelConfig.from_dict(d, "layer-count model"), device, dtype, model.backend, a.seed)
+    if getattr(a, "weights", None):
+        from ..quant import Spec  # noqa: PLC0415
+        from ..quant.checkpoint import quantize_model  # noqa: PLC0415
+        quantize_model(other, Spec(a.weights, a.group_size))
+    return as_loaded(other)
+
+
+def _filled_cache(model, context: int, scratch: int, device, g):
+    from ..cache import KVCache  # noqa: PLC0415
+
+    cache = KVCache.for_model(model.cfg, context, model.embed_tokens.weight.dtype, device, scratch=scratch)
+    cache.k.normal_(generator=g)
+    cache.v.normal_(generator=g)
+    cache.commit(context)
+    return cache
+
+
+def count_forward(model, tokens, positions, cache, pattern=None, sub_block=0, *, other=None, other_cache=None,
+                  warmup: int = 1, other_warmup: int = 1) -> dict:
+    """The kernels one `model.forward` of `tokens` at `positions` launches (writing `cache`; pattern
+    default CAUSAL), after `warmup` uncounted calls (`other_warmup` for `other`): total, Triton
+    launches, torch ops, by name, the configs the tuner chose, the path (torch / triton) of the ops
+    that had torch's own path among their candidates, and with `other` (the same shape with another
+    layer count, its own cache) the split per layer (trikern.kernels.launches.split_layers)."""
+    from ..kernels import CAUSAL, launches  # noqa: PLC0415
+
+    pattern = CAUSAL if pattern is None else pattern
+
+    def forward(m, c):
+        return lambda: m(tokens, positions, c, pattern, write_cache=True, sub_block=sub_block)
+
+    counts = launches.count_calls(forward(model, cache), warmup=warmup)
+    out = {"kernels": counts.total, "triton_launches": counts.triton_launches, "torch_ops": counts.torch_ops,
+           "kernels_by_name": counts.by_name(), "autotune": counts.configs(), "paths": counts.paths()}
+    if other is not None:
+        split = launches.split_layers(counts, model.cfg.num_hidden_layers,
+                                      launches.count_calls(forward(other, other_cache), warmup=other_warmup),
+                                      other.cfg.num_hidden_layers)
+        out.update(kernels_per_layer=split["per_layer"], kernels_non_layer=split["non_layer"],
+                   kernels_split_exact=split["exact"])
+    return out
+
+
+def forward_rows(model, widths, context: int, device, reps: int, *, graphs: bool, seed: int, measured: float,
+                 sheet: float | None, other=None, warmup: int = 3, log=None) -> list[dict]:
+    """One row per chunk width T: a causal `model.forward` writing the cache, over `context` random
+    cache entries: ms eager and (CUDA, `graphs`) replayed as a CUDA graph, bytes moved, GB/s, % of
+    the roofline, and the kernels one forward launches (trikern.kernels.launches), split per layer
+    with `other` (`layer_model`) when given, and the path each autotuned op took. `warmup`: untimed
+    calls before the timed ones (0 only where nothing compiles or tunes: the interpreter, tuner off)."""
+    from ..kernels import CAUSAL  # noqa: PLC0415
+
+    cfg = model.cfg
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    cache = _filled_cache(model, context, max(widths), device, g)
+    other_cache = _filled_cache(other, context, max(widths), device, g) if other is not None else None
+    rows = []
+    with torch.inference_mode():
+        for T in widths:
+            tokens = torch.randint(0, cfg.vocab_size, (T,), device=device, generator=g)
+            pos = torch.arange(context, context + T, device=device)
+            # write_cache as AR / verify do; nothing is committed, so every call writes the same scratch slots.
+            fn = lambda: model(tokens, pos, cache, CAUSAL, write_cache=True)  # noqa: E731
+            row = {"T": T, "attention": "causal", "context": context, **bytes_per_forward(model, T, context)}
+            row["eager_ms"] = time_ms(fn, device, reps, warmup=warmup)
+            row["graph_ms"] = None
+            if device.type == "cuda" and graphs:
+                try:
+                    row["graph_ms"] = graph_ms(fn, device, reps)
+                except Exception as e:  # noqa: BLE001 - a failed capture is a finding, not a crash
+                    row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+            best = row["graph_ms"] or row["eager_ms"]
+            roofline(row, best, measured, sheet)
+            row["tokens_per_second"] = 1e3 / best if T == 1 else None
+            # warm (warmup=0): the timing above compiled and tuned
+            row.update(count_forward(model, tokens, pos, cache, other=other, other_cache=other_cache, warmup=0,
+                                     other_warmup=min(warmup, 1)))
+            rows.append(row)
+            print(f"[bench] forward T={T} cache {context}: eager {row['eager_ms']:.3f} ms, graph "
+                  f"{report.fmt(row['graph_ms'])} ms, {row['kernels']} kernels", file=log or sys.stderr, flush=True)
+    return rows
+
+
 # -- the bench --------------------------------------------------------------------------------------------
 def run(a, device, dtype, log=None) -> dict:
     from ..api import Model  # noqa: PLC0415
-    from ..cache import KVCache  # noqa: PLC0415
-    from ..kernels import CAUSAL  # noqa: PLC0415
 
     cfg, raw = load_shape(a.synthetic, a.layers)
     widths, context = a.widths, a.context
@@ -216,6 +347,7 @@ def run(a, device, dtype, log=None) -> dict:
         from ..quant import Spec  # noqa: PLC0415
         from ..quant.checkpoint import quantize_model  # noqa: PLC0415
         quantize_model(model, Spec(a.weights, a.group_size))
+    model = as_loaded(model)
     total, emb = weight_bytes(model)
     shape = {"config": a.synthetic, "model_type": cfg.model_type, "layers": cfg.num_hidden_layers,
              "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
@@ -223,40 +355,9 @@ def run(a, device, dtype, log=None) -> dict:
              "vocab_size": cfg.vocab_size, "parameters": parameter_count(model),
              "weights": weights_label(a, dtype), "weight_bytes": total, "weight_bytes_without_embedding": total - emb, "kv_bytes_per_token": kv_bytes_per_token(cfg, dtype)}
 
-    def roof(row: dict, ms: float | None):
-        if ms:
-            gbs = row["bytes"] / (ms * 1e-3) / 1e9
-            row.update(gb_per_s=gbs, pct_measured=100 * gbs / measured,
-                       pct_datasheet=100 * gbs / sheet if sheet else None)
-        row["roofline_ms"] = row["bytes"] / (measured * 1e9) * 1e3
-
-    forward = []
-    cache = KVCache.for_model(cfg, context, dtype, device, scratch=max(widths))
-    g = torch.Generator(device=device).manual_seed(a.seed + 1)
-    cache.k.normal_(generator=g)
-    cache.v.normal_(generator=g)
-    cache.commit(context)
-    with torch.inference_mode():
-        for T in widths:
-            tokens = torch.randint(0, cfg.vocab_size, (T,), device=device, generator=g)
-            pos = torch.arange(context, context + T, device=device)
-            # write_cache as AR / verify do; nothing is committed, so every call writes the same scratch slots.
-            fn = lambda: model(tokens, pos, cache, CAUSAL, write_cache=True)  # noqa: E731
-            row = {"T": T, "attention": "causal", "context": context, **bytes_per_forward(model, T, context)}
-            row["eager_ms"] = time_ms(fn, device, reps)
-            row["graph_ms"] = None
-            if device.type == "cuda" and not a.no_cuda_graphs:
-                try:
-                    row["graph_ms"] = graph_ms(fn, device, reps)
-                except Exception as e:  # noqa: BLE001 - a failed capture is a finding, not a crash
-                    row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
-            best = row["graph_ms"] or row["eager_ms"]
-            roof(row, best)
-            row["tokens_per_second"] = 1e3 / best if T == 1 else None
-            forward.append(row)
-            print(f"[bench] forward T={T}: eager {row['eager_ms']:.3f} ms, graph {report.fmt(row['graph_ms'])} ms",
-                  file=log or sys.stderr, flush=True)
-    del cache
+    forward = forward_rows(model, widths, context, device, reps, graphs=not a.no_cuda_graphs, seed=a.seed,
+                           measured=measured, sheet=sheet, other=layer_model(model, raw, a, device, dtype),
+                           log=log)
 
     decode = []
     if a.decode_tokens:
@@ -278,7 +379,7 @@ def run(a, device, dtype, log=None) -> dict:
                        "prefill_tokens_per_second": s["prefill_tokens_per_second"],
                        # The cache grows during the row: charge the KV at its mean length.
                        **bytes_per_forward(model, 1, context + s["generated_tokens"] // 2)}
-                roof(row, ms)
+                roofline(row, ms, measured, sheet)
                 decode.append(row)
                 print(f"[bench] decode {label(mode, b)}: {report.fmt(ms)} ms/forward, "
                       f"{s['tokens_per_second']:.1f} tok/s", file=log or sys.stderr, flush=True)
@@ -286,6 +387,7 @@ def run(a, device, dtype, log=None) -> dict:
             "bandwidth": {"measured_gb_per_s": measured, "datasheet_gb_per_s": sheet,
                           "measured_with": "sum over a large tensor"},
             "settings": {"context": context, "widths": list(widths), "reps": reps, "backend": a.backend,
+                         "kernels_counted": counted_by(device, a.backend),
                          "weights": getattr(a, "weights", None), "group_size": getattr(a, "group_size", None),
                          "cuda_graphs": device.type == "cuda" and not a.no_cuda_graphs,
                          "decode_tokens": a.decode_tokens, "seed": a.seed},
@@ -294,7 +396,8 @@ def run(a, device, dtype, log=None) -> dict:
 
 FORWARD_COLUMNS = [("T", "T"), ("eager_ms", "eager ms"), ("graph_ms", "graph ms"), ("mb", "MB moved"),
                    ("gb_per_s", "GB/s"), ("pct_measured", "% measured"), ("pct_datasheet", "% datasheet"),
-                   ("roofline_ms", "roofline ms"), ("tokens_per_second", "tok/s")]
+                   ("roofline_ms", "roofline ms"), ("tokens_per_second", "tok/s"), ("kernels", "kernels/fwd"),
+                   ("kernels_per_layer", "kernels/layer")]
 DECODE_COLUMNS = [("label", "mode"), ("ms_per_forward", "ms/forward"), ("gb_per_s", "GB/s"),
                   ("pct_measured", "% measured"), ("tokens_per_second", "tok/s"), ("tokens_per_forward", "tok/fwd")]
 
@@ -308,12 +411,18 @@ def render(res: dict) -> str:
              f"cache {res['settings']['context']} tokens",
              f"read roofline: {bw['measured_gb_per_s']:.1f} GB/s measured, datasheet "
              f"{report.fmt(bw['datasheet_gb_per_s'])} GB/s",
-             report.table([{**r, "mb": r["bytes"] / 1e6} for r in res["forward"]], FORWARD_COLUMNS)]
+             report.table([{**r, "mb": r["bytes"] / 1e6} for r in res["forward"]], FORWARD_COLUMNS),
+             f"kernels: {res['settings'].get('kernels_counted', '-')}; per layer from a {_other_layers(s)}-layer "
+             "model of the same shape"]
     if res["decode"]:
         from .promptset import label  # noqa: PLC0415
         rows = [{**r, "label": label(r["mode"], r["block_size"])} for r in res["decode"]]
         lines += ["decode loop (random weights: acceptance means nothing):", report.table(rows, DECODE_COLUMNS)]
     return "\n".join(lines)
+
+
+def _other_layers(shape: dict) -> int:
+    return 1 if shape["layers"] > 1 else 2
 
 
 def _size(nbytes: int) -> str:

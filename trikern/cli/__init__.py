@@ -7,6 +7,7 @@
     serve           serve.py          the OpenAI-compatible HTTP server
     bench           bench.py          decoding speed, or shapes against the roofline
     quantize        quantize.py       write an int4 / fp8 quantized copy of a checkpoint
+    selfcheck       selfcheck.py      prove a GPU: kernels vs references, spec == AR, graphs == eager, the table
 
 Each command module has `add_parser(sub)` (its options) and `run(args) -> int` (the exit status);
 options.py holds what they share (model and sampling options, loading a model, --version). The
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, chat, check_kernels, generate, quantize, serve, tune
+from . import bench, chat, check_kernels, generate, quantize, selfcheck, serve, tune
 from .options import Parser, UsageError, Version
 
-COMMANDS = (generate, chat, tune, check_kernels, serve, bench, quantize)  # in `trikern --help` order
+COMMANDS = (generate, chat, tune, check_kernels, serve, bench, quantize, selfcheck)  # in `trikern --help` order
 
 
 def build_parser() -> Parser:

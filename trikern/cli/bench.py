@@ -50,7 +50,9 @@ def add_parser(sub):
                    "checkpoint, dtype and device; report the tok/s ratio and whether tokens agree with trikern ar")
     # synthetic bench
     p.add_argument("--synthetic", metavar="NAME|CONFIG", help="random weights of a shipped config (nld-3b, nld-8b, "
-                   "nld-14b) or of a config.json / checkpoint folder")
+                   "nld-14b) or of a config.json / checkpoint folder; each forward row also counts the kernels it "
+                   "launches, per forward and per layer (on CPU: torch ops, plus the interpreter's Triton launches "
+                   "with TRITON_INTERPRET=1 and --backend triton)")
     p.add_argument("--layers", type=int, metavar="N", help="[synthetic] keep only N layers")
     p.add_argument("--context", type=int, metavar="N", help="[synthetic] cache length (default: 1024)")
     p.add_argument("--widths", metavar="T1,T2", help="[synthetic] forward chunk widths (default: 1,8,32,72)")

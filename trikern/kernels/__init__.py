@@ -9,11 +9,14 @@ chunks at once (a `Varlen` layout).
 from .attention import BIDIRECTIONAL, CAUSAL, QUADRATIC, TREE, TreeMask, Varlen
 from .dispatch import BACKENDS, check_backend, resolve, use_triton
 from .rope import rope_table
-from .ops import (add_rmsnorm, attention, attention_varlen, build_tree, draft_tree, linear_for, quant_linear, reveal, rmsnorm, rope,
-                  swiglu, tree_verify, verify)
+from .fused_linear import interleave_gate_up, interleave_qkv
+from .ops import (add_rmsnorm, attention, attention_varlen, build_tree, draft_tree, linear_for, linear_residual,
+                  norm_gate_up_swiglu, norm_qkv_rope_cache, quant_linear, reveal, rmsnorm, rope, swiglu, tree_verify,
+                  verify)
 
 __all__ = [
     "BACKENDS", "BIDIRECTIONAL", "CAUSAL", "QUADRATIC", "TREE", "TreeMask", "Varlen",
-    "add_rmsnorm", "attention", "attention_varlen", "build_tree", "check_backend", "draft_tree", "linear_for", "quant_linear", "resolve", "reveal",
-    "rmsnorm", "rope", "rope_table", "swiglu", "tree_verify", "use_triton", "verify",
+    "add_rmsnorm", "attention", "attention_varlen", "build_tree", "check_backend", "draft_tree", "interleave_gate_up",
+    "interleave_qkv", "linear_for", "linear_residual", "norm_gate_up_swiglu", "norm_qkv_rope_cache", "quant_linear",
+    "resolve", "reveal", "rmsnorm", "rope", "rope_table", "swiglu", "tree_verify", "use_triton", "verify",
 ]

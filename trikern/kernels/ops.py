@@ -18,6 +18,7 @@ from .cpu import tree_verify as cpu_tree_verify
 from .cpu import quant_linear as cpu_quant_linear
 from .dispatch import check_backend, resolve, use_triton
 from .draft_tree import draft_tree_ref, draft_tree_triton
+from . import fused_linear as FL
 from .quant_linear import quant_linear_ref, quant_linear_triton
 from .reveal import reveal_ref, reveal_triton
 from .rmsnorm import add_rmsnorm_ref, add_rmsnorm_triton, rmsnorm_ref, rmsnorm_triton
@@ -132,6 +133,28 @@ def quant_linear(x, w, backend="auto"):
     if be == "triton":
         return quant_linear_triton(x, w)
     return quant_linear_ref(x, w)
+
+
+def linear_residual(x, W, residual, backend="auto"):
+    """residual + x @ W.T in one launch (kernels/fused_linear.py)."""
+    f = FL.linear_residual_triton if use_triton(backend, x) else FL.linear_residual_ref
+    return f(x, W, residual)
+
+
+def norm_gate_up_swiglu(x, norm_w, eps, W_gu, backend="auto"):
+    """silu(h @ Wg.T) * (h @ Wu.T), h = rmsnorm(x) * norm_w; W_gu in `interleave_gate_up`'s layout."""
+    f = FL.norm_gate_up_swiglu_triton if use_triton(backend, x) else FL.norm_gate_up_swiglu_ref
+    return f(x, norm_w, eps, W_gu)
+
+
+def norm_qkv_rope_cache(x, norm_w, eps, W_qkv, positions, inv_freq, attn_factor=1.0, llama4_beta=None,
+                        llama4_len=1, k_cache_layer=None, v_cache_layer=None, slots=None, *, kv_heads, head_dim,
+                        backend="auto"):
+    """(q, k, v) of rmsnorm(x) * norm_w @ W_qkv.T, q and k rotated; k and v also written to `slots`
+    of the cache layer when given. W_qkv in `interleave_qkv`'s layout."""
+    f = FL.norm_qkv_rope_cache_triton if use_triton(backend, x) else FL.norm_qkv_rope_cache_ref
+    return f(x, norm_w, eps, W_qkv, positions, inv_freq, attn_factor, llama4_beta, llama4_len, k_cache_layer,
+             v_cache_layer, slots, kv_heads=kv_heads, head_dim=head_dim)
 
 
 def plain_linear(x, weight, holder=None):

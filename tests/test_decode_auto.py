@@ -181,7 +181,7 @@ def test_policy_explores_the_other_family_within_its_time_share():
     cost = {A: 1.0, L2: 1.6, L4: 2.0, Q4: 3.5}  # AR best at the prior, but L2, L4 and Q4 could win
     p = costed(list(cost), list(cost.values()))
     picks = []
-    for _ in range(12 * p.explore.EVERY):
+    for _ in range(24 * p.explore.EVERY):
         k = p.choose()
         picks.append((k, p.explore.key is not None))
         restart = k == Q4 and p.explore.left == 1  # the first quadratic step after AR verifies nothing
@@ -198,7 +198,7 @@ def test_policy_explores_the_other_family_within_its_time_share():
         else:
             i += 1
     assert all((i + 1) % p.explore.EVERY == 0 for i, _ in runs)
-    # The families take turns, each with its best candidate now (linear: B = 2, cheaper than B = 4
+    # The families take turns, each with its cheapest candidate that could win (linear: B = 2, not B = 4
     # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
     assert [keys for _, keys in runs[:2]] == [[L2], [Q4, Q4]]
     assert all(keys in ([L2], [Q4, Q4]) for _, keys in runs)

@@ -30,7 +30,8 @@ def family(key):
 
 
 class Exploration:
-    EVERY = 8
+    EVERY = 16  # steps between refreshes of the other family (replayed: 8 cost short and code-only
+    # generations 2-4%, where one setting wins throughout, and gained nothing on mixed text)
     REFRESH_LEFT = 24  # tokens left below which a periodic refresh is not worth its cost: what it
     # learns pays only over the tokens still to come (replayed short generations: 0.97 -> 0.98x best)
     SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (`share`): a slow candidate
@@ -79,13 +80,14 @@ class Exploration:
             if larger:
                 return max(larger, key=lambda k: k[1] / seconds(k))
         if step % self.EVERY == 0 and (left is None or left >= self.REFRESH_LEFT):
-            # One step of a family informs all its block sizes: refresh the family not run for
-            # longest, with its best candidate.
+            # One step of a family informs all its block sizes (the hazards of the first positions,
+            # which decide most of every block's yield): refresh the family not run for longest
+            # with its cheapest candidate that could win.
             other = [k for k in could if family(k) != family(best)]
             if other:
                 stale = min((f for f in FAMILIES if any(family(k) == f for k in other)),
                             key=lambda f: self.last_run.get(f, -1))
-                return max((k for k in other if family(k) == stale), key=rate)
+                return min((k for k in other if family(k) == stale), key=seconds)
         return None
 
     def begin(self, key, displaced_rate: float, extra_steps: int):

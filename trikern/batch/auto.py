@@ -116,7 +116,8 @@ class AutoBatch(BatchStep):
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)
         # The exploration budget reasons per sequence: a block's optimistic yield is B per chain.
-        key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n)
+        left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
+        key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             return top
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)

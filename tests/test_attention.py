@@ -236,7 +236,7 @@ def test_aot_variants_cover_every_config(arch):
     from trikern.kernels.attention import _attn_fwd, aot_variants
 
     variants = aot_variants(arch)
-    fwd = [v for v in variants if v.fn is _attn_fwd]
+    fwd = [v for v in variants if v.fn is _attn_fwd and not v.constexprs["VARLEN"]]
     causal128 = [v.config for v in fwd if v.constexprs["PATTERN"] == CAUSAL and v.constexprs["HEAD_D"] == 128]
     assert sorted(map(str, causal128)) == sorted(map(str, config_space(arch)))
     for v in variants:

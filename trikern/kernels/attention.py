@@ -24,7 +24,9 @@ against.
 The Triton kernel (`attention_triton`) is flash attention with an fp32 online softmax: one program
 per (tile of packed query rows, kv head, cache split); the mask is computed from indices under a
 `tl.constexpr` PATTERN; decode-shaped launches split the cache over several programs and merge the
-partial softmaxes in a second small kernel. Launch configs come from a per-arch config space
+partial softmaxes in a second small kernel. In VARLEN mode (`attention_varlen_triton`) the same
+kernel runs a whole batch's segments in one launch, each program reading its segment's rows, region
+and committed length on the device. Launch configs come from a per-arch config space
 through `trikern.kernels.autotune`; `aot_variants` and `tune_shapes` feed `trikern check-kernels`
 and `trikern tune`.
 """
@@ -181,15 +183,36 @@ def _softmax_step(acc, m_i, l_i, q, kt, v, visible, qk_scale, MASKED: tl.constex
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC, ANC,
+    Q, K, V, KC, VC, CACHE_LEN, O, PM, PL, PACC, ANC, STARTS, BASES,
     T, S, HQ, sub_block, anc_w, qk_scale,
     sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, skc_h, skc_s, svc_h, svc_s, so_t, so_h,
     G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, PATTERN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    VARLEN: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    T_all = T  # rows of the partials (SPLIT > 1): every flat row of the launch
+    if VARLEN:
+        # Axis 1 is (segment, kv head). The segment's rows [STARTS[b], STARTS[b+1]) of the flat
+        # q / k / v / out, its region at slot BASES[b] of the cache (S = the region size) and its
+        # committed length CACHE_LEN[b] are read here, so the host needs no lengths, only the grid's
+        # upper bounds. From here on T is the segment's row count and every pointer is the segment's.
+        seg = kvh // (HQ // G)
+        kvh = kvh % (HQ // G)
+        row0 = tl.load(STARTS + seg).to(tl.int32)
+        T = tl.load(STARTS + seg + 1).to(tl.int32) - row0
+        if pid_m * BLOCK_M >= T * G:  # a tile past this segment's rows (the grid fits the longest)
+            return
+        base = tl.load(BASES + seg).to(tl.int64)
+        Q += row0.to(tl.int64) * sq_t
+        K += row0.to(tl.int64) * sk_t
+        V += row0.to(tl.int64) * sv_t
+        O += row0.to(tl.int64) * so_t
+        KC += base * skc_s
+        VC += base * svc_s
+        CACHE_LEN += seg
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < T * G
@@ -293,7 +316,10 @@ def _attn_fwd(
         l_i = tl.where(row_ok, l_i, 1.0)  # padding rows: keep 0/0 out of the (masked) store
         tl.store(O + o_row[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(O.dtype.element_ty), mask=out_mask)
     else:
-        p_row = split.to(tl.int64) * T * HQ + t * HQ + h
+        if VARLEN:  # partials are indexed by flat row, so the combine merges per global row
+            p_row = split.to(tl.int64) * T_all * HQ + (row0 + t) * HQ + h
+        else:
+            p_row = split.to(tl.int64) * T * HQ + t * HQ + h
         tl.store(PM + p_row, m_i, mask=row_ok)
         tl.store(PL + p_row, l_i, mask=row_ok)
         tl.store(PACC + p_row[:, None] * HEAD_D + offs_d[None, :], acc, mask=out_mask)
@@ -443,17 +469,61 @@ def _cache_len_tensor(cache_len, S: int, device) -> torch.Tensor:
     return torch.full((), n, dtype=torch.int64, device=device)
 
 
+def _check_triton_dtypes(q, k, v, k_cache, v_cache):
+    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
+
+
+def _kernel_inputs(*xs):
+    """The tensors as the kernel reads them: fp32 for bf16 under the interpreter (its bf16 tl.dot is
+    wrong), head_dim the contiguous axis (vectorised loads; the other strides are free)."""
+    if interpreting() and xs[0].dtype == torch.bfloat16:
+        xs = tuple(x.float() for x in xs)
+    return tuple(x if x.stride(-1) == 1 else x.contiguous() for x in xs)
+
+
+def _launch(cfg, grid, q, k, v, k_cache, v_cache, lens, out, anc, starts, bases, S, pattern, sub_block, anc_w,
+            scale, varlen):
+    """One `_attn_fwd` launch over `grid` (+ the combine when cfg splits the cache); writes `out`.
+    Single-sequence: lens is the 0-dim committed length, S the cache capacity (starts, bases unread).
+    Varlen: lens / starts / bases the per-segment device tensors, S the region size."""
+    N, Hq, D = q.shape
+    split = cfg["SPLIT"]
+    BLOCK_D = _block_d(D)
+    if split > 1:
+        pm = torch.empty(split, N * Hq, dtype=torch.float32, device=q.device)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(split, N * Hq, D, dtype=torch.float32, device=q.device)
+    else:
+        pm = pl = pacc = out  # unused: the SPLIT == 1 branch stores straight into out
+    _attn_fwd[grid](
+        q, k, v, k_cache, v_cache, lens, out, pm, pl, pacc, anc, starts, bases,
+        N, S, Hq, max(int(sub_block), 1), anc_w, scale * _LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+        out.stride(0), out.stride(1),
+        G=Hq // k.shape[1], HEAD_D=D, BLOCK_D=BLOCK_D, PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_N=cfg["BLOCK_N"], SPLIT=split, PREC="ieee" if q.dtype == torch.float32 else "tf32", VARLEN=varlen,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], enable_fp_fusion=FP_FUSION,
+    )
+    if split > 1:
+        _attn_combine[(triton.cdiv(N * Hq, _COMBINE_ROWS),)](
+            pm, pl, pacc, out, N * Hq, Hq, out.stride(0), out.stride(1),
+            HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4,
+            enable_fp_fusion=FP_FUSION)
+    return out
+
+
 def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0, scale=None, config=None):
     """The Triton kernel behind `attention`. `config` pins a launch config (tests, benchmarks);
     otherwise one is chosen per shape bucket through trikern.kernels.autotune."""
     _check(q, k, v, k_cache, v_cache)
     T, Hq, D = q.shape
     Hkv, S = k_cache.shape[0], k_cache.shape[1]
-    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if x.dtype != q.dtype or x.device != q.device:
-            raise ValueError(f"attention: {name} is {x.dtype} on {x.device}, q is {q.dtype} on {q.device}")
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"attention: dtype {q.dtype} not supported (float16, bfloat16, float32)")
+    _check_triton_dtypes(q, k, v, k_cache, v_cache)
     if pattern not in KNOWN_PATTERNS:
         raise _bad_pattern(pattern)
     if pattern == QUADRATIC and (sub_block < 1 or T % sub_block):
@@ -466,42 +536,16 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
     out_dtype = q.dtype
     if T == 0:
         return q.new_empty(0, Hq, D)
-    if interpreting() and q.dtype == torch.bfloat16:  # the interpreter's bf16 tl.dot is wrong
-        q, k, v, k_cache, v_cache = (x.float() for x in (q, k, v, k_cache, v_cache))
-    # The kernel reads head_dim as the contiguous axis (vectorised loads); other strides are free.
-    q, k, v, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, k_cache, v_cache))
+    q, k, v, k_cache, v_cache = _kernel_inputs(q, k, v, k_cache, v_cache)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     G = Hq // Hkv
     rows = T * G
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
-    BLOCK_D = _block_d(D)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
 
     def run(cfg):
-        split = cfg["SPLIT"]
-        if split > 1:
-            pm = torch.empty(split, T * Hq, dtype=torch.float32, device=q.device)
-            pl = torch.empty_like(pm)
-            pacc = torch.empty(split, T * Hq, D, dtype=torch.float32, device=q.device)
-        else:
-            pm = pl = pacc = out  # unused: the SPLIT == 1 branch stores straight into out
-        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), Hkv, split)
-        _attn_fwd[grid](
-            q, k, v, k_cache, v_cache, n, out, pm, pl, pacc, anc,
-            T, S, Hq, max(int(sub_block), 1), anc_w, scale * _LOG2E,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-            out.stride(0), out.stride(1),
-            G=G, HEAD_D=D, BLOCK_D=BLOCK_D, PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            SPLIT=split, PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            enable_fp_fusion=FP_FUSION,
-        )
-        if split > 1:
-            _attn_combine[(triton.cdiv(T * Hq, _COMBINE_ROWS),)](
-                pm, pl, pacc, out, T * Hq, Hq, out.stride(0), out.stride(1),
-                HEAD_D=D, BLOCK_D=BLOCK_D, BLOCK_R=_COMBINE_ROWS, SPLIT=split, num_warps=4,
-                enable_fp_fusion=FP_FUSION)
-        return out
+        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), Hkv, cfg["SPLIT"])
+        return _launch(cfg, grid, q, k, v, k_cache, v_cache, n, out, anc, n, n, S, pattern, sub_block, anc_w,
+                       scale, varlen=False)
 
     if config is None:
         from . import autotune
@@ -517,14 +561,15 @@ def attention_triton(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_b
 # ------------------------------------------------------------------------------------------------
 # `trikern check-kernels` and `trikern tune`
 # ------------------------------------------------------------------------------------------------
-_FWD_CONSTEXPRS = ("G", "HEAD_D", "BLOCK_D", "PATTERN", "BLOCK_M", "BLOCK_N", "SPLIT", "PREC")
+_FWD_CONSTEXPRS = ("G", "HEAD_D", "BLOCK_D", "PATTERN", "BLOCK_M", "BLOCK_N", "SPLIT", "PREC", "VARLEN")
 _COMBINE_CONSTEXPRS = ("HEAD_D", "BLOCK_D", "BLOCK_R", "SPLIT")
 
 
 def _fwd_signature(dtype: str) -> dict:
     sig = {name: "i32" for name in _attn_fwd.arg_names if name not in _FWD_CONSTEXPRS}
     sig.update({p: f"*{dtype}" for p in ("Q", "K", "V", "KC", "VC", "O")})
-    sig.update(CACHE_LEN="*i64", PM="*fp32", PL="*fp32", PACC="*fp32", ANC="*i32", qk_scale="fp32")
+    sig.update(CACHE_LEN="*i64", PM="*fp32", PL="*fp32", PACC="*fp32", ANC="*i32", STARTS="*i64", BASES="*i64",
+               qk_scale="fp32")
     return sig
 
 
@@ -545,21 +590,25 @@ def _variant(name, fn, sig, constexprs, cfg, aligned):
 def aot_variants(arch: int):
     """What the launcher can compile on `arch` for the NLD models (bf16, 4 query heads per kv head):
     every config at head_dim 128 under CAUSAL; each tile also under QUADRATIC and TREE (the most mask
-    arithmetic; TREE: the tiles it launches), under BIDIRECTIONAL and at head_dim 64; the combine kernel for every split count."""
-    def fwd(cfg, D, pattern, tag):
+    arithmetic; TREE: the tiles it launches), under BIDIRECTIONAL and at head_dim 64; the same again
+    in varlen mode (`attention_varlen_fwd`, no TREE); the combine kernel for every split count."""
+    def fwd(cfg, D, pattern, tag, varlen=False):
         cons = dict(G=4, HEAD_D=D, BLOCK_D=_block_d(D), PATTERN=pattern, BLOCK_M=cfg["BLOCK_M"],
-                    BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["SPLIT"], PREC="tf32")
-        return _variant(f"attention_fwd[{tag},D={D}]", _attn_fwd, _fwd_signature("bf16"), cons, cfg, _FWD_ALIGNED)
+                    BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["SPLIT"], PREC="tf32", VARLEN=varlen)
+        name = "attention_varlen_fwd" if varlen else "attention_fwd"
+        return _variant(f"{name}[{tag},D={D}]", _attn_fwd, _fwd_signature("bf16"), cons, cfg, _FWD_ALIGNED)
 
     out = []
-    for D in (128, 64):
-        space = _prune_for(arch, config_space(arch), D, 2)
-        tiles = [c for c in space if c["SPLIT"] == 1]
-        out += [fwd(c, D, CAUSAL, "causal") for c in (space if D == 128 else tiles)]
-        if D == 128:
-            out += [fwd(c, D, QUADRATIC, "quadratic") for c in tiles]
-            out += [fwd(c, D, TREE, "tree") for c in tiles if tree_tile_ok(arch, c)]
-            out += [fwd(c, D, BIDIRECTIONAL, "bidirectional") for c in tiles]
+    for varlen in (False, True):
+        for D in (128, 64):
+            space = _prune_for(arch, config_space(arch), D, 2)
+            tiles = [c for c in space if c["SPLIT"] == 1]
+            out += [fwd(c, D, CAUSAL, "causal", varlen) for c in (space if D == 128 else tiles)]
+            if D == 128:
+                out += [fwd(c, D, QUADRATIC, "quadratic", varlen) for c in tiles]
+                if not varlen:
+                    out += [fwd(c, D, TREE, "tree") for c in tiles if tree_tile_ok(arch, c)]
+                out += [fwd(c, D, BIDIRECTIONAL, "bidirectional", varlen) for c in tiles]
     sig = {n: "i32" for n in _attn_combine.arg_names if n not in _COMBINE_CONSTEXPRS}
     sig.update(PM="*fp32", PL="*fp32", PACC="*fp32", O="*bf16")
     for split in _SPLITS[1:]:
@@ -583,13 +632,36 @@ def tune_shapes(device):
              (32, 4096, 4000, BIDIRECTIONAL), (32, 32768, 30000, CAUSAL), (72, 4096, 4000, QUADRATIC, 9),
              (512, 4096, 0, CAUSAL), (4096, 4096, 0, CAUSAL)]
     names = {v: k for k, v in PATTERNS.items()}
-    return [(f"T={c[0]} S={c[1]} {names[c[3]]}", thunk(*c)) for c in cases]
+
+    def varlen_thunk(chunks, lengths, pattern, region=4096):
+        def go():
+            g = torch.Generator(device=device).manual_seed(0)
+            r = lambda *shape: torch.randn(*shape, generator=g, device=device, dtype=torch.bfloat16)  # noqa: E731
+            N, B = sum(chunks), len(chunks)
+            starts = [0]
+            for T in chunks:
+                starts.append(starts[-1] + T)
+            segs = Varlen(starts, [b * region for b in range(B)], lengths, region)
+            attention_varlen_triton(r(N, 32, 128), r(N, 8, 128), r(N, 8, 128), r(8, B * region, 128),
+                                    r(8, B * region, 128), segs, pattern)
+        return go
+    # Batches (trikern/batch): decode steps of 4 sequences, and a prefill chunk riding with them.
+    varlen = [([1] * 4, [4000, 1000, 3000, 200], CAUSAL), ([8] * 4, [4000, 1000, 3000, 200], BIDIRECTIONAL),
+              ([512, 1, 1, 1], [0, 1000, 3000, 200], CAUSAL)]
+    return ([(f"T={c[0]} S={c[1]} {names[c[3]]}", thunk(*c)) for c in cases]
+            + [(f"varlen chunks={c[0]} {names[c[2]]}", varlen_thunk(*c)) for c in varlen])
 
 
 # ------------------------------------------------------------------------------------------------
 # Varlen: one launch's chunks of several sequences, each over its own region of one shared cache
 # (trikern/batch: a cache with a region of `region` slots per sequence, laid out one after another
 # along the slot axis, so a region is an ordinary [Hkv, region, D] cache view).
+#
+# The Triton path is one `_attn_fwd` launch in VARLEN mode for the whole batch (+ the split
+# combine, which merges per flat row): grid (tiles of the longest segment's packed rows, segments
+# x kv heads, cache splits). The layout reaches the kernel as device tensors (`VarlenDevice`), so
+# only upper bounds size the grid and a CUDA graph per batch bucket can replay the launch with new
+# starts / bases / lengths copied into its static tensors.
 # ------------------------------------------------------------------------------------------------
 class Varlen:
     """The layout of a batched pass: segment b is the chunk rows [starts[b], starts[b+1]) of the
@@ -674,11 +746,110 @@ def attention_varlen_ref(q, k, v, k_cache, v_cache, segs: Varlen, pattern=CAUSAL
     return _per_segment(attention_ref, q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)
 
 
-def attention_varlen_triton(q, k, v, k_cache, v_cache, segs: Varlen, pattern=CAUSAL, sub_block=0, scale=None):
-    """Varlen on the Triton kernel: one `attention_triton` launch per segment over its region view
-    (the kernel takes strides, so a region is no copy). A single varlen launch (a grid axis over
-    segments, lengths read on the device, capturable in one CUDA graph per batch bucket) is not
-    written yet."""
+class VarlenDevice:
+    """A varlen layout as the Triton kernel reads it: device tensors plus the host-known bounds that
+    size its grid. `attention_varlen_triton` builds one from a `Varlen` (once per forward, kept in
+    its `derived`); a caller that captures a CUDA graph per batch bucket passes its own, whose
+    tensors it refills in place before each replay.
+
+    - starts [B+1], bases [B], lengths [B]: int32 or int64 on q's device; segment b is the flat rows
+      [starts[b], starts[b+1]), its region starts at cache slot bases[b], and lengths[b] entries of
+      it are committed.
+    - region: slots per region (host int); max_rows: an upper bound on every segment's row count
+      (host int: it sizes the grid, so a bucket's bound, not this step's).
+
+    Nothing on the device is checked (that would be a host sync). The caller guarantees: starts
+    non-decreasing with starts[B] <= q's rows; starts[b+1] - starts[b] <= max_rows (rows past the
+    bound are not computed); bases[b] + region <= the cache's slots; lengths[b] + the segment's rows
+    <= region; under QUADRATIC each segment's rows a multiple of sub_block. Rows of q outside every
+    segment (a bucket's padding) come out undefined."""
+
+    __slots__ = ("starts", "bases", "lengths", "region", "max_rows")
+
+    def __init__(self, starts: torch.Tensor, bases: torch.Tensor, lengths: torch.Tensor, region: int, max_rows: int):
+        self.starts, self.bases, self.lengths = starts, bases, lengths
+        self.region, self.max_rows = int(region), int(max_rows)
+
+    @property
+    def count(self) -> int:
+        return self.bases.shape[0]
+
+    def check(self, q, k_cache) -> None:
+        """The host-side facts only (shapes, dtypes, devices, bounds): no device value is read."""
+        B = self.bases.shape[0] if self.bases.dim() == 1 else -1
+        for name, x, n in (("starts", self.starts, B + 1), ("bases", self.bases, B), ("lengths", self.lengths, B)):
+            if not torch.is_tensor(x) or x.dim() != 1 or x.shape[0] != n or x.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"varlen attention: VarlenDevice.{name} must be a [{n}] int32/int64 tensor "
+                                 f"(B={B} segments); got {getattr(x, 'shape', x)!r} {getattr(x, 'dtype', '')}")
+            if x.device != q.device:
+                raise ValueError(f"varlen attention: VarlenDevice.{name} is on {x.device}, q on {q.device}")
+        if not 0 <= self.region <= k_cache.shape[1]:
+            raise ValueError(f"varlen attention: VarlenDevice.region={self.region} outside the cache's "
+                             f"{k_cache.shape[1]} slots")
+        if self.max_rows < 0:
+            raise ValueError(f"varlen attention: VarlenDevice.max_rows={self.max_rows} must be >= 0")
+
+
+def _varlen_device(segs: Varlen, device) -> VarlenDevice:
+    """segs as device tensors: one host-to-device copy per forward (every layer reuses it)."""
+    key = ("triton", device)
+    dev = segs.derived.get(key)
+    if dev is None:
+        B = segs.count
+        W = (B + 2) // 2 * 2  # rows of 16 bytes' multiple: each tensor 16-byte aligned, whatever B
+        pad = lambda xs: list(xs) + [0] * (W - len(xs))  # noqa: E731
+        flat = torch.tensor([pad(segs.starts), pad(segs.bases), pad(segs.lengths)], dtype=torch.int64, device=device)
+        rows = max((e - a for a, e in zip(segs.starts, segs.starts[1:])), default=0)
+        dev = segs.derived[key] = VarlenDevice(flat[0, :B + 1], flat[1, :B], flat[2, :B], segs.region, rows)
+    return dev
+
+
+def attention_varlen_triton(q, k, v, k_cache, v_cache, segs, pattern=CAUSAL, sub_block=0, scale=None, config=None):
+    """Varlen on the Triton kernel: ONE `_attn_fwd` launch (VARLEN mode; + one `_attn_combine` when
+    the config splits the cache) for the whole batch. Grid: (tiles of the longest segment's packed
+    rows, segments x kv heads, cache splits); each program reads its segment's row start, region
+    base and committed length on the device and exits if its tile is past the segment's rows.
+
+    `segs` is a `Varlen` (checked; its device tensors are built on the first layer and kept in
+    `segs.derived`) or a `VarlenDevice` (device tensors used as they are, no host sync: for graph
+    capture; see its contract). `config` pins a launch config; otherwise one is chosen per bucket
+    (pattern, total packed rows, G, Hkv, region, D, dtype, the longest segment's packed rows)."""
     _check(q, k, v, k_cache, v_cache)
-    _check_varlen(q, k_cache, segs, pattern, sub_block)
-    return _per_segment(attention_triton, q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale)
+    _check_triton_dtypes(q, k, v, k_cache, v_cache)
+    if isinstance(segs, VarlenDevice):
+        if pattern not in (CAUSAL, BIDIRECTIONAL, QUADRATIC):
+            raise ValueError(f"varlen attention: pattern={pattern!r} not supported (CAUSAL, BIDIRECTIONAL, QUADRATIC)")
+        if pattern == QUADRATIC and sub_block < 1:
+            raise ValueError(f"quadratic attention: sub_block={sub_block} must be >= 1")
+        segs.check(q, k_cache)
+        dev = segs
+    else:
+        _check_varlen(q, k_cache, segs, pattern, sub_block)
+        dev = _varlen_device(segs, q.device)
+    N, Hq, D = q.shape
+    Hkv, B = k_cache.shape[0], dev.count
+    G = Hq // Hkv
+    out_dtype = q.dtype
+    if N == 0 or B == 0 or dev.max_rows == 0:
+        return torch.empty(N, Hq, D, dtype=out_dtype, device=q.device)
+    q, k, v, k_cache, v_cache = _kernel_inputs(q, k, v, k_cache, v_cache)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out = torch.empty(N, Hq, D, dtype=q.dtype, device=q.device)
+    rows = dev.max_rows * G
+
+    def run(cfg):
+        grid = (triton.cdiv(rows, cfg["BLOCK_M"]), B * Hkv, cfg["SPLIT"])
+        return _launch(cfg, grid, q, k, v, k_cache, v_cache, dev.lengths, out, q, dev.starts, dev.bases, dev.region,
+                       pattern, sub_block, 0, scale, varlen=True)
+
+    if config is None:
+        from . import autotune
+
+        arch = autotune.arch_of(q.device) if q.is_cuda and not interpreting() else _DEFAULT_ARCH
+        # The split rule counts every program of the grid (kv_heads = segments x kv heads).
+        configs = _candidates(arch, rows, B * Hkv, dev.region, D, q.element_size(), pattern)
+        key = (int(pattern), autotune.bucket(N * G), G, Hkv, autotune.bucket(dev.region), D, autotune.dtype_key(q),
+               autotune.bucket(rows))
+        config = autotune.choose("attention_varlen", key, configs, run)
+    run(config)
+    return out.to(out_dtype)

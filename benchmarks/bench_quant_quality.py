@@ -47,7 +47,12 @@ CASES = {"bf16": (None, 128, True), "int4": ("int4", 128, True), "int4-asym": ("
          "int4-gptq": ("int4", 128, True), "int4-asym-gptq": ("int4", 128, False),
          "int4-gptq-seq": ("int4", 128, True), "int4-asym-gptq-seq": ("int4", 128, False),
          "int4-gptq-act": ("int4", 128, True), "int4-asym-gptq-act": ("int4", 128, False),
-         "int4-asym-gptq-act-seq": ("int4", 128, False)}
+         "int4-asym-gptq-act-seq": ("int4", 128, False),
+         # group 32 with zero points: the layout of SmolLM2's source (GGUF Q4_1); fp8 by GPTQ
+         "int4-asym-g32": ("int4", 32, False), "int4-asym-g32-gptq-act": ("int4", 32, False),
+         "fp8-gptq": ("fp8", 128, True), "fp8-gptq-act": ("fp8", 128, True),
+         # "-clip": each group's range searched for the least squared weight error (calibrate.group_params)
+         "int4-asym-g32-clip": ("int4", 32, False), "int4-asym-g32-gptq-act-clip": ("int4", 32, False)}
 # GGUF tensor name (after blk.N.) -> HF name (after model.layers.N.)
 LAYER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -188,11 +193,21 @@ def load_case(folder, case: str, dtype: str, calibration=None):
     from trikern.quant import checkpoint as C
 
     q, group, sym = CASES[case]
+    clip = case.endswith("-clip")
     if "-gptq" in case:
         from trikern.quant.calibrate import gptq_quantize_model
         m = load_model(folder, device="cpu", dtype=dtype, lora=False)
         return gptq_quantize_model(m, Spec(q, group, sym), calibration, sequential=case.endswith("-seq"),
-                                   act_order="-act" in case)
+                                   act_order="-act" in case, clip_search=clip)
+    if clip:  # round to nearest with searched ranges: each fused linear replaced as loaded
+        from trikern.model import QuantLinear
+        from trikern.quant.calibrate import rtn_int4
+        m = load_model(folder, device="cpu", dtype=dtype, lora=False)
+        for layer in m.layers:
+            for name in C.MODEL_LINEARS:
+                w = layer.get_submodule(name).weight.detach()
+                layer.set_submodule(name, QuantLinear(rtn_int4(w, Spec(q, group, sym), w.dtype), backend=m.backend))
+        return m
     orig = C.plan
     if not sym:
         C.plan = lambda model, cfg, fmt, spec: orig(model, cfg, fmt, spec and Spec(spec.weights, spec.group, False))

@@ -113,7 +113,6 @@ def test_sequential_runs_and_loads(chat_ckpt, calib, tmp_path, capsys, fmt, act_
     (["--act-order", "--calibration", "CALIB"], "--act-order: format 'compressed-tensors' cannot hold act-order "
                                                 "groups (compressed-tensors removed actorder 'group' and its "
                                                 "weight_g_idx); add --format gptq"),
-    (["--act-order", "--calibration", "CALIB", "--weights", "fp8"], "--calibration: GPTQ calibrates int4 weights"),
 ])
 def test_bad_flag_combinations_are_one_error(chat_ckpt, calib, tmp_path, capsys, extra, message):
     extra = [str(calib) if a == "CALIB" else a for a in extra]

@@ -1,5 +1,5 @@
 """`trikern quantize SRC DST`: write a weight-only quantized copy of a 16-bit checkpoint (int4 or fp8,
-round to nearest, or int4 by GPTQ with --calibration [--act-order] [--sequential]) in a standard
+round to nearest, or by GPTQ with --calibration [--act-order] [--sequential]) in a standard
 format other engines load too (trikern/quant/export.py)."""
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ def add_parser(sub):
                      help="int4: a zero point per group (min / max of the group)")
     q.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors", "gptq"],
                    help="checkpoint format (default compressed-tensors; gptq: int4 only, v1 zero points)")
-    q.add_argument("--calibration", metavar="FILE", type=Path, help="int4: quantize with GPTQ, calibrated on this "
-                   "text file's first --calibration-tokens tokens (loads the 16-bit model whole); default: round "
-                   "to nearest, tensor by tensor")
+    q.add_argument("--calibration", metavar="FILE", type=Path, help="quantize with GPTQ (int4 or fp8), calibrated on "
+                   "this text file's first --calibration-tokens tokens (loads the 16-bit model whole); default: "
+                   "round to nearest, tensor by tensor")
     q.add_argument("--calibration-tokens", type=int, default=8192, metavar="N",
                    help="tokens of --calibration used, in windows of 512 (default 8192)")
-    q.add_argument("--act-order", action="store_true", help="GPTQ (needs --calibration and --format gptq): "
-                   "quantize the columns in order of decreasing input energy, groups following that order "
-                   "(desc_act, with each column's group in g_idx); with --asymmetric the best int4 measured on "
-                   "SmolLM2-135M")
+    q.add_argument("--act-order", action="store_true", help="GPTQ (needs --calibration; int4: and --format "
+                   "gptq): quantize the columns in order of decreasing input energy, int4 groups following that "
+                   "order (desc_act, with each column's group in g_idx); with --asymmetric the best int4 measured "
+                   "on SmolLM2-135M. fp8: the columns go back in place (no groups), compressed-tensors holds it")
     q.add_argument("--sequential", action="store_true", help="GPTQ (needs --calibration): measure each layer's "
                    "inputs on the layers before it already quantized (one calibration pass per layer)")
     q.add_argument("--overwrite", action="store_true", help="replace DST if it exists")

@@ -12,16 +12,18 @@ files, the draft LoRA folder and every other non-weight file are copied. The who
 written into a temporary folder beside DST and renamed into place at the end: DST is either absent
 or complete.
 
-With a calibration text (int4 only), the linears are quantized by GPTQ (quant/calibrate.py) instead
-of round to nearest: the 16-bit model is loaded whole (the peak is then the 16-bit model), run once
-over the text's tokens, and each fused weight's GPTQ result is cut back into the checkpoint's
-pieces (rows are quantized independently, so q / k / v each get their own rows, scales and zero
-points); the shards are then written as without it. `sequential` re-measures the Hessians layer by
+With a calibration text, the linears are quantized by GPTQ (quant/calibrate.py) instead of round to
+nearest: the 16-bit model is loaded whole (the peak is then the 16-bit model), run once over the
+text's tokens, and each fused weight's GPTQ result is cut back into the checkpoint's pieces (rows
+are quantized independently, so q / k / v each get their own rows, scales and zero points); the
+shards are then written as without it. fp8 GPTQ keeps RTN's per-row scale and writes the same
+float-quantized tensors (loaders need nothing new). `sequential` re-measures the Hessians layer by
 layer on the quantized layers' outputs; `act_order` quantizes the columns in order of decreasing
-input energy, in groups that are runs of that order: GPTQ format only, written as AutoGPTQ /
+input energy. For int4 its groups are runs of that order: GPTQ format only, written as AutoGPTQ /
 GPTQModel write desc_act (qweight rows in the original column order, g_idx the group of each
-column). compressed-tensors (0.20) has no such groups: it removed actorder "group" and its g_idx,
-and its actorder "weight" keeps the groups in column order, which is another algorithm.
+column); compressed-tensors (0.20) has no such groups: it removed actorder "group" and its g_idx,
+and its actorder "weight" keeps the groups in column order, which is another algorithm. fp8 has no
+groups, so its act-order columns simply go back in place (compressed-tensors holds them).
 """
 from __future__ import annotations
 
@@ -56,13 +58,11 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
         raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "gptq" and spec.weights != "int4":
         raise ValueError("format 'gptq' holds int4 weights only; use compressed-tensors for fp8")
-    if calibration is not None and spec.weights != "int4":
-        raise ValueError("--calibration: GPTQ calibrates int4 weights; fp8 is quantized round to nearest")
     for flag, on in (("--act-order", act_order), ("--sequential", sequential)):
         if on and calibration is None:
             raise ValueError(f"{flag}: a GPTQ option; it needs --calibration FILE (without it the weights are "
                              f"rounded to nearest)")
-    if act_order and fmt != "gptq":
+    if act_order and fmt != "gptq" and spec.weights == "int4":
         raise ValueError(f"--act-order: format {fmt!r} cannot hold act-order groups (compressed-tensors removed "
                          f"actorder 'group' and its weight_g_idx); add --format gptq")
     if calibration is not None and not Path(calibration).is_file():
@@ -122,9 +122,9 @@ def _shards(src: Path) -> dict[str, list[str]] | None:
 
 def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, tokens: int, seq_len: int,
                   sequential: bool = False, act_order: bool = False) -> dict:
-    """Checkpoint module name (with prefix) -> (its GPTQ Int4Weight, its act-order column permutation
-    or None), from one calibration pass (one per layer with `sequential`)."""
-    from ..kernels.qweight import Int4Weight  # noqa: PLC0415
+    """Checkpoint module name (with prefix) -> (its GPTQ Int4Weight / Fp8Weight, its act-order column
+    permutation or None), from one calibration pass (one per layer with `sequential`)."""
+    from ..kernels.qweight import Fp8Weight, Int4Weight  # noqa: PLC0415
     from ..loading import load_model  # noqa: PLC0415
     from ..tokenizer import Tokenizer  # noqa: PLC0415
     from .calibrate import gptq_quantize_model  # noqa: PLC0415
@@ -152,8 +152,10 @@ def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, toke
         lin = model.get_submodule(pname.removesuffix(".weight"))
         w, r = lin.qweight, rows or slice(None)
         # The pieces of a fused weight read one input: one permutation, each piece's g_idx the same.
-        out[f"{cfg.prefix}.{local.removesuffix('.weight')}"] = (Int4Weight(
-            w.packed[r], w.scales[r], None if w.zeros is None else w.zeros[r], w.group), lin.perm)
+        # Every row is quantized on its own (fp8: its own scale), so cutting rows is exact.
+        piece = (Fp8Weight(w.weight[r], w.scale[r]) if isinstance(w, Fp8Weight) else
+                 Int4Weight(w.packed[r], w.scales[r], None if w.zeros is None else w.zeros[r], w.group))
+        out[f"{cfg.prefix}.{local.removesuffix('.weight')}"] = (piece, lin.perm)
     return out
 
 

@@ -352,3 +352,15 @@ def test_a_slow_spell_moves_the_speed_not_the_running_candidates_cost():
         p.observe(L2, 2, 3.6, cold=False, drafted=1)
     assert p.costs.speed > 2.5  # (the first steps, before the speed caught up, leak a little into the cost)
     assert p.costs.cost[L2].seconds < 1.2 * 1.2 and p.choose() == L2  # a plain running average would say 3.6
+
+
+def test_a_confirmed_cost_takes_its_live_figure_on_the_profiles_scale():
+    """A stored cost that is off by less than TRUST (a profile measured under load: each candidate off
+    by its own factor) is not overturned, but its first live steps set it, on the profile's scale."""
+    from trikern.decode.auto.costs import CostModel
+    cm = CostModel([A, L4, Q4], {A: 1.0, L4: 2.0, Q4: 4.0})
+    for k, live in ((A, 1.0), (L4, 2.0), (Q4, 5.0)):  # the machine at the profile's speed; Q4 was 25% low
+        for _ in range(CostModel.CONFIRM):
+            cm.observe(k, live)
+    assert (cm.seconds(A), cm.seconds(L4)) == (1.0, 2.0)
+    assert cm.seconds(Q4) == pytest.approx(5.0) and Q4 not in cm.overturned

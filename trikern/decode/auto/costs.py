@@ -125,6 +125,12 @@ class CostModel:
             return
         self.ratios[key] = min(samples) / c.seconds
         ref = self.reference_speed()
+        # Within TRUST of the others the stored cost is not wrong, only off: its live steps, on the
+        # profile's scale, are the better figure (a profile measured under load is off by a different
+        # factor for each candidate, and a quarter too cheap decides whether a wide block "could win").
+        if 1 / self.TRUST <= self.ratios[key] / ref <= self.TRUST:
+            c.seconds *= self.ratios[key] / ref
+            self.ratios[key] = ref
         for k, r in self.ratios.items():
             if not 1 / self.TRUST <= r / ref <= self.TRUST:
                 self.cost[k].seconds *= r / ref

@@ -203,8 +203,10 @@ def _max_block_k(fmt: int, group: int) -> int:
 
 
 def _fma_space(bm: int) -> list[dict]:
-    # BLOCK_M * BLOCK_N * BLOCK_K <= 8192: the fp32 accumulator is 64 registers a thread at 4 warps
-    return [_cfg(bm, bn, 128, split, 0, 4, 3) for bn, split in ((32, 1), (32, 4), (64 // bm, 2))]
+    # BLOCK_M * BLOCK_N * BLOCK_K <= 8192: the fp32 accumulator is 64 registers a thread at 4 warps;
+    # the 64-output tile of one row takes 8 (triton 3.6's ptxas spilled its int4 dequant at 4).
+    return [_cfg(bm, bn, 128, split, 0, 8 if bm * bn >= 64 else 4, 3)
+            for bn, split in ((32, 1), (32, 4), (64 // bm, 2))]
 
 
 def _dot_space(bm: int, fp32: bool) -> list[dict]:

@@ -395,6 +395,16 @@ def tree_tile_ok(arch: int, cfg: dict) -> bool:
     return tile not in _TREE_SKIP.get(_arch_family(arch), ())
 
 
+# Split tiles whose VARLEN compile spills under triton 3.6 (the GPU image's; 3.9 holds them at 255
+# registers): the per-segment bounds stay live across the cache loop. Varlen launches skip them.
+_VARLEN_SPLIT_SKIP = {80: {(64, 32, 8, 3)}}
+
+
+def varlen_tile_ok(arch: int, cfg: dict) -> bool:
+    tile = (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])
+    return cfg["SPLIT"] == 1 or tile not in _VARLEN_SPLIT_SKIP.get(_arch_family(arch), ())
+
+
 def config_space(arch: int) -> list[dict]:
     """Every shipped config for compute capability `arch` (before pruning by shared memory)."""
     fam = _arch_family(arch)
@@ -416,12 +426,12 @@ def smem_estimate(cfg: dict, D: int, arch: int, elem_bytes: int = 2) -> int:
     return elem_bytes * (max(cfg["num_stages"] - 1, 1) * 2 * bn * bd + q_tiles * bm * bd + bm * bn)
 
 
-def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes: int, pattern: int = CAUSAL
-                ) -> list[dict]:
+def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes: int, pattern: int = CAUSAL,
+                varlen: bool = False) -> list[dict]:
     """The configs worth trying for one shape: tiles no taller than the packed rows need (decode
     tiles only when rows are few, prefill tiles only when they are many), and cache splits only
     when the grid would otherwise be small and each share still holds a couple of tiles (TREE: not
-    the tiles of `_TREE_SKIP`)."""
+    the tiles of `_TREE_SKIP`; varlen: not those of `_VARLEN_SPLIT_SKIP`)."""
     from .autotune import bucket
 
     need = bucket(rows)
@@ -429,7 +439,7 @@ def _candidates(arch: int, rows: int, kv_heads: int, S: int, D: int, elem_bytes:
     for c in config_space(arch):
         if c["BLOCK_M"] > need or (rows > 64 and c["BLOCK_M"] < 64):
             continue
-        if pattern == TREE and not tree_tile_ok(arch, c):
+        if (pattern == TREE and not tree_tile_ok(arch, c)) or (varlen and not varlen_tile_ok(arch, c)):
             continue
         if c["SPLIT"] > 1:
             tiles = triton.cdiv(rows, c["BLOCK_M"]) * kv_heads
@@ -601,7 +611,7 @@ def aot_variants(arch: int):
     out = []
     for varlen in (False, True):
         for D in (128, 64):
-            space = _prune_for(arch, config_space(arch), D, 2)
+            space = [c for c in _prune_for(arch, config_space(arch), D, 2) if not varlen or varlen_tile_ok(arch, c)]
             tiles = [c for c in space if c["SPLIT"] == 1]
             out += [fwd(c, D, CAUSAL, "causal", varlen) for c in (space if D == 128 else tiles)]
             if D == 128:
@@ -847,7 +857,7 @@ def attention_varlen_triton(q, k, v, k_cache, v_cache, segs, pattern=CAUSAL, sub
 
         arch = autotune.arch_of(q.device) if q.is_cuda and not interpreting() else _DEFAULT_ARCH
         # The split rule counts every program of the grid (kv_heads = segments x kv heads).
-        configs = _candidates(arch, rows, B * Hkv, dev.region, D, q.element_size(), pattern)
+        configs = _candidates(arch, rows, B * Hkv, dev.region, D, q.element_size(), pattern, varlen=True)
         key = (int(pattern), autotune.bucket(N * G), G, Hkv, autotune.bucket(dev.region), D, autotune.dtype_key(q),
                autotune.bucket(rows))
         config = autotune.choose("attention_varlen", key, configs, run)

@@ -75,5 +75,9 @@ def test_tune_options_belong_to_the_kernels_or_to_decode(capsys):
     assert capsys.readouterr().err.endswith("trikern tune: error: --keep does not apply with --decode\n")
     assert main(["tune", "--decode", "--steps", "0"]) == 2
     assert capsys.readouterr().err == "trikern tune --decode: error: --steps 0: must be >= 1\n"
+    assert main(["tune", "--threads", "1"]) == 2
+    assert capsys.readouterr().err.endswith("trikern tune: error: --threads applies only with --decode\n")
+    assert main(["tune", "--decode", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "trikern tune --decode: error: --threads 0: must be >= 1\n"
     assert main(["tune", "--decode", "--cache-lengths", "8,x"]) == 2
     assert "--cache-lengths '8,x': expected positive integers" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 from .options import UsageError
 
 KERNEL_ONLY = ("ops", "out", "keep")
-DECODE_ONLY = ("model", "device", "dtype", "block_size", "cache_lengths", "steps")
+DECODE_ONLY = ("model", "device", "dtype", "block_size", "cache_lengths", "steps", "threads")
 
 
 def add_parser(sub):
@@ -33,6 +33,8 @@ def add_parser(sub):
                    "checkpoint's)")
     d.add_argument("--cache-lengths", default=None, metavar="N,N", help="cache lengths to time at")
     d.add_argument("--steps", type=int, default=None, help="warm steps per candidate and length (default: 4)")
+    d.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads, as `trikern bench "
+                   "--threads` (a profile is kept per thread count: tune with the count you decode with)")
     return t
 
 
@@ -85,7 +87,12 @@ def tune_decode(a) -> int:
         return error(f"--cache-lengths {cache_lengths!r}: expected positive integers separated by commas")
     if steps < 1:
         return error(f"--steps {steps}: must be >= 1")
+    if a.threads is not None and a.threads < 1:
+        return error(f"--threads {a.threads}: must be >= 1")
     import torch  # noqa: PLC0415
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     from .. import load  # noqa: PLC0415
     from ..decode.auto.profile import StepProfile  # noqa: PLC0415

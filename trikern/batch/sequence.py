@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..decode.context import ContextLengthError, GenerationConfig, Stats
+from ..decode.context import GenerationConfig, Stats, check_prompt_length
 from ..decode.emitter import Emitter
 from ..sampling import make_generator
 
@@ -27,9 +27,7 @@ class Sequence:
         n = len(self.prompt)
         if n < 1:
             raise ValueError("prompt is empty: at least one token is needed")
-        if n >= context:
-            raise ContextLengthError(f"prompt has {n} tokens; the batch's context is {context}: at most "
-                                     f"{context - 1} prompt tokens leave room to generate")
+        check_prompt_length(n, context, "the batch's context is {limit}")
         self.gen = gen
         self.max_new_tokens = min(gen.max_new_tokens, context - n)
         self.stats = Stats(mode=mode, prompt_tokens=n)

@@ -26,6 +26,14 @@ class ContextLengthError(ValueError):
     """The prompt does not fit the model's context."""
 
 
+def check_prompt_length(n: int, limit: int, context: str = "the model's context is {limit} (max_position_embeddings)"):
+    """ContextLengthError unless a prompt of `n` tokens leaves room to generate within `limit` tokens;
+    `context` names that limit in the message."""
+    if n >= limit:
+        raise ContextLengthError(f"prompt has {n} tokens; {context.format(limit=limit)}: at most {limit - 1} "
+                                 f"prompt tokens leave room to generate")
+
+
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 256
@@ -156,11 +164,7 @@ class DecodeContext:
         limit = cfg.max_position_embeddings
         if prompt_len < 1:
             raise ValueError("prompt is empty: at least one token is needed")
-        if prompt_len >= limit:
-            raise ContextLengthError(
-                f"prompt has {prompt_len} tokens; the model's context is {limit} "
-                f"(max_position_embeddings): at most {limit - 1} prompt tokens leave room to generate"
-            )
+        check_prompt_length(prompt_len, limit)
         # Generation stops at the context end; the cache is sized for exactly what can be committed.
         self.max_new_tokens = min(gen.max_new_tokens, limit - prompt_len)
         self.candidates = list(candidates)

@@ -512,7 +512,10 @@ def fit_config(cfg: dict, K: int) -> dict:
     return {**cfg, "SPLIT_K": split}
 
 
-def _candidates(M: int, K: int, fp32: bool, cuda: bool) -> list[dict]:
+# Cached: a fused decode forward asks for these five times a layer, and the answer is a function of
+# the arguments (and of the process-wide interpreter switch).
+@functools.lru_cache(maxsize=None)
+def _candidates(M: int, K: int, fp32: bool, cuda: bool) -> tuple[dict, ...]:
     space = config_space(M, fp32)
     if interpreting():  # the interpreter runs every candidate once: one of each kind
         space = space[:1] + [c for c in space if c["DOT"]][:1]
@@ -523,7 +526,7 @@ def _candidates(M: int, K: int, fp32: bool, cuda: bool) -> list[dict]:
             fitted.append(f)
     # The unfused path first: it is what runs when the tuner is off (TRIKERN_AUTOTUNE=0) or meets a
     # new shape inside a CUDA graph capture, so an untuned GPU runs today's path, never a slower one.
-    return [TORCH] + fitted if cuda else fitted
+    return tuple([TORCH] + fitted if cuda else fitted)
 
 
 _CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "DOT", "num_warps", "num_stages")
@@ -717,18 +720,6 @@ _OPS = (("norm_linear", PLAIN, True), ("linear_residual", RESIDUAL, False),
 _NLD_HEAD_D = 128
 
 
-def _aot_space(fp32: bool = False) -> list[dict]:
-    """The Triton configs of every row bucket the launchers see (1 .. 128 rows), SPLIT_K dropped: it
-    is a run-time argument, so one compile serves every split."""
-    space = []
-    for M in (1, 2, 4, 8, 16, 32, 64, 128):
-        for c in config_space(M, fp32):
-            c = {k: v for k, v in c.items() if k != "SPLIT_K"}
-            if c not in space:
-                space.append(c)
-    return space
-
-
 def _epi_sig(kind: int, ptr: str) -> tuple[dict, dict]:
     """(argument types, constexprs) of the epilogue arguments, as the launchers pass them: unused
     pointers are the output's; ROPE at NLD's head_dim with the llama-4 scaling and the cache write."""
@@ -774,7 +765,7 @@ def aot_variants(arch: int):
                           _splitk_epilogue_kernel, sig, cons, cfg, attrs={a: v for a, v in attrs.items() if a in sig})
 
     out = []
-    space, space32 = _aot_space(), _aot_space(fp32=True)
+    space, space32 = _Q.aot_space(space_for=config_space), _Q.aot_space(True, config_space)
     for name, kind, norm in _OPS:
         out += [main(name, kind, norm, False, c) for c in space]
     for norm in (False, True):

@@ -34,6 +34,8 @@ fp8 by fp8 -- activations would be quantized; neither is a candidate.) `aot_vari
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -242,7 +244,8 @@ def fit_config(cfg: dict, fmt: int, group: int, K: int) -> dict | None:
     return {**cfg, "BLOCK_K": bk, "SPLIT_K": split}
 
 
-def _candidates(M: int, fmt: int, group: int, K: int, fp32: bool, cuda: bool) -> list[dict]:
+@functools.lru_cache(maxsize=None)  # asked for at every launch (each layer linear of a forward)
+def _candidates(M: int, fmt: int, group: int, K: int, fp32: bool, cuda: bool) -> tuple[dict, ...]:
     space = config_space(M, fp32)
     if interpreting():  # the interpreter runs every candidate once: one of each kind
         space = space[:1] + [c for c in space if c["DOT"]][:1]
@@ -251,7 +254,7 @@ def _candidates(M: int, fmt: int, group: int, K: int, fp32: bool, cuda: bool) ->
         f = fit_config(c, fmt, group, K)
         if f is not None and f not in fitted:
             fitted.append(f)
-    return fitted + [TORCH] if cuda else fitted or [TORCH]
+    return tuple(fitted + [TORCH] if cuda else fitted or [TORCH])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,12 +347,13 @@ def _aot_formats():
             ("fp8", FP8, False, 0, "*u8", "*fp32")]
 
 
-def _aot_space(fp32: bool = False) -> list[dict]:
-    """The Triton configs of every row bucket the launcher sees (1 .. 128 rows), SPLIT_K dropped: it
-    is a run-time argument, so one compile serves every split."""
+def aot_space(fp32: bool = False, space_for=None) -> list[dict]:
+    """The Triton configs of every row bucket a launcher sees (1 .. 128 rows) in `space_for(M, fp32)`
+    (default: this module's `config_space`; fused_linear passes its own), SPLIT_K dropped: it is a
+    run-time argument, so one compile serves every split."""
     space = []
     for M in (1, 2, 4, 8, 16, 32, 64, 128):
-        for c in config_space(M, fp32):
+        for c in (space_for or config_space)(M, fp32):
             c = {k: v for k, v in c.items() if k != "SPLIT_K"}
             if c not in space:
                 space.append(c)
@@ -376,16 +380,16 @@ def aot_variants(arch: int):
     out = []
     for tag, fmt, zeros, group, wty, sty in _aot_formats():
         seen = []
-        for c in _aot_space():
+        for c in aot_space():
             cfg = fit_config({**c, "SPLIT_K": 1}, fmt, group, 4096)
             cfg.pop("SPLIT_K")
             if cfg not in seen:
                 seen.append(cfg)
                 out.append(variant(tag, fmt, zeros, group, wty, sty, cfg))
-    space = _aot_space()
+    space = aot_space()
     for c in (space[0], next(c for c in space if c["DOT"])):
         out.append(variant("int4g128", INT4, False, 128, "*i32", "*fp16", c, xty="fp16"))
-    for c in _aot_space(fp32=True):
+    for c in aot_space(fp32=True):
         out.append(variant("int4g128", INT4, False, 128, "*i32", "*fp32", c, xty="fp32", upcast=True))
     sig = {"P": "*fp32", "O": "*bf16", "MN": "i32"}
     for split in _SPLITS[1:]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ..batch import BatchDecoder
 from ..batch.driver import MODES as BATCH_MODES
-from ..decode import ContextLengthError
+from ..decode.context import check_prompt_length
 from ..text import TextEmitter
 from .engine import Engine, EngineClosed, Job
 
@@ -164,10 +164,7 @@ class BatchEngine(Engine):
             gen, stops = m._check(w.mode, w.stop, dict(w.options))
             ids = m._encode(w.prompt)
         limit = m.cfg.max_position_embeddings
-        if len(ids) >= limit:  # the single path's refusal (DecodeContext), now rather than after the batch drains
-            raise ContextLengthError(f"prompt has {len(ids)} tokens; the model's context is {limit} "
-                                     f"(max_position_embeddings): at most {limit - 1} prompt tokens leave room "
-                                     f"to generate")
+        check_prompt_length(len(ids), limit)  # the single path's refusal, now rather than after the batch drains
         mode = w.mode
         fits = len(ids) < self.context and (len(ids) + gen.max_new_tokens <= self.context or self.context == limit)
         if mode not in BATCH_MODES or gen.tree_nodes is not None or not fits:

@@ -136,8 +136,8 @@ def test_a_long_run_tail_does_not_outlive_recent_steps_that_stop_early():
     for i in range(12):  # lately (prose): every step stops within 4 drafts
         a.step(0.85, drafted=15, accepted=[0, 1, 2, 3, 1, 2][i % 6])
     # Past position 4, which no recent step passed, the tail takes position 4's recent hazard:
-    # B = 16 is worth what B = 4 is, not the ~0.6 extra token the long-run tail would add.
-    assert a.expected_tokens(16) < a.expected_tokens(4) + 0.15
+    # B = 16 is worth about what B = 4 is, not the ~1.5 extra tokens the long-run tail would add.
+    assert a.expected_tokens(16) < a.expected_tokens(4) + 0.25
     a.step(0.85, drafted=15, accepted=15)  # one step through the whole block brings the tail back
     assert a.expected_tokens(16) > a.expected_tokens(4) + 1.5
 
@@ -197,7 +197,8 @@ def test_policy_explores_the_other_family_within_its_time_share():
             i = j
         else:
             i += 1
-    assert all((i + 1) % p.explore.EVERY == 0 for i, _ in runs)
+    # At the first step (AR best on another text's prior: probe a family) and every EVERY steps.
+    assert runs[0][0] == 0 and all((i + 1) % p.explore.EVERY == 0 for i, _ in runs[1:])
     # The families take turns, each with its cheapest candidate that could win (linear: B = 2, not B = 4
     # with nothing accepted), and quadratic for two steps (its first from AR only restarts).
     assert [keys for _, keys in runs[:2]] == [[L2], [Q4, Q4]]
@@ -313,7 +314,8 @@ def test_profile_is_saved_and_primes_the_next_generation(tmp_path, monkeypatch):
     assert policy.acc["spec-linear"].long_run() == pytest.approx(hazards, abs=1e-3)  # the prior
     best = max(policy.keys, key=policy.rate)
     assert policy.first() == best
-    assert policy.costs.distrusted or policy.choose() == best  # no measuring needed
+    # No measuring needed: the best, or (AR best) the first step's probe of a speculative family.
+    assert policy.costs.distrusted or policy.choose() == best or policy.explore.key is not None
 
 
 def test_the_profile_has_its_own_switch(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from the costs. The real AutoPolicy and StepProfile run it, three rounds over th
 benchmarks measure the same on real steps (README, Results); this checks the decisions alone.
 """
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,33 @@ QUAD = "spec-quadratic"
 AVX2_COSTS = {(m, int(B)): ms / 1e3 for (m, B), ms in {
     ("ar", 1): 3.44, ("spec-linear", 2): 10.17, ("spec-linear", 4): 10.28, ("spec-linear", 8): 10.99,
     ("spec-linear", 16): 13.92, (QUAD, 2): 5.85, (QUAD, 4): 8.60, (QUAD, 8): 17.64, (QUAD, 16): 67.69}.items()}
+
+# The same on this project's AMD EPYC VM with AVX-512 BF16 (2026-12-06), bf16, 1 thread, same command.
+EPYC_COSTS = {(m, int(B)): ms / 1e3 for (m, B), ms in {
+    ("ar", 1): 3.58, ("spec-linear", 2): 6.80, ("spec-linear", 4): 6.79, ("spec-linear", 8): 7.33,
+    ("spec-linear", 16): 8.77, (QUAD, 2): 4.20, (QUAD, 4): 5.26, (QUAD, 8): 9.74, (QUAD, 16): 33.74}.items()}
+
+
+def machines():
+    """(name, costs): three CPUs' measured costs, each as measured and under three seeded +-15%
+    perturbations (a machine the project has not seen orders near-tied candidates differently).
+    The policy's path through a generation is chaotic in near-ties, so its quality is judged on the
+    whole set, not on one machine's figures."""
+    for name, costs in (("xeon", COSTS), ("avx2", AVX2_COSTS), ("epyc", EPYC_COSTS)):
+        yield name, costs
+        for seed in (1, 2, 3):
+            g = torch.Generator().manual_seed(seed)
+            yield f"{name}~{seed}", {k: v * (0.85 + 0.3 * torch.rand((), generator=g).item()) for k, v in costs.items()}
+
+
+def traces(kinds=None, tokens=None) -> dict:
+    """The recorded traces of prompts of `kinds` (default all), cut to generations of `tokens`."""
+    out = {}
+    for name, t in DATA["traces"].items():
+        if kinds is None or t["kind"] in kinds:
+            cut = (tokens or 10**9) - 1
+            out[name] = {"kind": t["kind"], **{m: {b: v[:cut] for b, v in t[m].items()} for m in ("spec-linear", QUAD)}}
+    return out
 
 
 def replay(policy, trace, costs=COSTS, slow=lambda: 1.0) -> tuple[int, float]:
@@ -55,15 +83,16 @@ def replay(policy, trace, costs=COSTS, slow=lambda: 1.0) -> tuple[int, float]:
     return n, seconds
 
 
-def replay_set(model, keys, stored=None, costs=COSTS, slow=lambda: 1.0, rounds=3) -> dict:
+def replay_set(model, keys, stored=None, costs=COSTS, slow=lambda: 1.0, rounds=3, prompts=None) -> dict:
     """tokens/s per prompt kind (all, mixed) of auto and of every fixed candidate over `rounds` passes
-    of the prompts, auto's profile starting from the `stored` costs (None: measured on the fly)."""
+    of the prompts (`traces()`'s, default all), auto's profile starting from the `stored` costs
+    (None: measured on the fly)."""
     profile = StepProfile(model, 128)
     for key, sec in (stored or {}).items():  # what `trikern tune --decode` measured
         profile.save(key, profile.bucket, sec, 1.0, 8)
     totals: dict = {}
     for _ in range(rounds):
-        for trace in DATA["traces"].values():
+        for trace in (prompts or DATA["traces"]).values():
             runs = [("auto", AutoPolicy(keys, StepProfile(model, 128)))]
             runs += [(f"{m}/{B}", FixedPolicy((m, B))) for m, B in keys]
             for name, policy in runs:
@@ -94,11 +123,35 @@ def rates(tmp_path_factory):
         return replay_set(model, keys, {k: COSTS[k] for k in keys})
 
 
-def test_auto_beats_every_fixed_setting_on_prose_and_code_mixed(rates):
-    fixed = {k: v["mixed"] for k, v in rates.items() if k != "auto"}
-    best = max(fixed, key=fixed.get)
+def over_machines(model, group="all", cap=16, **kw) -> dict:
+    """machine -> auto's tokens/s over the best fixed setting's on `group`, costs as `trikern tune
+    --decode` stored them."""
+    keys = candidates("auto", cap, model.cfg)
+    out = {}
+    for name, costs in machines():
+        autotune_store_dir = Path(tempfile.mkdtemp())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TRIKERN_AUTOTUNE_DIR", str(autotune_store_dir))
+            rates = replay_set(model, keys, {k: costs[k] for k in keys}, costs, **kw)
+        fixed = max(v[group] for k, v in rates.items() if k != "auto")
+        out[name] = rates["auto"][group] / fixed
+    return out
+
+
+def test_auto_beats_every_fixed_setting_on_prose_and_code_mixed(own_profile):
     # Those prompts' output turns from prose-like to copy-like text: no one setting is best throughout.
-    assert rates["auto"]["mixed"] > 1.03 * fixed[best], (rates["auto"]["mixed"], best, fixed[best])
+    ratios = over_machines(own_profile[0], "mixed")
+    assert sum(ratios.values()) / len(ratios) > 1.03 and min(ratios.values()) > 0.95, ratios
+
+
+@pytest.mark.parametrize("kinds,tokens,cap", [({"code"}, 64, 16), ({"code"}, 32, 8), (None, 32, 8)],
+                         ids=["code 64 tokens", "code 32 tokens", "all 32 tokens"])
+def test_auto_holds_on_short_and_code_generations(kinds, tokens, cap, own_profile):
+    """Where one setting wins throughout and a generation is short, what auto spends learning the
+    text is the whole gap: at least 0.95x the best fixed setting on average over the machines, 0.85x
+    at worst (a 32-token generation that locked into AR after a poor first draft was 0.76x)."""
+    ratios = over_machines(own_profile[0], cap=cap, prompts=traces(kinds, tokens))
+    assert sum(ratios.values()) / len(ratios) >= 0.95 and min(ratios.values()) >= 0.85, ratios
 
 
 def test_auto_is_near_the_best_and_well_above_the_worst_fixed_setting(rates):
@@ -155,3 +208,25 @@ def test_auto_holds_with_an_avx2_cpus_costs(tuned, own_profile):
     model, keys = own_profile
     rates = replay_set(model, keys, AVX2_COSTS if tuned else None, AVX2_COSTS, rounds=2)
     near_best(rates)
+
+
+def test_persisted_costs_keep_the_profiles_scale_over_many_generations(own_profile):
+    """Costs and the machine's speed share one free factor. Replayed with noise (each step +-15%, the
+    machine's speed changing between generations), 120 generations once drifted every candidate
+    that ran to 0.2-0.3x its cost while those that never ran (quadratic B = 8, 16) kept theirs, which
+    then looked 4x too dear (seen on a real profile: 0.4-0.6x after ~120 bench generations).
+    Persisted costs now keep the profile's scale: every one within 1.6x of the truth."""
+    import math
+    import random
+    model, keys = own_profile
+    profile = StepProfile(model, 128)
+    for key in keys:
+        profile.save(key, profile.bucket, EPYC_COSTS[key], 1.0, 8)
+    rng, prompts = random.Random(0), list(DATA["traces"].values())
+    for gen in range(120):
+        speed = rng.uniform(0.8, 1.25)
+        replay(AutoPolicy(keys, StepProfile(model, 128)), prompts[gen % len(prompts)], EPYC_COSTS,
+               lambda: speed * math.exp(rng.gauss(0, 0.15)))
+    after = StepProfile(model, 128)
+    ratios = {k: after.get(k)["seconds"] / EPYC_COSTS[k] for k in keys}
+    assert all(1 / 1.6 < r < 1.6 for r in ratios.values()), ratios

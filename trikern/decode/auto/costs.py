@@ -69,6 +69,7 @@ class CostModel:
             if k not in self.distrusted:
                 self.cost[k].seconds, self.cost[k].measured = seconds, self.MEASURE
                 self.prior.add(k)
+        self.loaded = {k: self.cost[k].seconds for k in self.prior}  # the profile's figures, its scale
         self.samples: dict = {k: [] for k in self.keys}  # warm steps (cost scale) being measured or confirmed
         self.ratios: dict = {}  # confirmed priors: live / stored seconds
         self.check = None  # a second prior to confirm before believing the first (its ratio was far from 1)
@@ -168,3 +169,17 @@ class CostModel:
     def fresh(self) -> dict:
         """The costs this generation's live steps stand behind (worth persisting)."""
         return {k: c for k, c in self.cost.items() if c.live >= (self.CONFIRM if k in self.prior else self.MEASURE)}
+
+    def fresh_seconds(self) -> dict:
+        """`fresh()`'s costs on the profile's own scale, to persist. Costs and speed share one free
+        factor (twice the costs at half the speed predict the same steps), and noise moves it: the
+        candidates that ran drift with it, those that did not keep the old scale, and over many
+        generations the profile's order of the two goes wrong (seen: AR and linear B = 8 persisted at
+        0.4x their tuned figures, linear B = 4, not run lately, at 0.5x, so B = 8 looked cheaper than
+        B = 4). So the fresh costs of confirmed stored candidates keep their geometric mean on the
+        profile's scale; what moves between them, and every cost measured here, keeps its ratio."""
+        fresh = self.fresh()
+        anchors = [math.log(fresh[k].seconds / self.loaded[k]) for k in fresh
+                   if k in self.loaded and k not in self.overturned and k in self.prior]
+        g = math.exp(sum(anchors) / len(anchors)) if anchors else 1.0
+        return {k: c.seconds / g for k, c in fresh.items()}

@@ -15,9 +15,10 @@ A periodic refresh needs REFRESH_LEFT tokens still to come (the driver says how 
 exploration costs now and pays back only over the rest of the generation, so near its end, and in
 short generations, the best estimate runs instead.
 
-Within the same share, a step that accepted every draft is followed by one of a larger block that
-could win (either family): the counts say nothing past the block it filled, and waiting for the
-next refresh leaves copy-like text to a block size too small for it.
+Within the same share, a step that accepted every draft is followed by one of the next larger block
+size that could win (either family, the cheaper step): the counts say nothing past the block it
+filled, and waiting for the next refresh leaves copy-like text to a block size too small for it;
+on such text every filled block doubles the next, so B = 16 is reached in a few steps.
 """
 from __future__ import annotations
 
@@ -68,7 +69,11 @@ class Exploration:
         if self.spent > self.share() * self.seconds:
             return None
         filled = self.saturated and best[1] <= self.saturated
-        if not filled and step % self.EVERY:
+        # The first step of a generation that starts in AR probes a family: the acceptance prior is
+        # another text's, and without a probe a short generation never leaves AR (no refresh comes
+        # while REFRESH_LEFT tokens are left).
+        refresh = step % self.EVERY == 0 or (step == 1 and family(best) is None)
+        if not filled and not refresh:
             return None
         bar = rate(best)
         could = [k for k in keys if family(k) and k != best and k[1] / seconds(k) > bar]
@@ -77,9 +82,11 @@ class Exploration:
             # (either family) is tried now rather than at the next refresh. On copy-like text that
             # step is no loss, and it is what lets the long blocks that pay there take over.
             larger = [k for k in could if k[1] > self.saturated]
-            if larger:
-                return max(larger, key=lambda k: k[1] / seconds(k))
-        if step % self.EVERY == 0 and (left is None or left >= self.REFRESH_LEFT):
+            if larger:  # the next block size up, its cheapest step: a filled B = 2 block says little
+                # about 16 (jumping to the largest cost short code generations 5-10%, replayed)
+                size = min(k[1] for k in larger)
+                return min((k for k in larger if k[1] == size), key=seconds)
+        if refresh and (left is None or left >= self.REFRESH_LEFT):
             # One step of a family informs all its block sizes (the hazards of the first positions,
             # which decide most of every block's yield): refresh the family not run for longest
             # with its cheapest candidate that could win.

@@ -151,7 +151,7 @@ class AutoPolicy:
         """Persist the estimates this generation moved: the next one starts from them."""
         if self.profile is None:
             return
-        fresh = self.costs.fresh()
-        self.profile.update({k: (c.seconds, self.tokens(k), c.live) for k, c in fresh.items()},
+        fresh, seconds = self.costs.fresh(), self.costs.fresh_seconds()
+        self.profile.update({k: (seconds[k], self.tokens(k), c.live) for k, c in fresh.items()},
                             {f: a.long_run() for f, a in self.acc.items() if a.evidence},
                             drop=self.costs.distrusted - fresh.keys())

@@ -62,6 +62,19 @@ class Server:
 _SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
 
 
+def serving(log_path, *args: str):
+    """A module fixture's body: a Server for the tests, stopped after them, whose log shows no traceback."""
+    s = Server(log_path, *args)
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log(), s.log()
+
+
+def openai_client(server: Server, timeout: float):
+    import openai
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=timeout)
+
+
 def metrics(url: str, headers=None) -> dict[str, float]:
     """GET /metrics as {'name{labels}': value} (HELP / TYPE lines skipped)."""
     r = httpx.get(url + "/metrics", headers=headers, timeout=30)

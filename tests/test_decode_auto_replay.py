@@ -9,7 +9,6 @@ from the costs. The real AutoPolicy and StepProfile run it, three rounds over th
 benchmarks measure the same on real steps (README, Results); this checks the decisions alone.
 """
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,34 +122,33 @@ def rates(tmp_path_factory):
         return replay_set(model, keys, {k: COSTS[k] for k in keys})
 
 
-def over_machines(model, group="all", cap=16, **kw) -> dict:
+def over_machines(model, tmp: Path, group="all", cap=16, **kw) -> dict:
     """machine -> auto's tokens/s over the best fixed setting's on `group`, costs as `trikern tune
-    --decode` stored them."""
+    --decode` stored them (each machine's profile in its own folder under `tmp`)."""
     keys = candidates("auto", cap, model.cfg)
     out = {}
     for name, costs in machines():
-        autotune_store_dir = Path(tempfile.mkdtemp())
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("TRIKERN_AUTOTUNE_DIR", str(autotune_store_dir))
+            mp.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp / name))
             rates = replay_set(model, keys, {k: costs[k] for k in keys}, costs, **kw)
         fixed = max(v[group] for k, v in rates.items() if k != "auto")
         out[name] = rates["auto"][group] / fixed
     return out
 
 
-def test_auto_beats_every_fixed_setting_on_prose_and_code_mixed(own_profile):
+def test_auto_beats_every_fixed_setting_on_prose_and_code_mixed(own_profile, tmp_path):
     # Those prompts' output turns from prose-like to copy-like text: no one setting is best throughout.
-    ratios = over_machines(own_profile[0], "mixed")
+    ratios = over_machines(own_profile[0], tmp_path, "mixed")
     assert sum(ratios.values()) / len(ratios) > 1.03 and min(ratios.values()) > 0.95, ratios
 
 
 @pytest.mark.parametrize("kinds,tokens,cap", [({"code"}, 64, 16), ({"code"}, 32, 8), (None, 32, 8)],
                          ids=["code 64 tokens", "code 32 tokens", "all 32 tokens"])
-def test_auto_holds_on_short_and_code_generations(kinds, tokens, cap, own_profile):
+def test_auto_holds_on_short_and_code_generations(kinds, tokens, cap, own_profile, tmp_path):
     """Where one setting wins throughout and a generation is short, what auto spends learning the
     text is the whole gap: at least 0.95x the best fixed setting on average over the machines, 0.85x
     at worst (a 32-token generation that locked into AR after a poor first draft was 0.76x)."""
-    ratios = over_machines(own_profile[0], cap=cap, prompts=traces(kinds, tokens))
+    ratios = over_machines(own_profile[0], tmp_path, cap=cap, prompts=traces(kinds, tokens))
     assert sum(ratios.values()) / len(ratios) >= 0.95 and min(ratios.values()) >= 0.85, ratios
 
 

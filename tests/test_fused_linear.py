@@ -3,14 +3,11 @@ references against the existing refs composed, every op against its reference ov
 shapes / head dims / GQA / dtypes / FMA and MMA tiles / split-K, the cache write (exactly the given
 slots), the unfused (TORCH) path, autotuning, PDL's switches, bad input, and the AOT / tune tables."""
 import importlib
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from util import aot_rows
 import torch.nn.functional as TF
 
 from trikern.cache import KVCache
@@ -367,28 +364,11 @@ def test_aot_variants_cover_every_config():
     assert len(shapes) == 16 and all(callable(fn) and " M=" in label for label, fn in shapes)
 
 
-AOT_SCRIPT = """
-    import importlib
-    from trikern.kernels import aot
-    F = importlib.import_module("trikern.kernels.fused_linear")
-    for arch in (80, 90):
-        vs = F.aot_variants(arch)
-        pick = [v for v in vs if "rope_cache,dot,bf16" in v.kernel_name][-1:] + [v for v in vs if "epilogue[norm_qkv" in v.kernel_name][:1]
-        for v in pick:
-            r = aot.compile_variant(v, arch)
-            print(arch, v.kernel_name, r.registers, r.spill_bytes, r.family, r.problem or "ok")
-"""
-
-
 def test_aot_compiles_without_spills():
     """The widest qkv tile and its epilogue kernel per arch (the whole table: `trikern check-kernels --ops
     fused_linear`)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(AOT_SCRIPT)], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines()]
+    rows = aot_rows("fused_linear", '[v for v in vs if "rope_cache,dot,bf16" in v.kernel_name][-1:]'
+                                    ' + [v for v in vs if "epilogue[norm_qkv" in v.kernel_name][:1]')
     assert len(rows) == 4
     for arch, name, regs, spill, family, status in rows:
         assert status == "ok" and spill == "0" and 0 < int(regs) <= 255, (arch, name)

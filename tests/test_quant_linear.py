@@ -6,14 +6,13 @@ import importlib
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from util import aot_rows
 
 import trikern.kernels as K
-from trikern.kernels import autotune
 from trikern.kernels.cpu import linear as cpu_linear
 from trikern.kernels.cpu import quant_linear as CQ
 from trikern.kernels.qweight import (Fp8Weight, Int4Weight, cat_rows, check_weight, dequantize, pack_int4,
@@ -313,27 +312,10 @@ def test_aot_variants_cover_every_config():
     assert len(shapes) == 24 and all(callable(fn) and "M=" in label for label, fn in shapes)
 
 
-AOT_SCRIPT = """
-    import importlib
-    from trikern.kernels import aot
-    Q = importlib.import_module("trikern.kernels.quant_linear")
-    for arch in (80, 90):
-        vs = Q.aot_variants(arch)
-        pick = [v for v in vs if "fma,bf16" in v.kernel_name][:1] + [v for v in vs if "fp8,dot" in v.kernel_name][:1]
-        for v in pick:
-            r = aot.compile_variant(v, arch)
-            print(arch, v.kernel_name, r.registers, r.spill_bytes, r.family, r.problem or "ok")
-"""
-
-
 def test_aot_compiles_without_spills():
     """Two variants per arch here (the whole table is `trikern check-kernels --ops quant_linear`)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(AOT_SCRIPT)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line.split() for line in out.stdout.splitlines()]
+    rows = aot_rows("quant_linear", '[v for v in vs if "fma,bf16" in v.kernel_name][:1]'
+                                    ' + [v for v in vs if "fp8,dot" in v.kernel_name][:1]')
     assert len(rows) == 4
     for arch, name, regs, spill, family, status in rows:
         assert status == "ok" and spill == "0" and 0 < int(regs) <= 255, (arch, name)

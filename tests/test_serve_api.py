@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_util import Server, metrics, wait_for
+from serve_util import metrics, openai_client, serving, wait_for
 
 import trikern
 from trikern.decode import MODES, STEP_MODES
@@ -29,15 +29,12 @@ PROMPT = "import os\n"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve") / "server.log", "--dtype", "float32")
-    yield s
-    s.stop()
-    assert "Traceback" not in s.log(), s.log()
+    yield from serving(tmp_path_factory.mktemp("serve") / "server.log", "--dtype", "float32")
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(server, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import openai
 import pytest
 import torch
 from decode_helpers import prompts, run
-from serve_util import ENV, Server, metrics, wait_for
+from serve_util import ENV, metrics, openai_client, serving, wait_for
 from util import random_model
 
 import trikern
@@ -31,16 +30,13 @@ MODEL = "chat"
 
 @pytest.fixture(scope="module")
 def server(chat_ckpt, tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("serve-batch") / "server.log", "--model", str(chat_ckpt), "--dtype", "float32",
-               "--max-batch", "4", "--served-model-name", MODEL)
-    yield s
-    s.stop()
-    assert "Traceback" not in s.log(), s.log()
+    yield from serving(tmp_path_factory.mktemp("serve-batch") / "server.log", "--model", str(chat_ckpt),
+                       "--dtype", "float32", "--max-batch", "4", "--served-model-name", MODEL)
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server, timeout=120)
 
 
 @pytest.fixture(scope="module")

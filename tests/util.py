@@ -68,3 +68,31 @@ class PtyReader:
                 except OSError:
                     break
         return False
+
+
+def aot_rows(module: str, picks: str) -> list[list[str]]:
+    """AOT-compile a few of `trikern.kernels.<module>`'s variants for sm_80 and sm_90 in a process
+    without TRITON_INTERPRET (the interpreter replaces the compiler); `picks` is a Python expression
+    over the arch's variant list `vs`. One row per compile: arch, kernel, registers, spill bytes,
+    tensor-core family, status."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    script = f"""
+        import importlib
+        from trikern.kernels import aot
+        M = importlib.import_module("trikern.kernels.{module}")
+        for arch in (80, 90):
+            vs = M.aot_variants(arch)
+            for v in {picks}:
+                r = aot.compile_variant(v, arch)
+                print(arch, v.kernel_name, r.registers, r.spill_bytes, r.family, r.problem or "ok")
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [line.split() for line in out.stdout.splitlines()]

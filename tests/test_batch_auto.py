@@ -15,6 +15,15 @@ def embedded():
     return trikern.load(dtype=torch.float32)
 
 
+@pytest.fixture
+def own_profile(tmp_path, monkeypatch):
+    """Only this test's step-cost profile (not what this checkout's autotune_cache/ learnt)."""
+    from trikern.kernels import autotune_store
+
+    monkeypatch.setattr(autotune_store, "shipped_dirs", lambda: [])
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+
+
 def test_auto_batch_equals_solo_ar_while_it_switches(embedded, monkeypatch, tmp_path):
     """Greedy fp32, sequences joining and leaving: every sequence equals its solo AR run, and the
     batch ran more than one candidate (measuring them on the fly: no profile)."""
@@ -53,3 +62,86 @@ def test_the_choice_follows_the_batch_size(embedded, monkeypatch):
     assert auto.choose(seqs, []) == ("ar", 1)
     # A step with prefill pieces never runs QUADRATIC (it cannot carry a causal chunk).
     assert all(auto.choose(seqs[:1], [(seqs[1], 3)])[0] != "spec-quadratic" for _ in range(20))
+
+
+def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_profile):
+    """`measure_batch` (`trikern tune --decode --batch-sizes`) stores every candidate's cost at each
+    batch size beside the one-sequence entries; batched auto starts each batch size from them:
+    measured where measured, linear in n between, along the last segment past the largest."""
+    from trikern.decode import candidates
+    from trikern.decode.auto.profile import StepProfile
+    from trikern.decode.auto.tuning import measure_batch
+    m = embedded.model
+    keys = candidates("auto", 2, m.cfg)
+    lines = []
+    measure_batch(m, (2, 4), cache_length=16, steps=2, block_size=2, log=lines.append)
+    assert len(lines) == 2 * len(keys)
+    prof = StepProfile(m, 16)
+    assert all(set(prof.batch_seconds(k)) == {2, 4} for k in keys)  # no one-sequence entry was written
+    assert all(prof.get(k) is None for k in keys)
+    dec = BatchDecoder(m, max_batch=8, mode="auto", block_size=2)
+    auto = dec.step_kind
+    for k in keys:
+        two, four = prof.batch_seconds(k)[2], prof.batch_seconds(k)[4]
+        assert auto.measured_at(2)[k] == two and auto.measured_at(4)[k] == four
+        assert auto.measured_at(3)[k] == pytest.approx((two + four) / 2)
+        assert auto.measured_at(6)[k] == pytest.approx(max(four + (four - two), min(two, four)))
+        assert k not in auto.measured_at(1)  # below the smallest measured size: measured live
+        assert auto.cost_model(3).cost[k].seconds == pytest.approx((two + four) / 2)  # the priors
+
+
+def test_the_choice_follows_the_stored_costs_per_batch_size(embedded, own_profile):
+    """From a profile alone (no live step yet): where AR's cost barely grows with the batch and a
+    speculative step's grows with its rows, auto runs the speculative step for one sequence and AR
+    for four. Without batch sizes in the profile it scaled one sequence's costs and ran the
+    speculative step at four too (the bug this guards: 0.84x the best fixed setting at 8 users)."""
+    from trikern.decode.auto.profile import StepProfile
+    m = embedded.model
+    dec = BatchDecoder(m, max_batch=4, mode="auto", block_size=4)
+    prof = StepProfile(m, 0)
+    for k in dec.step_kind.keys:
+        spec = k[0] != "ar"
+        prof.save(k, prof.bucket, 2e-3 if spec else 1e-3, 1.0, 4)
+        prof.save(k, prof.bucket, 8e-3 if spec else 1.2e-3, 1.0, 4, batch=4)
+    dec = BatchDecoder(m, max_batch=4, mode="auto", block_size=4)  # reads the profile
+    auto = dec.step_kind
+    seqs = [dec.add([1, 2, 3], max_new_tokens=5) for _ in range(4)]
+    for s in seqs:
+        for a in auto.acceptance(s).values():
+            for _ in range(20):
+                a.step(1.0, 3, 3)  # every draft accepted lately: a B = 4 step yields ~4 tokens
+    for n in (1, 4):
+        for cm in (auto.cost_model(n),):
+            cm.ratios = {k: 1.0 for k in auto.keys}  # confirmed: nothing left to check
+    assert auto.choose(seqs[:1], [])[0] != "ar"
+    auto.current = None
+    assert auto.choose(seqs, []) == ("ar", 1)
+
+
+def test_a_refused_cost_keeps_the_batch_sizes_entries(embedded, own_profile):
+    from trikern.decode.auto.profile import StepProfile
+    prof = StepProfile(embedded.model, 0)
+    key = ("spec-linear", 4)
+    prof.save(key, prof.bucket, 1.0, 1.0, 4)
+    prof.save(key, prof.bucket, 2e-3, 1.0, 4, batch=2)
+    prof.update({}, {}, drop={key})
+    again = StepProfile(embedded.model, 0)
+    assert again.get(key) is None and again.batch_seconds(key) == {2: 2e-3}
+
+
+def test_a_drained_batch_persists_its_live_costs_per_batch_size(embedded, own_profile):
+    """What the live steps measured at 2 sequences is in the profile when the batch empties, for the
+    next decoder (a server restarted) to start from."""
+    from trikern.decode.auto.profile import StepProfile
+    m, tok = embedded.model, embedded.tokenizer
+    dec = BatchDecoder(m, max_batch=2, mode="auto", block_size=4)
+    for text in ("The quick brown fox", "def add(a, b):"):
+        dec.add(tok.encode(text), max_new_tokens=48)
+    for _ in dec.run():
+        pass
+    ran = {k for (n, k), steps in dec.step_kind.chosen.items() if n == 2 and steps >= 4}
+    assert ran, dec.step_kind.chosen
+    prof = StepProfile(m, 0)
+    assert all(prof.batch_seconds(k).get(2, 0) > 0 for k in ran), {k: prof.batch_seconds(k) for k in ran}
+    again = BatchDecoder(m, max_batch=2, mode="auto", block_size=4).step_kind
+    assert ran <= set(again.measured_at(2))

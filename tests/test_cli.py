@@ -81,3 +81,7 @@ def test_tune_options_belong_to_the_kernels_or_to_decode(capsys):
     assert capsys.readouterr().err == "trikern tune --decode: error: --threads 0: must be >= 1\n"
     assert main(["tune", "--decode", "--cache-lengths", "8,x"]) == 2
     assert "--cache-lengths '8,x': expected positive integers" in capsys.readouterr().err
+    assert main(["tune", "--decode", "--batch-sizes", "2,0"]) == 2
+    assert "--batch-sizes '2,0': expected positive integers" in capsys.readouterr().err
+    assert main(["tune", "--batch-sizes", "2"]) == 2
+    assert capsys.readouterr().err.endswith("trikern tune: error: --batch-sizes applies only with --decode\n")

@@ -131,11 +131,13 @@ class Model:
             m.warmup()
         return m
 
-    def warmup(self, block_size=None, tree_nodes=None) -> float:
+    def warmup(self, block_size=None, tree_nodes=None, batch_sizes=()) -> float:
         """Run a few steps of every strategy `mode="auto"` may pick (with `tree_nodes`: auto's draft
         trees too, at the shapes auto runs them), and of diffusion, at the default block size: Triton
         kernels compile and autotune for these shapes (and graphs are captured once) before a user
-        waits on them. Returns the seconds it took (`warmup_s`)."""
+        waits on them. `batch_sizes`: the batched decoder's sizes (trikern.batch) whose step costs
+        the profile lacks are measured too, as `trikern tune --decode --batch-sizes` would. Returns
+        the seconds it took (`warmup_s`)."""
         from .decode import AUTO, candidates  # noqa: PLC0415
         from .decode.registry import STRATEGIES  # noqa: PLC0415
 
@@ -151,26 +153,28 @@ class Model:
             if getattr(cls, "variant_of", None):  # a tree: asked for as its mode plus auto's node count
                 mode, kw["tree_nodes"] = cls.variant_of, cls.nodes_for(b, tree_nodes, auto=True)
             self.generate(prompt, mode=mode, max_new_tokens=3 * b + 2, reuse_prefix=False, **kw)
-        self._measure_missing_step_costs(B)
+        self._measure_missing_step_costs(B, batch_sizes)
         self.reset()
         self.warmup_s = time.perf_counter() - t0
         return self.warmup_s
 
-    def _measure_missing_step_costs(self, block_size):
+    def _measure_missing_step_costs(self, block_size, batch_sizes=()):
         """If auto's stored step-cost profile lacks a candidate of this device, measure them all now
         (`trikern tune --decode` at one short cache length, a few warm steps each, in turns: well
         under a second on a CPU) rather than on the fly in the first auto generations, where a
         short generation cannot win back the steps it spends measuring."""
         from .decode import AUTO, candidates  # noqa: PLC0415
         from .decode.auto.profile import StepProfile  # noqa: PLC0415
-        from .decode.auto.tuning import measure  # noqa: PLC0415
+        from .decode.auto.tuning import measure, measure_batch  # noqa: PLC0415
 
         if not StepProfile.enabled():
             return
-        profile = StepProfile(self.model, 0)
-        if all(profile.get(k) is not None for k in candidates(AUTO, block_size, self.cfg)):
-            return
-        measure(self.model, cache_lengths=(64,), steps=3, block_size=block_size, log=lambda *a, **k: None)
+        profile, keys = StepProfile(self.model, 0), candidates(AUTO, block_size, self.cfg)
+        if any(profile.get(k) is None for k in keys):
+            measure(self.model, cache_lengths=(64,), steps=3, block_size=block_size, log=lambda *a, **k: None)
+        missing = [n for n in batch_sizes if n > 1 and any(n not in profile.batch_seconds(k) for k in keys)]
+        if missing:
+            measure_batch(self.model, missing, block_size=block_size, log=lambda *a, **k: None)
 
     def make_prompt_cache(self) -> PromptCache:
         """An empty prefix cache for this model: pass it as `prompt_cache=` to generate / stream /

@@ -5,9 +5,13 @@ What a step of a candidate costs depends on how many sequences it carries: one f
 chains reads the weights once, so AR's step grows slowly with n while a wide speculative step
 grows with its rows. So the step costs are kept per batch size, one `CostModel` each
 (decode/auto/costs.py: a slow running average per candidate, apart from the machine's current
-speed). Batch size 1 starts from the persisted single-sequence profile, as a solo `auto` does; a
-batch size not seen yet starts from the costs of the nearest one measured, as priors its live steps
-confirm or overturn (CostModel's rule for a profile from another moment). What a step yields
+speed). Each batch size starts from the persisted profile's costs at that size (`trikern tune
+--decode --batch-sizes`, or `Model.warmup(batch_sizes=...)`; between measured sizes, linear in n),
+as priors its live steps confirm or overturn (CostModel's rule for a profile from another moment).
+Without batch sizes in the profile, batch size 1 starts from the single-sequence profile, as a solo
+`auto` does, and a batch size not seen yet from the costs of the nearest one measured live: one
+scale factor for every candidate, which is wrong (at 8 chains AR was priced 1.4x its cost from one
+chain's figures, and linear B = 4 won the choice where AR was 10% faster). What a step yields
 depends on each sequence's text: every sequence keeps its own `Acceptance` per speculative family,
 so the expected tokens of a candidate are the sum over the batch, and the choice is decode/auto's
 pure `best` over that sum divided by the cost at this batch size. A step now and then explores
@@ -50,8 +54,10 @@ class AutoBatch(BatchStep):
         # The shortest cache-length bucket: the batch's sequences have lengths of their own.
         self.profile = StepProfile(dec.model, 0) if profile and StepProfile.enabled() else None
         self.stored = None
+        self.tables: dict = {}  # key -> {batch size: stored seconds per step}
         if self.profile is not None:
             self.stored = {k: p["seconds"] for k in self.keys if (p := self.profile.get(k)) and p["seconds"] > 0}
+            self.tables = {k: self.profile.batch_seconds(k) for k in self.keys}
         self.costs: dict[int, CostModel] = {}
         self.acc: dict = {}  # sequence -> {family: Acceptance}
         self.explore = Exploration()
@@ -73,11 +79,33 @@ class AutoBatch(BatchStep):
     def cost_model(self, n: int) -> CostModel:
         """The step costs at batch size `n` (made on first use; see the module docstring)."""
         if n not in self.costs:
-            near = sorted(self.costs, key=lambda m: (abs(m - n), m))
-            stored = self.stored if n == 1 or not near else \
-                {k: c.seconds for k, c in self.costs[near[0]].cost.items() if c.measured >= CostModel.MEASURE}
+            stored = self.measured_at(n)
+            if stored is None:
+                near = sorted(self.costs, key=lambda m: (abs(m - n), m))
+                stored = self.stored if n == 1 or not near else \
+                    {k: c.seconds for k, c in self.costs[near[0]].cost.items() if c.measured >= CostModel.MEASURE}
             self.costs[n] = CostModel(self.keys, stored or None)
         return self.costs[n]
+
+    def measured_at(self, n: int) -> dict | None:
+        """Stored costs at batch size `n` from the profile's batch sizes (`trikern tune --decode
+        --batch-sizes`): measured at n, else linear in n between the measured sizes around it (beyond
+        the largest, along the last segment); None when the profile has no batch size but 1."""
+        if not any(m > 1 for t in self.tables.values() for m in t):
+            return None
+        out = {}
+        for k, table in self.tables.items():
+            sizes = sorted(table)
+            if n in table:
+                out[k] = table[n]
+                continue
+            lo = [m for m in sizes if m < n][-2:]
+            hi = [m for m in sizes if m > n][:1]
+            pair = (lo[-1], hi[0]) if lo and hi else tuple(lo) if len(lo) == 2 else None
+            if pair is not None:
+                (a, b), (ya, yb) = pair, (table[pair[0]], table[pair[1]])
+                out[k] = max(ya + (yb - ya) * (n - a) / (b - a), min(ya, yb))
+        return out
 
     def acceptance(self, seq) -> dict:
         if seq not in self.acc:
@@ -122,6 +150,15 @@ class AutoBatch(BatchStep):
             return top
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
+
+    def drained(self):
+        """Persist the batch sizes' costs the live steps stand behind (on the profile's scale, as a
+        solo `auto` persists its own): the next decoder, or server, starts from them. Batch size 1
+        is the single-sequence profile's, which solo generations keep."""
+        if self.profile is None:
+            return
+        fresh = {n: cm.fresh_seconds() for n, cm in self.costs.items() if n > 1}
+        self.profile.update_batch({n: c for n, c in fresh.items() if c})
 
     # -- one step ----------------------------------------------------------------------------
     def run(self, decoding, prefill):

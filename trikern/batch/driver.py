@@ -214,6 +214,8 @@ class BatchDecoder:
         for s, _ in prefill:
             if s not in produced:
                 s.stats.prefill_forwards += 1
+        if not self.busy:
+            self.step_kind.drained()
         return out
 
     def run(self) -> Iterator[dict[Sequence, list[int]]]:

@@ -45,6 +45,9 @@ class BatchStep:
         """The state after a forced token (thinking budget): `pending` [1] emitted, not in the cache."""
         seq.pending = pending
 
+    def drained(self):
+        """The batch has emptied (every sequence left): a kind that learnt something persists it."""
+
     def prompt_chunk(self, seq, T) -> torch.Tensor:
         return torch.tensor(seq.prompt[seq.fed:seq.fed + T], dtype=torch.long, device=self.dec.device)
 

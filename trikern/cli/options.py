@@ -75,8 +75,9 @@ def generation_kwargs(a) -> dict:
                 cuda_graphs=False if a.no_cuda_graphs else None, tree_nodes=a.tree_nodes)
 
 
-def load_model_from_args(a):
-    """trikern.load() with the model options, then the warm-up --warmup (default: on CUDA) asks for."""
+def load_model_from_args(a, batch_sizes=()):
+    """trikern.load() with the model options, then the warm-up --warmup (default: on CUDA) asks for
+    (`batch_sizes`: the batched decoder's, whose step costs batched auto needs)."""
     import torch  # noqa: PLC0415
 
     from .. import load  # noqa: PLC0415
@@ -85,7 +86,7 @@ def load_model_from_args(a):
     warm = a.warmup if a.warmup is not None else m.model.embed_tokens.weight.is_cuda
     if warm:
         print("warming up (compiling and tuning the decode shapes)...", file=sys.stderr, flush=True)
-        print(f"warm-up took {m.warmup():.1f}s", file=sys.stderr, flush=True)
+        print(f"warm-up took {m.warmup(batch_sizes=batch_sizes):.1f}s", file=sys.stderr, flush=True)
     return m
 
 

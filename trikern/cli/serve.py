@@ -80,7 +80,9 @@ def run(a) -> int:
         return 2
     logging.basicConfig(level=a.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
-        model = load_model_from_args(a)
+        # Batched auto's step costs at 2, 4, ... and --max-batch sequences (linear in between).
+        sizes = sorted({2 ** k for k in range(1, a.max_batch.bit_length())} | {a.max_batch}) if a.max_batch > 1 else []
+        model = load_model_from_args(a, batch_sizes=sizes)
         model.check_options(mode=a.mode)  # e.g. --mode spec-linear on an AR-only checkpoint
     except (ValueError, FileNotFoundError) as e:
         print(f"trikern serve: error: {e}", file=sys.stderr)

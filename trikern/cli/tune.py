@@ -8,7 +8,7 @@ from pathlib import Path
 from .options import UsageError
 
 KERNEL_ONLY = ("ops", "out", "keep")
-DECODE_ONLY = ("model", "device", "dtype", "block_size", "cache_lengths", "steps", "threads")
+DECODE_ONLY = ("model", "device", "dtype", "block_size", "cache_lengths", "batch_sizes", "steps", "threads")
 
 
 def add_parser(sub):
@@ -32,6 +32,8 @@ def add_parser(sub):
     d.add_argument("--block-size", type=int, default=None, metavar="B", help="largest block size (default: the "
                    "checkpoint's)")
     d.add_argument("--cache-lengths", default=None, metavar="N,N", help="cache lengths to time at")
+    d.add_argument("--batch-sizes", default=None, metavar="N,N", help="also time steps of N sequences decoding "
+                   "together (trikern.batch, `trikern serve --max-batch`), for batched auto: e.g. 2,4,8")
     d.add_argument("--steps", type=int, default=None, help="warm steps per candidate and length (default: 4)")
     d.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads, as `trikern bench "
                    "--threads` (a profile is kept per thread count: tune with the count you decode with)")
@@ -85,6 +87,12 @@ def tune_decode(a) -> int:
             raise ValueError
     except ValueError:
         return error(f"--cache-lengths {cache_lengths!r}: expected positive integers separated by commas")
+    try:
+        batch_sizes = [int(x) for x in (a.batch_sizes or "").split(",") if x.strip()]
+        if a.batch_sizes is not None and (not batch_sizes or min(batch_sizes) < 1):
+            raise ValueError
+    except ValueError:
+        return error(f"--batch-sizes {a.batch_sizes!r}: expected positive integers separated by commas")
     if steps < 1:
         return error(f"--steps {steps}: must be >= 1")
     if a.threads is not None and a.threads < 1:
@@ -96,7 +104,7 @@ def tune_decode(a) -> int:
 
     from .. import load  # noqa: PLC0415
     from ..decode.auto.profile import StepProfile  # noqa: PLC0415
-    from ..decode.auto.tuning import measure  # noqa: PLC0415
+    from ..decode.auto.tuning import measure, measure_batch  # noqa: PLC0415
     from ..kernels import autotune_store as store  # noqa: PLC0415
 
     try:
@@ -109,6 +117,8 @@ def tune_decode(a) -> int:
         print("trikern tune --decode: TRIKERN_DECODE_PROFILE=0: the profile is written, but auto reads it only "
               "once the variable is unset", file=sys.stderr)
     prof = measure(m.model, lengths, steps, a.block_size)
+    if batch_sizes:
+        prof = measure_batch(m.model, batch_sizes, min(lengths), steps, a.block_size)
     where = store.result_path(store.write_dir(), prof.device, prof.op)
-    print(f"step-cost profile of {len(prof.entries)} (mode, block, cache length) entries written to {where}")
+    print(f"step-cost profile of {len(prof.entries)} (mode, block, cache length[, batch size]) entries written to {where}")
     return 0

@@ -38,10 +38,17 @@ class Acceptance:
         self.total_reach: list[float] = []  # this generation's counts
         self.total_reject: list[float] = []
         self._survival: list[float] | None = None
+        self._long: dict = {}  # n -> long_run(n): it moves only with this family's evidence, and the
+        # policy asks for it every step (the per-step policy cost is paid on the AR steps it competes with)
 
     def long_run(self, n: int | None = None) -> list[float]:
         """Long-run hazards of positions 1 .. n (default: as far as there is evidence): this
         generation's counts shrunk towards the prior's hazard, or where it has none, position k-1's."""
+        if (hit := self._long.get(n)) is None:
+            hit = self._long[n] = self._long_run(n)
+        return list(hit)
+
+    def _long_run(self, n: int | None) -> list[float]:
         out, prev = [], self.START
         for k in range(max(len(self.total_reach), len(self.prior)) if n is None else n):
             reach = self.total_reach[k] if k < len(self.total_reach) else 0.0
@@ -89,6 +96,7 @@ class Acceptance:
             if accepted < drafted:
                 self.reject[accepted] += 1
                 self.total_reject[accepted] += 1
+            self._long.clear()
         self._survival = None
 
     def expected_tokens(self, B: int) -> float:

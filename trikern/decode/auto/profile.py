@@ -2,8 +2,9 @@
 
 Stored next to the kernel autotune results (kernels/autotune_store.py: same directories, same atomic
 JSON files), one file per device x model shape x dtype x backend, one entry per
-`mode/block/cache-length bucket`. `trikern tune --decode` fills it by timing real steps at a few
-cache lengths (tuning.measure); without it, the first auto generation measures its candidates on the fly
+`mode/block/cache-length bucket` (a step of one sequence), or `mode/block/bucket/xN` (a step of N
+sequences in one batch, trikern.batch). `trikern tune --decode` fills it by timing real steps at a few
+cache lengths (tuning.measure) and, with `--batch-sizes`, batch sizes (tuning.measure_batch); without it, the first auto generation measures its candidates on the fly
 and `AutoPolicy.finish` saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the stored profile off
 (`StepProfile.enabled()`): auto then measures on the fly in every generation and saves nothing.
 """
@@ -52,8 +53,24 @@ class StepProfile:
             self.entries: dict[str, dict] = store.load_merged(self.device, self.op)
 
     @staticmethod
-    def key_str(key, bucket) -> str:
-        return f"{key[0]}/{key[1]}/{bucket}"
+    def key_str(key, bucket, batch: int = 1) -> str:
+        return f"{key[0]}/{key[1]}/{bucket}" + (f"/x{batch}" if batch > 1 else "")
+
+    def batch_seconds(self, key) -> dict[int, float]:
+        """{batch size: seconds per step} stored for `key`, each at its nearest cache-length bucket
+        (batch size 1: `get`'s entry)."""
+        prefix, found = f"{key[0]}/{key[1]}/", {}
+        for k, v in self.entries.items():
+            parts = k[len(prefix):].split("/") if k.startswith(prefix) else []
+            if len(parts) == 2 and parts[0].isdigit() and parts[1][:1] == "x" and parts[1][1:].isdigit() \
+                    and isinstance(v.get("seconds"), (int, float)) and v["seconds"] > 0:
+                n, gap = int(parts[1][1:]), abs(int(parts[0]) - self.bucket)
+                if n not in found or gap < found[n][0]:
+                    found[n] = (gap, float(v["seconds"]))
+        out = {n: sec for n, (_, sec) in found.items()}
+        if (one := self.get(key)) is not None and one["seconds"] > 0:
+            out[1] = one["seconds"]
+        return out
 
     def get(self, key):
         """{'seconds', 'tokens'} at the nearest measured cache-length bucket, or None."""
@@ -62,9 +79,9 @@ class StepProfile:
                  if k.startswith(prefix) and k[len(prefix):].isdigit()]
         return min(found, key=lambda x: x[0])[1] if found else None
 
-    def save(self, key, bucket, seconds: float, tokens: float, steps: int):
+    def save(self, key, bucket, seconds: float, tokens: float, steps: int, batch: int = 1):
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
-        self._write({self.key_str(key, bucket): entry})
+        self._write({self.key_str(key, bucket, batch): entry})
 
     def get_acceptance(self, family: str) -> list[float] | None:
         """The long-run hazard per draft position (policy.Acceptance) of `family` over recent
@@ -89,8 +106,17 @@ class StepProfile:
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
             out[f"{family}/acceptance"] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
-        gone = [k for k in self.entries if any(k.startswith(f"{m}/{b}/") for m, b in drop)]
+        # (Only one sequence's: the batch sizes' costs were measured apart.)
+        gone = [k for k in self.entries if any(k.startswith(f"{m}/{b}/") and k[len(f"{m}/{b}/"):].isdigit()
+                                               for m, b in drop)]
         self._write(out, gone)
+
+    def update_batch(self, costs: dict):
+        """costs: batch size -> {key: seconds per step} (batched auto's live figures). One atomic write."""
+        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": 1.0, "steps": 1}
+               for n, by_key in costs.items() for key, sec in by_key.items()}
+        if out:
+            self._write(out)
 
     def _write(self, entries: dict, drop=()):
         self.entries.update(entries)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
@@ -46,4 +47,53 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
                 prof.save(key, prof.bucket, sec, tok, len(timings[key]))
                 log(f"{key[0]:>15} B={key[1]:<3} cache {n:>6}: {1e3 * sec:8.2f} ms/step, "
                     f"{tok:5.2f} tokens/step, {tok / sec:8.1f} tok/s")
+    return prof
+
+
+def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: int = 3, block_size=None,
+                  log=print) -> StepProfile:
+    """The same for batches (trikern.batch): time `steps` warm steps of every auto candidate over N
+    sequences at once, for each N in `batch_sizes`, and persist the median per (candidate, N). How a
+    step's cost grows with N differs per candidate (AR reads the weights once for all chains; a wide
+    speculative step grows with its rows), so batched auto cannot scale one batch size's costs to
+    another. Every (candidate, N) takes its turn step by step, so a slow spell lands on all alike; a
+    step is timed only while all N sequences decode (prefill done, none finished) and nothing warmed
+    up in it."""
+    from ...batch import BatchDecoder  # noqa: PLC0415 (the batch package builds on decode/)
+    from ... import warmup  # noqa: PLC0415
+
+    cfg = model.cfg
+    keys = candidates(AUTO, block_size or cfg.block_size, cfg)
+    n_tok = min(int(cache_length), cfg.max_position_embeddings - 64)
+    prof = StepProfile(model, n_tok)
+    sizes = sorted({int(b) for b in batch_sizes if int(b) >= 2})
+    g = torch.Generator().manual_seed(n_tok)
+    prompts = [torch.randint(0, cfg.vocab_size, (n_tok,), generator=g).tolist() for _ in range(max(sizes, default=0))]
+    decs, timings = {}, {}
+    for n in sizes:
+        for key in keys:
+            dec = decs[(n, key)] = BatchDecoder(model, max_batch=n, mode=key[0], block_size=key[1])
+            timings[(n, key)] = []
+            for p in prompts[:n]:  # (the budget is cut to the context; a sequence that ends early stops the timing)
+                dec.add(p, max_new_tokens=key[1] * (steps + 6) + 16)
+    for dec in decs.values():  # prefill, then one untimed step: the first at a shape is slower
+        while dec.busy and (dec.queue or any(not s.decoding for s in dec.active)):
+            dec.step()
+        dec.step()
+    for _ in range(steps + 3):  # a few more rounds than timed steps: a step may be cold
+        for (n, key), dec in decs.items():
+            if len(timings[(n, key)]) >= steps or not dec.busy:
+                continue
+            full = len([s for s in dec.active if s.decoding]) == n
+            warm = warmup.count
+            t0 = time.perf_counter()
+            dec.step()
+            seconds = time.perf_counter() - t0
+            if full and warmup.count == warm:
+                timings[(n, key)].append(seconds)
+    for (n, key), t in timings.items():
+        if t:
+            sec = statistics.median(t)
+            prof.save(key, prof.bucket, sec, 1.0, len(t), batch=n)
+            log(f"{key[0]:>15} B={key[1]:<3} batch {n:>3}: {1e3 * sec:8.2f} ms/step")
     return prof

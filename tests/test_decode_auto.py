@@ -14,6 +14,7 @@ from util import random_model, tiny_config
 import trikern
 from trikern.decode import candidates
 from trikern.decode.auto.acceptance import Acceptance
+from trikern.decode.auto.exploration import Exploration
 from trikern.decode.auto.policy import AutoPolicy
 from trikern.decode.auto.profile import StepProfile
 from trikern.decode.auto.tuning import measure
@@ -208,6 +209,37 @@ def test_policy_explores_the_other_family_within_its_time_share():
     assert p.explore.tries >= 2 and p.explore.hits == 0 and p.explore.share() < p.explore.SHARE / 3
     half = len(picks) // 2
     assert sum(e for _, e in picks[half:]) < sum(e for _, e in picks[:half])
+
+
+def test_exploration_outcomes_carry_over_and_gate_the_first_step_probe(tmp_path, monkeypatch):
+    """Where explorations have kept missing on this device (AR wins outright), a generation that
+    starts in AR no longer probes a family at its first step; one whose earlier explorations paid
+    still does. The outcomes go through the profile, weighed down each generation."""
+    from trikern.kernels import autotune_store
+
+    monkeypatch.setattr(autotune_store, "shipped_dirs", lambda: [])
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    cost = {A: 1.0, L2: 1.6, L4: 2.0}  # AR best at the prior; L2 and L4 could win
+
+    def first_pick(prior):
+        p = costed(list(cost), list(cost.values()))
+        p.explore = Exploration(prior)
+        return p.choose()
+
+    assert first_pick(None) != A  # no history: probe
+    assert first_pick((0.0, 10.0)) == A  # ten misses: no probe
+    assert first_pick((5.0, 10.0)) != A  # half of them paid: probe
+    m = random_model(tiny_config(), seed=3)
+    prof = StepProfile(m, 64)
+    p = AutoPolicy(list(cost), prof)
+    p.explore.hits, p.explore.tries = 1, 3
+    p.finish()
+    assert StepProfile(m, 64).get_exploration() == (1.0, 3.0)
+    q = AutoPolicy(list(cost), StepProfile(m, 64))
+    assert (q.explore.prior_hits, q.explore.prior_tries) == (1.0, 3.0)
+    q.explore.tries = 2
+    q.finish()
+    assert StepProfile(m, 64).get_exploration() == pytest.approx((1.0 * p.KEEP_EXPLORED, 3.0 * p.KEEP_EXPLORED + 2))
 
 
 def test_explorations_that_pay_keep_their_share():

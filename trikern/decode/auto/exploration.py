@@ -35,10 +35,15 @@ class Exploration:
     # generations 2-4%, where one setting wins throughout, and gained nothing on mixed text)
     REFRESH_LEFT = 24  # tokens left below which a periodic refresh is not worth its cost: what it
     # learns pays only over the tokens still to come (replayed short generations: 0.97 -> 0.98x best)
+    PROBE = 0.2  # the hit rate (earlier generations' included) below which a generation that starts in
+    # AR does not probe at its first step: where AR wins outright the probe is pure cost
     SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (`share`): a slow candidate
     # is re-checked, never paid for long
 
-    def __init__(self):
+    def __init__(self, prior=None):
+        """`prior`: (hits, tries) of earlier generations' explorations on this device and model
+        (the profile's, decayed), or None."""
+        self.prior_hits, self.prior_tries = prior or (0.0, 0.0)
         self.key = None  # the candidate explored by the current step(s)
         self.displaced = 0.0  # the rate (tokens / cost-scale second) of the candidate it displaced
         self.left = 0  # further steps of the same exploration
@@ -52,7 +57,17 @@ class Exploration:
         explorations beat the setting they displaced (Laplace: half of it before any). Where one
         setting wins throughout (AR on a CPU without fast bf16, text that drafts poorly) the
         refreshes stop paying, and their cost is what keeps auto below that setting."""
-        return self.SHARE * (self.hits + 1) / (self.tries + 2)
+        return self.SHARE * self.hit_rate()
+
+    def hit_rate(self) -> float:
+        """How often explorations beat the setting they displaced: this generation's and the earlier
+        ones' (the profile's) counts, Laplace-smoothed (one half before any)."""
+        return (self.hits + self.prior_hits + 1) / (self.tries + self.prior_tries + 2)
+
+    def carried(self, keep: float) -> tuple[float, float]:
+        """(hits, tries) for the next generation's prior: this one's added to the prior, which is
+        weighed down by `keep` first (a machine or a kind of text changes)."""
+        return self.prior_hits * keep + self.hits, self.prior_tries * keep + self.tries
 
     def continuing(self):
         """The key of an exploration that takes one more step, else None."""
@@ -72,7 +87,7 @@ class Exploration:
         # The first step of a generation that starts in AR probes a family: the acceptance prior is
         # another text's, and without a probe a short generation never leaves AR (no refresh comes
         # while REFRESH_LEFT tokens are left).
-        refresh = step % self.EVERY == 0 or (step == 1 and family(best) is None)
+        refresh = step % self.EVERY == 0 or (step == 1 and family(best) is None and self.hit_rate() >= self.PROBE)
         if not filled and not refresh:
             return None
         bar = rate(best)

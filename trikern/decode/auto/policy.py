@@ -72,6 +72,7 @@ def best(keys, rate, current, hysteresis: float):
 
 class AutoPolicy:
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
+    KEEP_EXPLORED = 0.8  # per generation, the weight of earlier generations' exploration outcomes
     HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
     # make it for a clear gain (the other switches cost nothing: no hysteresis)
 
@@ -85,7 +86,7 @@ class AutoPolicy:
         horizon = max(B for _, B in self.keys) - 1
         # The last generation's long-run hazards, as a weak prior (acceptance moves with the text).
         self.acc = {f: Acceptance(horizon, profile and profile.get_acceptance(f)) for f in FAMILIES}
-        self.explore = Exploration()
+        self.explore = Exploration(profile.get_exploration() if profile is not None else None)
         self.current = None
         self.restarted = False  # the last step entered quadratic with a one-token restart
         self.steps = 0
@@ -154,4 +155,5 @@ class AutoPolicy:
         fresh, seconds = self.costs.fresh(), self.costs.fresh_seconds()
         self.profile.update({k: (seconds[k], self.tokens(k), c.live) for k, c in fresh.items()},
                             {f: a.long_run() for f, a in self.acc.items() if a.evidence},
-                            drop=self.costs.distrusted - fresh.keys())
+                            drop=self.costs.distrusted - fresh.keys(),
+                            exploration=self.explore.carried(self.KEEP_EXPLORED))

@@ -92,7 +92,14 @@ class StepProfile:
             out.append(float(e[f"h{len(out) + 1}"]))
         return out or None
 
-    def update(self, costs: dict, acceptance: dict, drop=()):
+    def get_exploration(self) -> tuple[float, float] | None:
+        """(hits, tries) of earlier generations' explorations (policy's `Exploration`), or None."""
+        e = self.entries.get("explore/outcomes") or {}
+        h, t = e.get("hits"), e.get("tries")
+        ok = all(isinstance(x, (int, float)) for x in (h, t)) and 0 <= h <= t
+        return (float(h), float(t)) if ok else None
+
+    def update(self, costs: dict, acceptance: dict, drop=(), exploration=None):
         """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position;
         drop: keys whose stored costs were refused (policy.implausible) and not measured again. One
         atomic write."""
@@ -105,6 +112,8 @@ class StepProfile:
             hazards = [h if k >= len(old) else old[k] + self.BLEND * (h - old[k]) for k, h in enumerate(hazards)]
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
             out[f"{family}/acceptance"] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
+        if exploration is not None:
+            out["explore/outcomes"] = {"hits": round(exploration[0], 4), "tries": round(exploration[1], 4)}
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
         # (Only one sequence's: the batch sizes' costs were measured apart.)
         gone = [k for k in self.entries if any(k.startswith(f"{m}/{b}/") and k[len(f"{m}/{b}/"):].isdigit()

@@ -33,8 +33,11 @@ class Acceptance:
         hazards per position from an earlier generation (the profile), held as `weight` steps each."""
         self.horizon = horizon
         self.prior, self.weight = list(prior or ()), weight
-        self.reach: list[float] = []  # recent (decayed) steps that reached position k+1
-        self.reject: list[float] = []  # recent steps rejected at position k+1
+        # Recent (decayed) counts are kept undecayed, times `scale` (the decay since they began): a
+        # step that saw nothing of this family (every AR step) then costs one multiplication.
+        self.reach: list[float] = []  # recent steps that reached position k+1, / scale
+        self.reject: list[float] = []  # recent steps rejected at position k+1, / scale
+        self.scale = 1.0
         self.total_reach: list[float] = []  # this generation's counts
         self.total_reject: list[float] = []
         self._survival: list[float] | None = None
@@ -64,10 +67,10 @@ class Acceptance:
         position's recent hazard: the long-run tail was learnt on text that ran to the end of the
         block, and on text whose drafts now stop after a few tokens it would promise long blocks a
         tail that no recent step has shown (a mixture of the two kinds of text is neither)."""
-        out, floor = [], 0.0
+        out, floor, scale = [], 0.0, self.scale
         for k, h in enumerate(self.long_run(n)):
-            reach = self.reach[k] if k < len(self.reach) else 0.0
-            rej = self.reject[k] if k < len(self.reach) else 0.0
+            reach = self.reach[k] * scale if k < len(self.reach) else 0.0
+            rej = self.reject[k] * scale if k < len(self.reach) else 0.0
             reached = reach >= self.REACHED
             out.append((rej + self.PRIOR * (h if reached else max(h, floor))) / (reach + self.PRIOR))
             if reached:  # reach only falls with k: once a position is not reached, none after it is
@@ -82,22 +85,33 @@ class Acceptance:
     def step(self, decay: float, drafted: int = 0, accepted: int = 0):
         """One decode step (of any strategy): forget a little, then add what it saw -- `accepted` of
         `drafted` drafts (a step of this family; 0 drafted: no evidence)."""
-        for k in range(len(self.reach)):
-            self.reach[k] *= decay
-            self.reject[k] *= decay
+        self.scale *= decay
+        if self.scale < 1e-30:  # fold it in before the unscaled counts overflow
+            self.reach = [x * self.scale for x in self.reach]
+            self.reject = [x * self.scale for x in self.reject]
+            self.scale = 1.0
         if drafted > 0:
-            reached = min(accepted + 1, drafted)
+            reached, one = min(accepted + 1, drafted), 1.0 / self.scale
             while len(self.reach) < reached:
                 for counts in (self.reach, self.reject, self.total_reach, self.total_reject):
                     counts.append(0.0)
             for k in range(reached):
-                self.reach[k] += 1
+                self.reach[k] += one
                 self.total_reach[k] += 1
             if accepted < drafted:
-                self.reject[accepted] += 1
+                self.reject[accepted] += one
                 self.total_reject[accepted] += 1
             self._long.clear()
         self._survival = None
+
+    def long_run_tokens(self, B: int) -> float:
+        """Expected tokens of a step at block size B under the long-run hazards alone: where the
+        current estimate of a family not run lately goes as its recent counts fade."""
+        alive = total = 1.0
+        for h in self.long_run(B - 1):
+            alive *= 1 - h
+            total += alive
+        return total
 
     def expected_tokens(self, B: int) -> float:
         if self._survival is None or len(self._survival) < B:

@@ -141,7 +141,8 @@ class AutoPolicy:
     def hold_steps(self) -> int:
         """Steps to keep AR, the current choice, without judging again: where it beats every
         speculative candidate by HOLD_MARGIN both under the current acceptance estimates and under
-        the long-run ones (where those of families not run drift to), up to the next refresh and
+        the long-run ones (where those of families not run drift to; a candidate entered by a restart
+        needs HYSTERESIS more, as `best` asks), up to the next refresh and
         HOLD steps. The choice costs tens of microseconds of Python a step, which also leaves the
         next step a few percent slower (its data out of cache): on a CPU where AR wins outright,
         a measurable part of what auto lost to fixed AR."""
@@ -151,8 +152,10 @@ class AutoPolicy:
         bar = self.rate(key) / self.HOLD_MARGIN
         for k in self.keys:
             fam = family(k)
+            # (a switch that starts with a restart needs HYSTERESIS more, as in `best`)
+            need = bar * (self.HYSTERESIS if strategy(k).entry_steps(k[1], key) else 1.0)
             if fam is not None and costs.seconds(k) > 0 and \
-                    max(self.tokens(k), self.acc[fam].long_run_tokens(k[1])) / costs.seconds(k) >= bar:
+                    max(self.tokens(k), self.acc[fam].long_run_tokens(k[1])) / costs.seconds(k) >= need:
                 return 0
         refresh = (self.steps // self.explore.EVERY + 1) * self.explore.EVERY
         return min(self.HOLD, refresh - self.steps - 1)
@@ -161,6 +164,8 @@ class AutoPolicy:
         """A step of `key` produced `tokens` (accepted drafts + the bonus, before any EOS / budget
         cut) after verifying `drafted` draft tokens, in `seconds`."""
         fam = family(key)
+        if key != self.current:  # a hold assumed only the held candidate's steps
+            self.hold = 0
         self.explore.observe(self.steps, key, tokens, seconds, cold, drafted, self.costs.speed)
         for f, a in self.acc.items():
             if f == fam:

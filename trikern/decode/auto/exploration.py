@@ -35,7 +35,7 @@ class Exploration:
     # generations 2-4%, where one setting wins throughout, and gained nothing on mixed text)
     REFRESH_LEFT = 24  # tokens left below which a periodic refresh is not worth its cost: what it
     # learns pays only over the tokens still to come (replayed short generations: 0.97 -> 0.98x best)
-    PROBE = 0.2  # the hit rate (earlier generations' included) below which a generation that starts in
+    PROBE = 0.12  # the hit rate (earlier generations' included) below which a generation that starts in
     # AR does not probe at its first step: where AR wins outright the probe is pure cost
     SHARE = 0.2  # of the decode time lost to exploring, times its hit rate (`share`): a slow candidate
     # is re-checked, never paid for long

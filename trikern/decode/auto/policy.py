@@ -73,7 +73,7 @@ def best(keys, rate, current, hysteresis: float):
 class AutoPolicy:
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     HOLD, HOLD_MARGIN = 8, 1.1  # see `hold_steps`
-    KEEP_EXPLORED = 0.8  # per generation, the weight of earlier generations' exploration outcomes
+    KEEP_EXPLORED = 0.95  # per generation, the weight of earlier generations' exploration outcomes
     HYSTERESIS = 1.15  # a switch into quadratic from another mode starts with a one-token step: only
     # make it for a clear gain (the other switches cost nothing: no hysteresis)
 

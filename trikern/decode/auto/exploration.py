@@ -11,6 +11,11 @@ B = 16 is worth three of AR there) and leave a stale prior in charge for the who
 share follows how often this generation's explorations beat the setting they displaced: where one
 setting wins throughout, refreshing the others is the whole gap between auto and that setting.
 
+The hit rate behind that share starts from earlier generations' (hits, tries) on this device and
+model, kept in the profile and weighed down each generation: whether exploring pays is also a
+property of the machine (where AR wins outright, none does). The same rate gates the probe a
+generation that starts in AR makes at its first step (PROBE).
+
 A periodic refresh needs REFRESH_LEFT tokens still to come (the driver says how many): an
 exploration costs now and pays back only over the rest of the generation, so near its end, and in
 short generations, the best estimate runs instead.

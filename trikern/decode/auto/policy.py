@@ -16,7 +16,10 @@ expected tokens per step / expected seconds per step.
   survival probabilities of positions 1 .. B-1 in expectation, so one step at any block size
   informs every block size of its family. AR yields 1.
 - Now and then a step runs another candidate for what it tells about acceptance, within a budget
-  of the decode time (`Exploration`, exploration.py).
+  of the decode time that follows how often exploring paid, in this generation and (through the
+  profile) earlier ones (`Exploration`, exploration.py).
+- Where AR wins clearly, the choice is held for a few steps without judging (`hold_steps`): the
+  same choices for less per-step work.
 
 The policy is three parts: the estimators (`CostModel`, costs.py; `Acceptance` per family,
 acceptance.py), the exploration budget, and a pure choice (`best`) over what they estimate.
@@ -142,10 +145,10 @@ class AutoPolicy:
         """Steps to keep AR, the current choice, without judging again: where it beats every
         speculative candidate by HOLD_MARGIN both under the current acceptance estimates and under
         the long-run ones (where those of families not run drift to; a candidate entered by a restart
-        needs HYSTERESIS more, as `best` asks), up to the next refresh and
-        HOLD steps. The choice costs tens of microseconds of Python a step, which also leaves the
-        next step a few percent slower (its data out of cache): on a CPU where AR wins outright,
-        a measurable part of what auto lost to fixed AR."""
+        needs HYSTERESIS more, as `best` asks), for up to HOLD steps and never past the next
+        refresh. Judging costs tens of microseconds of Python a step, which also leaves the next
+        step a few percent slower (its data out of cache): on a CPU where AR wins outright, a
+        measurable part of what auto lost to fixed AR."""
         key, costs = self.current, self.costs
         if family(key) is not None or key in costs.prior and key not in costs.ratios:
             return 0

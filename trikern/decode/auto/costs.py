@@ -57,6 +57,7 @@ class CostModel:
     OUTLIER = 2.0  # one step moves the speed estimate by at most this factor
     CONFIRM = 2  # live warm steps that confirm (or overturn) a cost from the profile
     TRUST = 2.0  # a stored cost further than this from its live steps is replaced by them
+    PERSIST = 0.25  # how far one generation moves a confirmed stored cost (`fresh_seconds`)
 
     def __init__(self, keys, stored: dict | None = None):
         self.keys = list(keys)
@@ -177,9 +178,19 @@ class CostModel:
         generations the profile's order of the two goes wrong (seen: AR and linear B = 8 persisted at
         0.4x their tuned figures, linear B = 4, not run lately, at 0.5x, so B = 8 looked cheaper than
         B = 4). So the fresh costs of confirmed stored candidates keep their geometric mean on the
-        profile's scale; what moves between them, and every cost measured here, keeps its ratio."""
+        profile's scale; every cost measured here keeps its ratio.
+
+        And what moves between confirmed stored candidates moves the stored figure by PERSIST of the
+        way (in log): a generation's live figures carry its noise (the first two steps decide a
+        confirmed cost), and stored wholesale they made a random walk with nothing to pull it back
+        (seen: after ~80 bench generations linear B = 4 at 1.14x its tuned cost and B = 8 at 0.92x,
+        their order swapped, and auto at 0.86x linear B = 4 on code prompts). A cost the live steps
+        overturned is wrong, not noisy: its live figure is stored whole."""
         fresh = self.fresh()
-        anchors = [math.log(fresh[k].seconds / self.loaded[k]) for k in fresh
-                   if k in self.loaded and k not in self.overturned and k in self.prior]
+        confirmed = [k for k in fresh if k in self.loaded and k not in self.overturned and k in self.prior]
+        anchors = [math.log(fresh[k].seconds / self.loaded[k]) for k in confirmed]
         g = math.exp(sum(anchors) / len(anchors)) if anchors else 1.0
-        return {k: c.seconds / g for k, c in fresh.items()}
+        out = {k: c.seconds / g for k, c in fresh.items()}
+        for k in confirmed:
+            out[k] = self.loaded[k] * (out[k] / self.loaded[k]) ** self.PERSIST
+        return out

@@ -157,7 +157,8 @@ class AutoBatch(BatchStep):
         is the single-sequence profile's, which solo generations keep."""
         if self.profile is None:
             return
-        fresh = {n: cm.fresh_seconds() for n, cm in self.costs.items() if n > 1}
+        fresh = {n: {k: (sec, cm.cost[k].live) for k, sec in cm.fresh_seconds().items()}
+                 for n, cm in self.costs.items() if n > 1}
         self.profile.update_batch({n: c for n, c in fresh.items() if c})
 
     # -- one step ----------------------------------------------------------------------------

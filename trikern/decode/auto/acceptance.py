@@ -107,18 +107,20 @@ class Acceptance:
     def long_run_tokens(self, B: int) -> float:
         """Expected tokens of a step at block size B under the long-run hazards alone: where the
         current estimate of a family not run lately goes as its recent counts fade."""
-        alive = total = 1.0
-        for h in self.long_run(B - 1):
-            alive *= 1 - h
-            total += alive
-        return total
+        return tokens_by_drafts(self.long_run(B - 1))[B - 1]
 
     def expected_tokens(self, B: int) -> float:
         if self._survival is None or len(self._survival) < B:
-            alive, total, cum = 1.0, 1.0, [1.0]
-            for h in self.hazards(max(B - 1, self.horizon)):
-                alive *= 1 - h
-                total += alive
-                cum.append(total)
-            self._survival = cum  # cum[k] = expected tokens of a step with k drafts
+            self._survival = tokens_by_drafts(self.hazards(max(B - 1, self.horizon)))
         return self._survival[B - 1]
+
+
+def tokens_by_drafts(hazards) -> list[float]:
+    """[k] = expected tokens of a step with k drafts under per-position `hazards`: 1 + the survival
+    probabilities of positions 1 .. k."""
+    alive, total, cum = 1.0, 1.0, [1.0]
+    for h in hazards:
+        alive *= 1 - h
+        total += alive
+        cum.append(total)
+    return cum

@@ -187,7 +187,7 @@ class CostModel:
         their order swapped, and auto at 0.86x linear B = 4 on code prompts). A cost the live steps
         overturned is wrong, not noisy: its live figure is stored whole."""
         fresh = self.fresh()
-        confirmed = [k for k in fresh if k in self.loaded and k not in self.overturned and k in self.prior]
+        confirmed = [k for k in fresh if k in self.prior and k not in self.overturned]  # (prior: within loaded)
         anchors = [math.log(fresh[k].seconds / self.loaded[k]) for k in confirmed]
         g = math.exp(sum(anchors) / len(anchors)) if anchors else 1.0
         out = {k: c.seconds / g for k, c in fresh.items()}

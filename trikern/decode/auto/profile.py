@@ -4,8 +4,9 @@ Stored next to the kernel autotune results (kernels/autotune_store.py: same dire
 JSON files), one file per device x model shape x dtype x backend, one entry per
 `mode/block/cache-length bucket` (a step of one sequence), or `mode/block/bucket/xN` (a step of N
 sequences in one batch, trikern.batch). `trikern tune --decode` fills it by timing real steps at a few
-cache lengths (tuning.measure) and, with `--batch-sizes`, batch sizes (tuning.measure_batch); without it, the first auto generation measures its candidates on the fly
-and `AutoPolicy.finish` saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the stored profile off
+cache lengths (tuning.measure) and, with `--batch-sizes`, batch sizes (tuning.measure_batch);
+without it, the first auto generation measures its candidates on the fly and `AutoPolicy.finish`
+saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the stored profile off
 (`StepProfile.enabled()`): auto then measures on the fly in every generation and saves nothing.
 """
 from __future__ import annotations
@@ -56,30 +57,38 @@ class StepProfile:
     def key_str(key, bucket, batch: int = 1) -> str:
         return f"{key[0]}/{key[1]}/{bucket}" + (f"/x{batch}" if batch > 1 else "")
 
+    def _costs_of(self, key):
+        """(cache-length bucket, batch size, entry) of every stored cost of `key`: entries
+        `mode/B/bucket` (batch size 1) and `mode/B/bucket/xN`."""
+        prefix = f"{key[0]}/{key[1]}/"
+        for k, v in self.entries.items():
+            if not k.startswith(prefix):
+                continue
+            bucket, _, batch = k[len(prefix):].partition("/x")
+            if bucket.isdigit() and (batch == "" or batch.isdigit()):
+                yield int(bucket), int(batch or 1), v
+
+    def nearest(self, key, batch: int = 1):
+        """`key`'s stored entry for `batch` sequences at the nearest cache-length bucket, or None."""
+        found = [(abs(b - self.bucket), v) for b, n, v in self._costs_of(key) if n == batch]
+        return min(found, key=lambda x: x[0])[1] if found else None
+
+    def get(self, key):
+        """{'seconds', 'tokens'} of one sequence's step at the nearest measured cache-length bucket, or None."""
+        return self.nearest(key)
+
     def batch_seconds(self, key) -> dict[int, float]:
         """{batch size: seconds per step} stored for `key`, each at its nearest cache-length bucket
         (batch size 1: `get`'s entry)."""
-        prefix, found = f"{key[0]}/{key[1]}/", {}
-        for k, v in self.entries.items():
-            parts = k[len(prefix):].split("/") if k.startswith(prefix) else []
-            if len(parts) == 2 and parts[0].isdigit() and parts[1][:1] == "x" and parts[1][1:].isdigit() \
-                    and isinstance(v.get("seconds"), (int, float)) and v["seconds"] > 0:
-                n, gap = int(parts[1][1:]), abs(int(parts[0]) - self.bucket)
-                if n not in found or gap < found[n][0]:
-                    found[n] = (gap, float(v["seconds"]))
-        out = {n: sec for n, (_, sec) in found.items()}
-        if (one := self.get(key)) is not None and one["seconds"] > 0:
-            out[1] = one["seconds"]
+        out = {}
+        for n in {n for _, n, _ in self._costs_of(key)}:
+            sec = self.nearest(key, n).get("seconds")
+            if isinstance(sec, (int, float)) and sec > 0:
+                out[n] = float(sec)
         return out
 
-    def get(self, key):
-        """{'seconds', 'tokens'} at the nearest measured cache-length bucket, or None."""
-        prefix = f"{key[0]}/{key[1]}/"
-        found = [(abs(int(k[len(prefix):]) - self.bucket), v) for k, v in self.entries.items()
-                 if k.startswith(prefix) and k[len(prefix):].isdigit()]
-        return min(found, key=lambda x: x[0])[1] if found else None
-
     def save(self, key, bucket, seconds: float, tokens: float, steps: int, batch: int = 1):
+        """One measured cost; `tokens`: per sequence and step."""
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
         self._write({self.key_str(key, bucket, batch): entry})
 
@@ -116,14 +125,14 @@ class StepProfile:
             out["explore/outcomes"] = {"hits": round(exploration[0], 4), "tries": round(exploration[1], 4)}
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
         # (Only one sequence's: the batch sizes' costs were measured apart.)
-        gone = [k for k in self.entries if any(k.startswith(f"{m}/{b}/") and k[len(f"{m}/{b}/"):].isdigit()
-                                               for m, b in drop)]
+        gone = [self.key_str(key, b) for key in drop for b, n, _ in self._costs_of(key) if n == 1]
         self._write(out, gone)
 
     def update_batch(self, costs: dict):
-        """costs: batch size -> {key: seconds per step} (batched auto's live figures). One atomic write."""
-        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": 1.0, "steps": 1}
-               for n, by_key in costs.items() for key, sec in by_key.items()}
+        """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live
+        figures). One atomic write."""
+        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps)}
+               for n, by_key in costs.items() for key, (sec, steps) in by_key.items()}
         if out:
             self._write(out)
 

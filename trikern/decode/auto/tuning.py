@@ -87,13 +87,13 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
             full = len([s for s in dec.active if s.decoding]) == n
             warm = warmup.count
             t0 = time.perf_counter()
-            dec.step()
+            out = dec.step()
             seconds = time.perf_counter() - t0
             if full and warmup.count == warm:
-                timings[(n, key)].append(seconds)
+                timings[(n, key)].append((sum(map(len, out.values())) / n, seconds))
     for (n, key), t in timings.items():
         if t:
-            sec = statistics.median(t)
-            prof.save(key, prof.bucket, sec, 1.0, len(t), batch=n)
+            sec = statistics.median(s for _, s in t)
+            prof.save(key, prof.bucket, sec, sum(tok for tok, _ in t) / len(t), len(t), batch=n)
             log(f"{key[0]:>15} B={key[1]:<3} batch {n:>3}: {1e3 * sec:8.2f} ms/step")
     return prof

@@ -6,7 +6,7 @@ import torch
 from test_batch_decode import solo, staggered
 
 from trikern.batch import BatchDecoder
-from trikern.decode.auto.costs import CostModel
+from trikern.decode.auto.costs import CostModel, implausible
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,18 @@ def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_pro
     assert all(prof.get(k) is None for k in keys)
     dec = BatchDecoder(m, max_batch=8, mode="auto", block_size=2)
     auto = dec.step_kind
+    # The priors at 3 sequences: the interpolated costs, less any that break the order of work by
+    # CostModel's rule (timings on a busy machine can: that rule, not this test, decides).
+    cm = auto.cost_model(3)
+    assert cm.distrusted == implausible(auto.measured_at(3))
     for k in keys:
         two, four = prof.batch_seconds(k)[2], prof.batch_seconds(k)[4]
         assert auto.measured_at(2)[k] == two and auto.measured_at(4)[k] == four
         assert auto.measured_at(3)[k] == pytest.approx((two + four) / 2)
         assert auto.measured_at(6)[k] == pytest.approx(max(four + (four - two), min(two, four)))
         assert k not in auto.measured_at(1)  # below the smallest measured size: measured live
-        assert auto.cost_model(3).cost[k].seconds == pytest.approx((two + four) / 2)  # the priors
+        if k not in cm.distrusted:
+            assert cm.cost[k].seconds == pytest.approx((two + four) / 2)
 
 
 def test_the_choice_follows_the_stored_costs_per_batch_size(embedded, own_profile):
@@ -139,7 +144,7 @@ def test_a_drained_batch_persists_its_live_costs_per_batch_size(embedded, own_pr
         dec.add(tok.encode(text), max_new_tokens=48)
     for _ in dec.run():
         pass
-    ran = {k for (n, k), steps in dec.step_kind.chosen.items() if n == 2 and steps >= 4}
+    ran = set(dec.step_kind.costs[2].fresh())  # the costs live steps at 2 sequences stand behind
     assert ran, dec.step_kind.chosen
     prof = StepProfile(m, 0)
     assert all(prof.batch_seconds(k).get(2, 0) > 0 for k in ran), {k: prof.batch_seconds(k) for k in ran}

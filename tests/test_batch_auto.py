@@ -150,3 +150,64 @@ def test_a_drained_batch_persists_its_live_costs_per_batch_size(embedded, own_pr
     assert all(prof.batch_seconds(k).get(2, 0) > 0 for k in ran), {k: prof.batch_seconds(k) for k in ran}
     again = BatchDecoder(m, max_batch=2, mode="auto", block_size=4).step_kind
     assert ran <= set(again.measured_at(2))
+
+
+def test_a_clear_ar_win_is_held_at_a_batch_size(embedded, monkeypatch):
+    """As a solo `auto` (AutoPolicy.hold_steps): where AR beats every speculative candidate clearly
+    for the batch, auto keeps it up to HOLD steps without judging (summing every sequence's
+    estimates), makes the choices a batch that judges every step makes, and judges again as soon as
+    the batch size changes or prefill pieces ride."""
+    import trikern.batch.auto as batch_auto
+
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    calls = []
+    real_best = batch_auto.best
+    monkeypatch.setattr(batch_auto, "best", lambda *a: calls.append(1) or real_best(*a))
+
+    def run(hold):
+        dec = BatchDecoder(embedded.model, max_batch=4, mode="auto", block_size=4)
+        auto = dec.step_kind
+        auto.HOLD = hold
+        costs = {k: (1e-3 if k[0] == "ar" else 8e-3) for k in auto.keys}  # AR clearly, at any yield
+        auto.costs = {4: CostModel(auto.keys, costs)}
+        auto.costs[4].ratios = {k: 1.0 for k in auto.keys}  # confirmed: nothing left to check
+        seqs = [dec.add([1, 2, 3], max_new_tokens=5) for _ in range(4)]
+        picks = []
+        for _ in range(5 * auto.explore.EVERY):
+            key = auto.choose(seqs, [])
+            picks.append(key)
+            auto.current = key
+            out = {s: [7] for s in seqs}  # one token each: every draft rejected
+            auto.observe(key, seqs, out, {s: (0 if key[0] == "ar" else key[1] - 1) for s in seqs}, costs[key], False)
+        before = len(calls)
+        assert auto.choose(seqs[:3], []) == ("ar", 1) and len(calls) == before + 1  # a new batch size: judged
+        return picks
+
+    judged = run(0)
+    every, calls[:] = len(calls), []
+    held = run(batch_auto.AutoBatch.HOLD)
+    assert held == judged and ("ar", 1) in held
+    assert len(calls) < every / 3, (len(calls), every)
+
+
+def test_exploration_outcomes_are_kept_per_batch_size(embedded, own_profile):
+    """Whether exploring pays depends on the batch size (at 8 sequences AR wins outright on a CPU
+    where one sequence speculates): a drained batch persists its explorations' (hits, tries) per
+    batch size, and the next batch at that size starts its budget from them; batch size 1 reads a
+    solo generation's outcomes and leaves them to solo generations."""
+    from trikern.decode.auto.profile import StepProfile
+    m = embedded.model
+    prof = StepProfile(m, 0)
+    prof.update({}, {}, exploration=(4.0, 5.0))  # a solo generation's
+    dec = BatchDecoder(m, max_batch=2, mode="auto", block_size=4)
+    auto = dec.step_kind
+    one, two = auto.exploration(1), auto.exploration(2)
+    assert (one.prior_hits, one.prior_tries) == (4.0, 5.0) and (two.prior_hits, two.prior_tries) == (0.0, 0.0)
+    one.hits, one.tries = 1, 3
+    two.hits, two.tries = 0, 6
+    auto.drained()
+    again = StepProfile(m, 0)
+    assert again.get_exploration(2) == (0.0, 6.0) and again.get_exploration(1) == (4.0, 5.0)
+    nxt = auto.exploration(2)  # the next batch (the same decoder: a server) starts from the profile
+    assert nxt is not two and (nxt.prior_hits, nxt.prior_tries) == (0.0, 6.0)
+    assert nxt.share() < two.SHARE / 6  # six misses: a small budget

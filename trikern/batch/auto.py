@@ -15,7 +15,12 @@ chain's figures, and linear B = 4 won the choice where AR was 10% faster). What 
 depends on each sequence's text: every sequence keeps its own `Acceptance` per speculative family,
 so the expected tokens of a candidate are the sum over the batch, and the choice is decode/auto's
 pure `best` over that sum divided by the cost at this batch size. A step now and then explores
-another family within decode/auto's `Exploration` budget, on the aggregate figures.
+another family within decode/auto's `Exploration` budget, on the aggregate figures; whether exploring
+pays depends on the batch size (on a 2-core EPYC about two thirds of the explorations paid at 4
+sequences and a quarter at 8, where AR mostly wins), so each batch size keeps its own budget and hit
+rate, carried between batches in the profile as a solo generation's is. Where AR beats every speculative candidate clearly, the choice is held for a few
+steps without judging, as a solo `auto` holds it: judging sums every sequence's estimates (about
+0.15 ms a step at 8 sequences), time the held steps save.
 
 Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
 ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each
@@ -33,7 +38,7 @@ from .. import warmup
 from ..decode.auto.acceptance import Acceptance
 from ..decode.auto.costs import CostModel
 from ..decode.auto.exploration import Exploration, family
-from ..decode.auto.policy import AutoPolicy, best
+from ..decode.auto.policy import AutoPolicy, best, clear_win, hold_until
 from ..decode.auto.profile import StepProfile
 from ..decode.context import AUTO
 from ..decode.registry import FAMILIES, candidates
@@ -45,6 +50,7 @@ QUAD = "spec-quadratic"
 class AutoBatch(BatchStep):
     mode = AUTO
     DECAY, HYSTERESIS = AutoPolicy.DECAY, AutoPolicy.HYSTERESIS
+    HOLD, HOLD_MARGIN, KEEP_EXPLORED = AutoPolicy.HOLD, AutoPolicy.HOLD_MARGIN, AutoPolicy.KEEP_EXPLORED
 
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
@@ -60,8 +66,11 @@ class AutoBatch(BatchStep):
             self.tables = {k: self.profile.batch_seconds(k) for k in self.keys}
         self.costs: dict[int, CostModel] = {}
         self.acc: dict = {}  # sequence -> {family: Acceptance}
-        self.explore = Exploration()
+        self.explorations: dict[int, Exploration] = {}  # batch size -> its budget (`exploration`)
+        self.explore = self.exploration(1)  # the current step's batch size's
         self.current = None
+        self.hold = 0  # steps left that keep AR unjudged (`hold_steps`)
+        self.held_n = 0  # ... at this batch size, without prefill pieces
         self.restarted = False  # the last step was a quadratic restart (nothing verified)
         self.quad_ready: set = set()  # sequences whose draft was made by the current quadratic key
         self.steps = 0
@@ -107,6 +116,14 @@ class AutoBatch(BatchStep):
                 out[k] = max(ya + (yb - ya) * (n - a) / (b - a), min(ya, yb))
         return out
 
+    def exploration(self, n: int) -> Exploration:
+        """The exploration budget at batch size `n`, from the profile's outcomes at `n` (batch size 1:
+        a solo generation's, which this decoder reads but leaves to solo generations to write)."""
+        if n not in self.explorations:
+            prior = self.profile.get_exploration(n) if self.profile is not None else None
+            self.explorations[n] = Exploration(prior)
+        return self.explorations[n]
+
     def acceptance(self, seq) -> dict:
         if seq not in self.acc:
             prior = self.profile.get_acceptance if self.profile is not None else (lambda f: None)
@@ -125,7 +142,12 @@ class AutoBatch(BatchStep):
         if n == 0:  # prefill pieces alone: one causal pass
             return ("ar", 1)
         self.steps += 1
+        if self.hold and n == self.held_n and not prefill and self.current in keys:
+            self.hold -= 1
+            return self.current
+        self.hold = 0
         costs = self.cost_model(n)
+        self.explore = self.exploration(n)
         if self.restarted and self.current in keys:  # take the step the restart paid for
             return self.current
         if (key := self.explore.continuing()) is not None and key in keys:
@@ -147,9 +169,24 @@ class AutoBatch(BatchStep):
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
         key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
+            self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
             return top
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
+
+    def hold_steps(self, key, decoding, costs: CostModel, rate, prefill: bool) -> int:
+        """Steps to keep AR, the step's choice `key`, unjudged after it: as a solo `auto`
+        (AutoPolicy.hold_steps), on the batch's summed yields; not while prefill pieces ride."""
+        if prefill or family(key) is not None or key in costs.prior and key not in costs.ratios:
+            return 0
+
+        def best_tokens(k):
+            f = family(k)
+            return sum(max(a[f].expected_tokens(k[1]), a[f].long_run_tokens(k[1]))
+                       for a in map(self.acceptance, decoding))
+        if not clear_win(key, self.keys, rate, best_tokens, costs.seconds, self.HOLD_MARGIN, self.HYSTERESIS):
+            return 0
+        return hold_until(self.steps, self.explore.EVERY, self.HOLD)
 
     def drained(self):
         """Persist the batch sizes' costs the live steps stand behind (on the profile's scale, as a
@@ -159,7 +196,11 @@ class AutoBatch(BatchStep):
             return
         fresh = {n: {k: (sec, cm.cost[k].live) for k, sec in cm.fresh_seconds().items()}
                  for n, cm in self.costs.items() if n > 1}
-        self.profile.update_batch({n: c for n, c in fresh.items() if c})
+        outcomes = {n: e.carried(self.KEEP_EXPLORED) for n, e in self.explorations.items() if n > 1 and e.tries}
+        self.profile.update_batch({n: c for n, c in fresh.items() if c}, outcomes)
+        # The next batch starts from what the profile now holds, as a next solo generation does.
+        self.explorations.clear()
+        self.explore = self.exploration(1)
 
     # -- one step ----------------------------------------------------------------------------
     def run(self, decoding, prefill):

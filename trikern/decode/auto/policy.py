@@ -73,6 +73,25 @@ def best(keys, rate, current, hysteresis: float):
     return top
 
 
+def clear_win(key, keys, rate, best_tokens, seconds, margin: float, hysteresis: float) -> bool:
+    """Whether `key` (a one-token step) beats every speculative candidate by `margin`, each rated at
+    `best_tokens(k)` (the higher of its current and long-run yield, where the estimate of a family
+    not run drifts to) over `seconds(k)`; a candidate entered by a restart needs `hysteresis` more,
+    as `best` asks. What `hold_steps` (solo and batched) holds AR on."""
+    bar = rate(key) / margin
+    for k in keys:
+        need = bar * (hysteresis if strategy(k).entry_steps(k[1], key) else 1.0)
+        if family(k) is not None and seconds(k) > 0 and best_tokens(k) / seconds(k) >= need:
+            return False
+    return True
+
+
+def hold_until(steps: int, every: int, most: int) -> int:
+    """Steps a hold may last from step `steps`: at most `most`, and never past the next refresh."""
+    refresh = (steps // every + 1) * every
+    return max(0, min(most, refresh - steps - 1))
+
+
 class AutoPolicy:
     DECAY = 0.85  # per step of the family: acceptance is a property of the last few dozen tokens
     HOLD, HOLD_MARGIN = 8, 1.1  # see `hold_steps`
@@ -152,16 +171,10 @@ class AutoPolicy:
         key, costs = self.current, self.costs
         if family(key) is not None or key in costs.prior and key not in costs.ratios:
             return 0
-        bar = self.rate(key) / self.HOLD_MARGIN
-        for k in self.keys:
-            fam = family(k)
-            # (a switch that starts with a restart needs HYSTERESIS more, as in `best`)
-            need = bar * (self.HYSTERESIS if strategy(k).entry_steps(k[1], key) else 1.0)
-            if fam is not None and costs.seconds(k) > 0 and \
-                    max(self.tokens(k), self.acc[fam].long_run_tokens(k[1])) / costs.seconds(k) >= need:
-                return 0
-        refresh = (self.steps // self.explore.EVERY + 1) * self.explore.EVERY
-        return min(self.HOLD, refresh - self.steps - 1)
+        best_tokens = lambda k: max(self.tokens(k), self.acc[family(k)].long_run_tokens(k[1]))
+        if not clear_win(key, self.keys, self.rate, best_tokens, costs.seconds, self.HOLD_MARGIN, self.HYSTERESIS):
+            return 0
+        return hold_until(self.steps, self.explore.EVERY, self.HOLD)
 
     def observe(self, key, tokens, seconds, cold, drafted=0):
         """A step of `key` produced `tokens` (accepted drafts + the bonus, before any EOS / budget

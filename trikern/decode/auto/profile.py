@@ -101,9 +101,14 @@ class StepProfile:
             out.append(float(e[f"h{len(out) + 1}"]))
         return out or None
 
-    def get_exploration(self) -> tuple[float, float] | None:
-        """(hits, tries) of earlier generations' explorations (policy's `Exploration`), or None."""
-        e = self.entries.get("explore/outcomes") or {}
+    @staticmethod
+    def exploration_key(batch: int = 1) -> str:
+        return "explore/outcomes" + (f"/x{batch}" if batch > 1 else "")
+
+    def get_exploration(self, batch: int = 1) -> tuple[float, float] | None:
+        """(hits, tries) of earlier generations' explorations (policy's `Exploration`) at `batch`
+        sequences a step, or None."""
+        e = self.entries.get(self.exploration_key(batch)) or {}
         h, t = e.get("hits"), e.get("tries")
         ok = all(isinstance(x, (int, float)) for x in (h, t)) and 0 <= h <= t
         return (float(h), float(t)) if ok else None
@@ -122,17 +127,23 @@ class StepProfile:
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
             out[f"{family}/acceptance"] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
         if exploration is not None:
-            out["explore/outcomes"] = {"hits": round(exploration[0], 4), "tries": round(exploration[1], 4)}
+            out[self.exploration_key()] = self._outcomes(exploration)
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
         # (Only one sequence's: the batch sizes' costs were measured apart.)
         gone = [self.key_str(key, b) for key in drop for b, n, _ in self._costs_of(key) if n == 1]
         self._write(out, gone)
 
-    def update_batch(self, costs: dict):
+    @staticmethod
+    def _outcomes(exploration) -> dict:
+        return {"hits": round(exploration[0], 4), "tries": round(exploration[1], 4)}
+
+    def update_batch(self, costs: dict, exploration: dict | None = None):
         """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live
-        figures). One atomic write."""
+        figures); exploration: batch size -> (hits, tries) for the next batch's prior. One atomic
+        write."""
         out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps)}
                for n, by_key in costs.items() for key, (sec, steps) in by_key.items()}
+        out.update({self.exploration_key(n): self._outcomes(e) for n, e in (exploration or {}).items()})
         if out:
             self._write(out)
 

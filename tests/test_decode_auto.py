@@ -234,12 +234,37 @@ def test_exploration_outcomes_carry_over_and_gate_the_first_step_probe(tmp_path,
     p = AutoPolicy(list(cost), prof)
     p.explore.hits, p.explore.tries = 1, 3
     p.finish()
-    assert StepProfile(m, 64).get_exploration() == (1.0, 3.0)
+    assert StepProfile(m, 64).get_exploration() == (1.0, 3.0, 1.0)
     q = AutoPolicy(list(cost), StepProfile(m, 64))
     assert (q.explore.prior_hits, q.explore.prior_tries) == (1.0, 3.0)
     q.explore.tries = 2
     q.finish()
-    assert StepProfile(m, 64).get_exploration() == pytest.approx((1.0 * p.KEEP_EXPLORED, 3.0 * p.KEEP_EXPLORED + 2))
+    assert StepProfile(m, 64).get_exploration() == pytest.approx((1.0 * p.KEEP_EXPLORED, 3.0 * p.KEEP_EXPLORED + 2, 1.0))
+
+
+def test_first_step_probes_come_as_often_as_explorations_paid(tmp_path, monkeypatch):
+    """A generation that starts in AR probes at its first step as often as explorations have paid on
+    this device: at a hit rate of 0.4, 4 starts in 10 after the first (the credit that schedules them
+    goes through the profile), not every one (each probe cost a short generation ~3% where AR wins outright)."""
+    from trikern.kernels import autotune_store
+
+    monkeypatch.setattr(autotune_store, "shipped_dirs", lambda: [])
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    cost = {A: 1.0, L2: 1.6, L4: 2.0}
+    m = random_model(tiny_config(), seed=3)
+    prof = StepProfile(m, 64)
+    prof.update({}, {}, exploration=(3.8, 10.0))  # (3.8 + 1) / (10 + 2): a hit rate of 0.4
+    probes = []
+    for _ in range(10):
+        p = AutoPolicy(list(cost), StepProfile(m, 64))
+        for k, sec in cost.items():
+            p.costs.cost[k].seconds, p.costs.cost[k].measured = sec, p.costs.MEASURE
+        p.explore.prior_hits, p.explore.prior_tries = 3.8, 10.0  # what earlier starts' outcomes would move
+        probes.append(p.choose() != A)
+        p.explore.hits = p.explore.tries = 0
+        p.finish()
+    # No stored credit: the first start probes; then 0.4 a start, 4 probes in the next 9 starts.
+    assert probes[0] and sum(probes[1:]) == 4, probes
 
 
 def test_a_clear_ar_win_is_held_without_judging_every_step(monkeypatch):
@@ -404,6 +429,29 @@ def test_measure_writes_every_candidate(tmp_path, monkeypatch):
     saved = json.loads(next(Path(tmp_path).rglob("decode-steps-*.json")).read_text())["results"]
     assert set(saved) == {f"{mode}/{b}/256" for mode, b in candidates("auto", 2, m.cfg)}  # smallest bucket
     assert all(prof.get(key)["seconds"] > 0 for key in candidates("auto", 2, m.cfg))
+
+
+def test_measure_times_steps_that_follow_their_own_kind(tmp_path, monkeypatch):
+    """The candidates take turns, but a step right after another candidate's runs on caches holding
+    that one's data (an AR step timed so was 25% dearer than in a generation): only a turn's second
+    step is timed. Here a step that follows another candidate's reports 100 s."""
+    import trikern.decode.auto.tuning as tuning
+
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path))
+    last = []
+    real_drive = tuning.drive
+
+    def drive(ctx, prompt, policy, on_step):
+        def hook(k, t, s, cold):
+            after_other = bool(last) and last[-1] != k
+            last.append(k)
+            return on_step(k, t, 100.0 if after_other else s, cold)
+        return real_drive(ctx, prompt, policy, on_step=hook)
+
+    monkeypatch.setattr(tuning, "drive", drive)
+    m = random_model(tiny_config(), seed=3)
+    prof = measure(m, cache_lengths=(16,), steps=2, block_size=2, log=lambda *a: None)
+    assert all(0 < prof.get(k)["seconds"] < 100 for k in candidates("auto", 2, m.cfg))
 
 
 def test_a_slow_spell_moves_the_speed_not_the_running_candidates_cost():

@@ -105,13 +105,15 @@ class StepProfile:
     def exploration_key(batch: int = 1) -> str:
         return "explore/outcomes" + (f"/x{batch}" if batch > 1 else "")
 
-    def get_exploration(self, batch: int = 1) -> tuple[float, float] | None:
-        """(hits, tries) of earlier generations' explorations (policy's `Exploration`) at `batch`
-        sequences a step, or None."""
+    def get_exploration(self, batch: int = 1) -> tuple | None:
+        """(hits, tries[, probe credit]) of earlier generations' explorations (policy's
+        `Exploration`) at `batch` sequences a step, or None."""
         e = self.entries.get(self.exploration_key(batch)) or {}
-        h, t = e.get("hits"), e.get("tries")
+        h, t, c = e.get("hits"), e.get("tries"), e.get("credit")
         ok = all(isinstance(x, (int, float)) for x in (h, t)) and 0 <= h <= t
-        return (float(h), float(t)) if ok else None
+        if not ok:
+            return None
+        return (float(h), float(t)) + ((float(c),) if isinstance(c, (int, float)) and 0 <= c < 2 else ())
 
     def update(self, costs: dict, acceptance: dict, drop=(), exploration=None):
         """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position;
@@ -135,7 +137,7 @@ class StepProfile:
 
     @staticmethod
     def _outcomes(exploration) -> dict:
-        return {"hits": round(exploration[0], 4), "tries": round(exploration[1], 4)}
+        return dict(zip(("hits", "tries", "credit"), (round(float(x), 4) for x in exploration)))
 
     def update_batch(self, costs: dict, exploration: dict | None = None):
         """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live

@@ -16,8 +16,12 @@ from .profile import StepProfile
 
 def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:
     """Time `steps` warm steps of every auto candidate at each cache length (a random prompt of that
-    length, greedy) and persist the median. The candidates take turns step by step, so a slow spell
-    of a shared machine lands on all of them alike. Tokens per step are the random prompt's: a floor."""
+    length, greedy) and persist the median. The candidates take turns, so a slow spell of a shared
+    machine lands on all of them alike, two steps a turn with the second one timed: a step right
+    after another candidate's finds the caches holding that one's data, and most of a generation's
+    steps follow their own kind (timing every step of a strict rotation priced an AR step 25% above
+    a generation's, a quadratic B = 4 step 10%, on a 2-core EPYC in fp32, so auto took quadratic
+    steps where fixed AR was faster). Tokens per step are the random prompt's: a floor."""
     cfg = model.cfg
     device = model.embed_tokens.weight.device
     keys = candidates(AUTO, block_size or cfg.block_size, cfg)
@@ -26,15 +30,21 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
         n = min(int(n), cfg.max_position_embeddings - 64)
         prompt = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).to(device)
         timings = {key: [] for key in keys}
-        running = {}
+        running, timed = {}, set()  # timed: the candidate whose next step counts
         for key in keys:
-            gen = GenerationConfig(max_new_tokens=8 * key[1] * (steps + 4) + 16, block_size=key[1])
+            gen = GenerationConfig(max_new_tokens=2 * 8 * key[1] * (steps + 4) + 16, block_size=key[1])
             ctx = new_context(model, gen, n, key[0])
             running[key] = drive(ctx, prompt, FixedPolicy(key),
-                                 on_step=lambda k, t, s, cold: cold or timings[k].append((t, s)))
+                                 on_step=lambda k, t, s, cold: cold or k not in timed or timings[k].append((t, s)))
         for _ in range(steps + 4):  # a few more rounds than warm steps needed: the first may be cold
             for key, it in list(running.items()):
-                if len(timings[key]) >= steps or next(it, None) is None:
+                # The turn's first step follows another candidate's: untimed.
+                ended = len(timings[key]) >= steps or next(it, None) is None
+                if not ended:
+                    timed.add(key)
+                    ended = next(it, None) is None
+                    timed.discard(key)
+                if ended:
                     running.pop(key).close()
         for it in running.values():
             it.close()
@@ -56,9 +66,9 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
     sequences at once, for each N in `batch_sizes`, and persist the median per (candidate, N). How a
     step's cost grows with N differs per candidate (AR reads the weights once for all chains; a wide
     speculative step grows with its rows), so batched auto cannot scale one batch size's costs to
-    another. Every (candidate, N) takes its turn step by step, so a slow spell lands on all alike; a
-    step is timed only while all N sequences decode (prefill done, none finished) and nothing warmed
-    up in it."""
+    another. Every (candidate, N) takes its turns as `measure`'s do (two steps, the second timed), so
+    a slow spell lands on all alike; a step is timed only while all N sequences decode (prefill done,
+    none finished) and nothing warmed up in it."""
     from ...batch import BatchDecoder  # noqa: PLC0415 (the batch package builds on decode/)
     from ... import warmup  # noqa: PLC0415
 
@@ -75,7 +85,7 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
             dec = decs[(n, key)] = BatchDecoder(model, max_batch=n, mode=key[0], block_size=key[1])
             timings[(n, key)] = []
             for p in prompts[:n]:  # (the budget is cut to the context; a sequence that ends early stops the timing)
-                dec.add(p, max_new_tokens=key[1] * (steps + 6) + 16)
+                dec.add(p, max_new_tokens=2 * key[1] * (steps + 6) + 16)
     for dec in decs.values():  # prefill, then one untimed step: the first at a shape is slower
         while dec.busy and (dec.queue or any(not s.decoding for s in dec.active)):
             dec.step()
@@ -83,6 +93,9 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
     for _ in range(steps + 3):  # a few more rounds than timed steps: a step may be cold
         for (n, key), dec in decs.items():
             if len(timings[(n, key)]) >= steps or not dec.busy:
+                continue
+            dec.step()  # the turn's first step follows another candidate's: untimed
+            if not dec.busy:
                 continue
             full = len([s for s in dec.active if s.decoding]) == n
             warm = warmup.count

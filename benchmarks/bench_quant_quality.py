@@ -52,7 +52,11 @@ CASES = {"bf16": (None, 128, True), "int4": ("int4", 128, True), "int4-asym": ("
          "int4-asym-g32": ("int4", 32, False), "int4-asym-g32-gptq-act": ("int4", 32, False),
          "fp8-gptq": ("fp8", 128, True), "fp8-gptq-act": ("fp8", 128, True),
          # "-clip": each group's range searched for the least squared weight error (calibrate.group_params)
-         "int4-asym-g32-clip": ("int4", 32, False), "int4-asym-g32-gptq-act-clip": ("int4", 32, False)}
+         "int4-asym-g32-clip": ("int4", 32, False), "int4-asym-g32-gptq-act-clip": ("int4", 32, False),
+         # "-awq": activation-aware scales (trikern/quant/awq.py) folded in before rounding
+         "int4-awq": ("int4", 128, True), "int4-asym-awq": ("int4", 128, False),
+         "int4-asym-g32-awq": ("int4", 32, False), "int4-asym-g32-awq-clip": ("int4", 32, False),
+         "int4-asym-g32-awq-gptq-act": ("int4", 32, False), "int4-asym-g32-awq-gptq-act-clip": ("int4", 32, False)}
 # GGUF tensor name (after blk.N.) -> HF name (after model.layers.N.)
 LAYER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -194,19 +198,27 @@ def load_case(folder, case: str, dtype: str, calibration=None):
 
     q, group, sym = CASES[case]
     clip = case.endswith("-clip")
+    m = None
+    if "-awq" in case:
+        from trikern.quant.awq import awq_scale_model
+        m = load_model(folder, device="cpu", dtype=dtype, lora=False)
+        ratios = awq_scale_model(m, Spec(q, group, sym), calibration)
+        print(f"  {case}: AWQ output error x{min(ratios.values()):.2f} .. x{max(ratios.values()):.2f} of RTN's",
+              file=sys.stderr)
     if "-gptq" in case:
         from trikern.quant.calibrate import gptq_quantize_model
-        m = load_model(folder, device="cpu", dtype=dtype, lora=False)
+        m = m or load_model(folder, device="cpu", dtype=dtype, lora=False)
         return gptq_quantize_model(m, Spec(q, group, sym), calibration, sequential=case.endswith("-seq"),
                                    act_order="-act" in case, clip_search=clip)
-    if clip:  # round to nearest with searched ranges: each fused linear replaced as loaded
+    if clip or m is not None:  # round to nearest (ranges searched with -clip): each fused linear replaced
         from trikern.model import QuantLinear
         from trikern.quant.calibrate import rtn_int4
-        m = load_model(folder, device="cpu", dtype=dtype, lora=False)
+        m = m or load_model(folder, device="cpu", dtype=dtype, lora=False)
         for layer in m.layers:
             for name in C.MODEL_LINEARS:
                 w = layer.get_submodule(name).weight.detach()
-                layer.set_submodule(name, QuantLinear(rtn_int4(w, Spec(q, group, sym), w.dtype), backend=m.backend))
+                layer.set_submodule(name, QuantLinear(rtn_int4(w, Spec(q, group, sym), w.dtype, clip_search=clip),
+                                                      backend=m.backend))
         return m
     orig = C.plan
     if not sym:
@@ -251,7 +263,7 @@ def run_embedded(a, cases) -> int:
           f"{torch.get_num_threads()} thread(s)")
     res = {"model": "embedded", "seq_len": seq_len, "dtype": a.dtype, "cases": {}}
     calib = None
-    if any("-gptq" in c for c in cases):  # training-split files: what the model was trained on
+    if any("-gptq" in c or "-awq" in c for c in cases):  # training-split files: what the model was trained on
         cids = torch.tensor(tok.encode(calibration_text(a.calibration, a.calibration_tokens * 8)).ids[: a.calibration_tokens])
         calib = cids[: cids.numel() // seq_len * seq_len].view(-1, seq_len)
         res["calibration_tokens"] = calib.numel()
@@ -311,7 +323,7 @@ def main(argv=None) -> int:
             res["hf_max_logit_diff"] = diff
             print(f"trikern vs transformers (GGUF loader), fp32 logits: max |diff| {diff:.2e} (logits up to {scale:.1f})")
         calib = None
-        if any("-gptq" in c for c in cases):
+        if any("-gptq" in c or "-awq" in c for c in cases):
             ctext = calibration_text(a.calibration, a.calibration_tokens * 8)
             cids = torch.tensor(tok(ctext)["input_ids"][: a.calibration_tokens], dtype=torch.long)
             calib = cids[: cids.numel() // a.seq_len * a.seq_len].view(-1, a.seq_len)

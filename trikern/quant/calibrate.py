@@ -201,21 +201,8 @@ def _calibrate_and_quantize(model, spec, windows, batch, damp, scale_dtype, laye
                             clip_search=False):
     """One pass over `windows` recording the inputs of the linears of `layer_ids`, then GPTQ on each."""
     from ..model import QuantLinear  # noqa: PLC0415
-    from ..train.distill import BatchedCausal  # noqa: PLC0415
 
-    recorders = {}
-    for i in layer_ids:
-        layer = model.layers[i]
-        for name in MODEL_LINEARS:
-            r = recorders[(i, name)] = _Recorder(layer.get_submodule(name))
-            layer.set_submodule(name, r)
-    try:
-        with torch.inference_mode():
-            for b in range(0, windows.shape[0], batch):
-                BatchedCausal(model, windows[b:b + batch].shape[0]).hidden(windows[b:b + batch])
-    finally:
-        for (i, name), r in recorders.items():
-            model.layers[i].set_submodule(name, r.inner)
+    recorders = record_inputs(model, windows, batch, _Recorder, layer_ids, MODEL_LINEARS)
     dtype = scale_dtype or model.embed_tokens.weight.dtype
     for (i, name), r in recorders.items():
         with torch.inference_mode(False), torch.no_grad():
@@ -230,6 +217,28 @@ def _calibrate_and_quantize(model, spec, windows, batch, damp, scale_dtype, laye
                 w, perm = _canonical_order(w, perm)
         model.layers[i].set_submodule(name, QuantLinear(w, perm, backend=model.backend))
         r.H = None
+
+
+def record_inputs(model, windows, batch, recorder, layer_ids, names) -> dict:
+    """One causal pass over `windows` [n, T] (`batch` at a time) with `recorder(linear)` standing in
+    for the linears `names` of the layers `layer_ids`; the linears are back in place after it.
+    Returns {(layer, name): recorder}."""
+    from ..train.distill import BatchedCausal  # noqa: PLC0415
+
+    recorders = {}
+    for i in layer_ids:
+        layer = model.layers[i]
+        for name in names:
+            r = recorders[(i, name)] = recorder(layer.get_submodule(name))
+            layer.set_submodule(name, r)
+    try:
+        with torch.inference_mode():
+            for b in range(0, windows.shape[0], batch):
+                BatchedCausal(model, windows[b:b + batch].shape[0]).hidden(windows[b:b + batch])
+    finally:
+        for (i, name), r in recorders.items():
+            model.layers[i].set_submodule(name, r.inner)
+    return recorders
 
 
 def _canonical_order(w: Int4Weight, perm: torch.Tensor) -> tuple[Int4Weight, torch.Tensor]:

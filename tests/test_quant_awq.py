@@ -6,7 +6,9 @@ from test_quant_gptq import correlated_inputs, logits
 from util import random_model
 
 from trikern.quant import Spec
-from trikern.quant.awq import awq_scale_model, rtn_dequant, search_scale
+from trikern.kernels.qweight import dequantize
+from trikern.quant import quantize_weight
+from trikern.quant.awq import awq_scale_model, search_scale
 
 
 @pytest.mark.parametrize("spec", [Spec("int4", 32), Spec("int4", 64, symmetric=False), Spec("int4", 128)])
@@ -16,7 +18,8 @@ def test_scales_beat_round_to_nearest_where_activations_have_outliers(spec):
     W = 0.05 * torch.randn(N, K, generator=torch.Generator().manual_seed(1))
     s, ratio = search_scale(W, X, X.abs().mean(0), spec)
     err = lambda Q, x: ((X @ W.T - x @ Q.T).norm() / (X @ W.T).norm()).item()  # noqa: E731
-    rtn, awq = err(rtn_dequant(W, spec), X), err(rtn_dequant(W * s, spec), X / s)
+    rtn_q = lambda M: dequantize(quantize_weight(M, spec))  # noqa: E731
+    rtn, awq = err(rtn_q(W), X), err(rtn_q(W * s), X / s)
     assert awq < 0.9 * rtn and ratio == pytest.approx((awq / rtn) ** 2, rel=1e-3), (awq, rtn, ratio)
     assert s[:4].mean() > s[4:].mean()  # the outlier channels are scaled up
     # No outliers, no gain to find: never worse than RTN (a = 0 is among the exponents tried).

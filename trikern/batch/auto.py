@@ -18,9 +18,10 @@ pure `best` over that sum divided by the cost at this batch size. A step now and
 another family within decode/auto's `Exploration` budget, on the aggregate figures; whether exploring
 pays depends on the batch size (on a 2-core EPYC about two thirds of the explorations paid at 4
 sequences and a quarter at 8, where AR mostly wins), so each batch size keeps its own budget and hit
-rate, carried between batches in the profile as a solo generation's is. Where AR beats every speculative candidate clearly, the choice is held for a few
-steps without judging, as a solo `auto` holds it: judging sums every sequence's estimates (about
-0.15 ms a step at 8 sequences), time the held steps save.
+rate, carried between batches in the profile as a solo generation's is. Where AR beats every
+speculative candidate clearly, the choice is held for a few steps without judging, as a solo `auto`
+holds it: judging sums every sequence's estimates (about 0.15 ms a step at 8 sequences), time the
+held steps save.
 
 Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
 ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each

@@ -20,8 +20,9 @@ import math
 
 import torch
 
-from .calibrate import group_params, record_inputs
-from .common import Spec, group_for
+from ..kernels.qweight import dequantize
+from .calibrate import record_inputs
+from .common import Spec, quantize_weight
 
 GRID = 20  # exponents a = 0, 1/20, ..., 19/20, as the AWQ paper's search
 ROWS = 2048  # recorded input rows per linear for the error (mean |x| uses every row)
@@ -46,16 +47,6 @@ class _Inputs(torch.nn.Module):
         return self.inner(x)
 
 
-def rtn_dequant(W: torch.Tensor, spec: Spec, where: str = "weight") -> torch.Tensor:
-    """W [N, K] (fp32) rounded to `spec`'s int4 grid and back, as the loader's RTN would."""
-    N, K = W.shape
-    g = group_for(K, spec.group, where)
-    Wg = W.reshape(N, K // g, g)
-    s, z = group_params(Wg, spec.symmetric, torch.float32)
-    q = (torch.round(Wg / s[..., None]) + z[..., None]).clamp_(0, 15)
-    return ((q - z[..., None]) * s[..., None]).reshape(N, K)
-
-
 def search_scale(W: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, spec: Spec, where: str = "weight"):
     """(s [K], error ratio) for W [N, K] (fp32) given input rows x [R, K]: the scales s = mean_abs^a
     (normalised to a geometric mean of 1) of least output error of the rounded, scaled weight; the
@@ -66,7 +57,7 @@ def search_scale(W: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, spec:
     for i in range(GRID):
         s = base.pow(i / GRID)
         s = s / (s.log().mean().exp())
-        err = float((ref - (x / s) @ rtn_dequant(W * s, spec, where).T).square().sum())
+        err = float((ref - (x / s) @ dequantize(quantize_weight(W * s, spec, where)).T).square().sum())
         err0 = err if i == 0 else err0
         if err < best_err:
             best, best_err = s, err

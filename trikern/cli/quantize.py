@@ -1,5 +1,6 @@
 """`trikern quantize SRC DST`: write a weight-only quantized copy of a 16-bit checkpoint (int4 or fp8,
-round to nearest, or by GPTQ with --calibration [--act-order] [--sequential]) in a standard
+round to nearest, or by GPTQ with --calibration [--act-order] [--sequential] [--search-ranges]
+[--tune-scales N]) in a standard
 format other engines load too (trikern/quant/export.py)."""
 from __future__ import annotations
 
@@ -38,10 +39,17 @@ def add_parser(sub):
                    help="tokens of --calibration used, in windows of 512 (default 8192)")
     q.add_argument("--act-order", action="store_true", help="GPTQ (needs --calibration; int4: and --format "
                    "gptq): quantize the columns in order of decreasing input energy, int4 groups following that "
-                   "order (desc_act, with each column's group in g_idx); with --asymmetric the best int4 measured "
-                   "on SmolLM2-135M. fp8: the columns go back in place (no groups), compressed-tensors holds it")
+                   "order (desc_act, with each column's group in g_idx); helps int4 on SmolLM2-135M (see "
+                   "--tune-scales). fp8: the columns go back in place (no groups), compressed-tensors holds it")
     q.add_argument("--sequential", action="store_true", help="GPTQ (needs --calibration): measure each layer's "
                    "inputs on the layers before it already quantized (one calibration pass per layer)")
+    q.add_argument("--search-ranges", action="store_true", help="GPTQ (needs --calibration), int4: search each "
+                   "group's range (min / max shrunk by up to 30%%) and zero point for the least weight error")
+    q.add_argument("--tune-scales", type=int, default=0, metavar="EPOCHS",
+                   help="GPTQ (needs --calibration), int4: then tune the group scales for EPOCHS passes over the "
+                   "calibration windows by distillation from the 16-bit model (codes and zero points kept; "
+                   "holds a second fp32 copy of the model). With --asymmetric --act-order --search-ranges "
+                   "--tune-scales 3 --format gptq: the best int4 measured on SmolLM2-135M")
     q.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return q
@@ -62,8 +70,11 @@ def _quantize(a) -> int:
         raise ValueError(f"--calibration-tokens {a.calibration_tokens}: must be >= 1")
     out = quantize_checkpoint(a.src, a.dst, spec, fmt=a.format, overwrite=a.overwrite, progress=a.progress,
                               calibration=a.calibration, calibration_tokens=a.calibration_tokens,
-                              sequential=a.sequential, act_order=a.act_order)
-    gptq = "".join(("calibrated by GPTQ", ", act-order" * a.act_order, ", layer by layer" * a.sequential))
+                              sequential=a.sequential, act_order=a.act_order, search_ranges=a.search_ranges,
+                              tune_epochs=a.tune_scales)
+    gptq = "".join(("calibrated by GPTQ", ", act-order" * a.act_order, ", layer by layer" * a.sequential,
+                    ", ranges searched" * a.search_ranges,
+                    f", scales tuned {a.tune_scales} epoch(s)" if a.tune_scales else ""))
     print(f"wrote {out} ({a.format}, {a.weights}" + (f", group {a.group_size}, "
           f"{'symmetric' if a.symmetric else 'asymmetric'}" if a.weights == "int4" else "")
           + (f", {gptq}" if a.calibration else ", round to nearest") + ")", file=sys.stderr)

@@ -8,6 +8,7 @@ in-memory int4 / fp8 layouts (kernels/qweight.py) once, at load or save time.
     export.py      `trikern quantize`: a 16-bit checkpoint -> a compressed-tensors or GPTQ one
     calibrate.py   GPTQ: int4 with each column's rounding error corrected over a calibration set
     awq.py         activation-aware input scales folded into the norms before int4 rounding
+    tune.py        int4 group scales tuned by distillation from the 16-bit model (codes kept)
     sizes.py       a config's weight bytes, 16-bit or quantized, computed on the meta device
 
 Which linears: the q/k/v/o/gate/up/down projections of every layer (`encoder.layers.*` for NLD,

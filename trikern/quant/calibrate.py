@@ -99,9 +99,11 @@ CLIP_FRACTIONS = tuple(1.0 - 0.01 * i for i in range(31))
 def group_params(Wg: torch.Tensor, symmetric: bool, scale_dtype, clip_search: bool = False):
     """Scale and zero point (fp32, the scale rounded to `scale_dtype`) of int4 groups Wg [N, G, g],
     as `quantize_int4` computes them (symmetric: max |W| / 7, zero 8; asymmetric: (max - min) / 15,
-    zero round(-min / s)). `clip_search`: the range shrunk by each of CLIP_FRACTIONS in turn and, per
-    group, the one whose rounded group is closest to Wg (squared error) kept: clipping a few outliers
-    buys a finer grid for the rest. The result is still the standard layout (integer zero points)."""
+    zero round(-min / s)). `clip_search`: the range shrunk by each of CLIP_FRACTIONS in turn (and, with
+    zero points, each zero point also moved by one step either way) and, per group, the one whose
+    rounded group is closest to Wg (squared error) kept: clipping a few outliers buys a finer grid for
+    the rest, and an integer zero point one step off can sit the grid nearer the weights than the
+    rounded minimum does. The result is still the standard layout (integer zero points)."""
     Wg = Wg.float()
     amax = Wg.abs().amax(-1)
     lo, hi = Wg.amin(-1).clamp(max=0.0), Wg.amax(-1).clamp(min=0.0)
@@ -123,12 +125,14 @@ def group_params(Wg: torch.Tensor, symmetric: bool, scale_dtype, clip_search: bo
     if not clip_search:
         return s, z
     best = error(s, z)
-    for f in CLIP_FRACTIONS[1:]:
+    for f in CLIP_FRACTIONS:
         sf, zf = params(f)
-        err = error(sf, zf)
-        better = err < best
-        best = torch.where(better, err, best)
-        s, z = torch.where(better, sf, s), torch.where(better, zf, z)
+        for dz in ((0,) if symmetric else (0, -1, 1)):
+            zt = (zf + dz).clamp_(0, 15)
+            err = error(sf, zt)
+            better = err < best
+            best = torch.where(better, err, best)
+            s, z = torch.where(better, sf, s), torch.where(better, zt, z)
     return s, z
 
 

@@ -13,12 +13,15 @@ written into a temporary folder beside DST and renamed into place at the end: DS
 or complete.
 
 With a calibration text, the linears are quantized by GPTQ (quant/calibrate.py) instead of round to
-nearest: the 16-bit model is loaded whole (the peak is then the 16-bit model), run once over the
+nearest: the model is loaded whole in fp32 (the peak is then that copy; two with `tune_epochs`,
+whose distillation needs the unquantized model beside the quantized one), run once over the
 text's tokens, and each fused weight's GPTQ result is cut back into the checkpoint's pieces (rows
 are quantized independently, so q / k / v each get their own rows, scales and zero points); the
 shards are then written as without it. fp8 GPTQ keeps RTN's per-row scale and writes the same
 float-quantized tensors (loaders need nothing new). `sequential` re-measures the Hessians layer by
-layer on the quantized layers' outputs; `act_order` quantizes the columns in order of decreasing
+layer on the quantized layers' outputs; `search_ranges` searches each int4 group's range and zero
+point; `tune_epochs` then tunes the int4 group scales by distillation (quant/tune.py: codes and zero
+points kept, so the format is unchanged); `act_order` quantizes the columns in order of decreasing
 input energy. For int4 its groups are runs of that order: GPTQ format only, written as AutoGPTQ /
 GPTQModel write desc_act (qweight rows in the original column order, g_idx the group of each
 column); compressed-tensors (0.20) has no such groups: it removed actorder "group" and its g_idx,
@@ -28,6 +31,7 @@ groups, so its act-order columns simply go back in place (compressed-tensors hol
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -49,16 +53,24 @@ FORMATS = ("compressed-tensors", "gptq")
 
 def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", overwrite: bool = False,
                         progress: bool = True, calibration=None, calibration_tokens: int = 8192,
-                        seq_len: int = 512, sequential: bool = False, act_order: bool = False) -> Path:
+                        seq_len: int = 512, sequential: bool = False, act_order: bool = False,
+                        search_ranges: bool = False, tune_epochs: int = 0) -> Path:
     """Write the quantized copy of checkpoint folder `src` to `dst`; returns `dst`. `calibration`: a
     text file whose first `calibration_tokens` tokens (windows of `seq_len`) calibrate GPTQ, with
-    calibrate.gptq_quantize_model's `sequential` and `act_order` (GPTQ format only)."""
+    calibrate.gptq_quantize_model's `sequential`, `act_order` (GPTQ format only) and `search_ranges`
+    (its clip_search); `tune_epochs`: then that many epochs of tune.tune_scales over the same windows
+    (int4)."""
     src, dst = Path(src), Path(dst)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "gptq" and spec.weights != "int4":
         raise ValueError("format 'gptq' holds int4 weights only; use compressed-tensors for fp8")
-    for flag, on in (("--act-order", act_order), ("--sequential", sequential)):
+    if tune_epochs < 0:
+        raise ValueError(f"--tune-scales {tune_epochs}: expected a number of epochs >= 0")
+    if tune_epochs and spec.weights != "int4":
+        raise ValueError("--tune-scales: tunes int4 group scales; fp8 has none to tune")
+    for flag, on in (("--act-order", act_order), ("--sequential", sequential), ("--search-ranges", search_ranges),
+                     ("--tune-scales", tune_epochs > 0)):
         if on and calibration is None:
             raise ValueError(f"{flag}: a GPTQ option; it needs --calibration FILE (without it the weights are "
                              f"rounded to nearest)")
@@ -83,7 +95,8 @@ def quantize_checkpoint(src, dst, spec: Spec, fmt: str = "compressed-tensors", o
     linears = set(linear_names(cfg.prefix, cfg.num_hidden_layers))
     shards = _shards(src)
     done = None if calibration is None else _gptq_weights(src, cfg, spec, Path(calibration), calibration_tokens,
-                                                          seq_len, sequential, act_order)
+                                                          seq_len, sequential, act_order, search_ranges,
+                                                          tune_epochs, progress)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
@@ -121,13 +134,15 @@ def _shards(src: Path) -> dict[str, list[str]] | None:
 
 
 def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, tokens: int, seq_len: int,
-                  sequential: bool = False, act_order: bool = False) -> dict:
+                  sequential: bool = False, act_order: bool = False, search_ranges: bool = False,
+                  tune_epochs: int = 0, progress: bool = False) -> dict:
     """Checkpoint module name (with prefix) -> (its GPTQ Int4Weight / Fp8Weight, its act-order column
     permutation or None), from one calibration pass (one per layer with `sequential`)."""
     from ..kernels.qweight import Fp8Weight, Int4Weight  # noqa: PLC0415
     from ..loading import load_model  # noqa: PLC0415
     from ..tokenizer import Tokenizer  # noqa: PLC0415
     from .calibrate import gptq_quantize_model  # noqa: PLC0415
+    from .tune import tune_scales  # noqa: PLC0415
 
     try:
         text = text_file.read_text(encoding="utf-8")
@@ -144,7 +159,12 @@ def _gptq_weights(src: Path, cfg: ModelConfig, spec: Spec, text_file: Path, toke
     stored = str(cfg.raw.get("torch_dtype") or cfg.raw.get("dtype") or "bfloat16").removeprefix("torch.")
     scale_dtype = {"float16": torch.float16, "float32": torch.float32}.get(stored, torch.bfloat16)
     pieces = model.checkpoint_pieces()  # before the fused linears are replaced
-    gptq_quantize_model(model, spec, windows, scale_dtype=scale_dtype, sequential=sequential, act_order=act_order)
+    teacher = copy.deepcopy(model) if tune_epochs else None  # the 16-bit model the scales learn from
+    gptq_quantize_model(model, spec, windows, scale_dtype=scale_dtype, sequential=sequential, act_order=act_order,
+                        clip_search=search_ranges)
+    if teacher is not None:
+        tune_scales(model, teacher, windows, epochs=tune_epochs, progress=progress)
+        del teacher
     out = {}
     for local, (pname, rows) in pieces.items():
         if not (local.startswith("layers.") and local.endswith("_proj.weight")):

@@ -65,7 +65,8 @@ CASES = {"bf16": (None, 128, True), "int4": ("int4", 128, True), "int4-asym": ("
          "int4-asym-g32-awq-gptq-act": ("int4", 32, False), "int4-asym-g32-awq-gptq-act-clip": ("int4", 32, False),
          # "-tune": then the group scales tuned by distillation from the 16-bit model (trikern/quant/tune.py)
          "int4-asym-g32-gptq-act-clip-tune": ("int4", 32, False), "int4-asym-gptq-act-clip-tune": ("int4", 128, False),
-         "int4-gptq-act-clip-tune": ("int4", 128, True)}
+         "int4-gptq-act-clip-tune": ("int4", 128, True),
+         "int4-gptq-act-clip": ("int4", 128, True), "int4-asym-gptq-act-clip": ("int4", 128, False)}
 # GGUF tensor name (after blk.N.) -> HF name (after model.layers.N.)
 LAYER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",

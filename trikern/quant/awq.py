@@ -64,7 +64,7 @@ def search_scale(W: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, spec:
     return best, best_err / max(err0, 1e-30)
 
 
-def awq_scale_model(model, spec: Spec, windows: torch.Tensor, batch: int = 4, log=None) -> dict:
+def awq_scale_model(model, spec: Spec, windows: torch.Tensor, batch: int = 4) -> dict:
     """Search and fold AWQ scales into `model`'s layers in place (int4 `spec`: the group size and
     symmetry the weights will be rounded with). Returns {"layers.i.name": output error with the
     scales / without} (below 1: the scales helped)."""
@@ -92,6 +92,4 @@ def awq_scale_model(model, spec: Spec, windows: torch.Tensor, batch: int = 4, lo
             else:
                 norm = layer.input_layernorm if name == "self_attn.qkv_proj" else layer.post_attention_layernorm
                 norm.weight.copy_((norm.weight.float() / s).to(norm.weight.dtype))
-            if log is not None:
-                log(f"{where}: AWQ output error x{ratio:.3f}")
     return out

@@ -34,7 +34,8 @@ def test_dry_run_passes_every_check(tmp_path, capsys):
     assert rc == 0, out + err
     res = json.loads(j.read_text())
     status = {c["name"]: c["status"] for c in res["checks"]}
-    assert status.pop("graphs/step-runner") == "SKIP"  # no CUDA here: skipped with the reason
+    for name in ("graphs/step-runner", "graphs/batch"):
+        assert status.pop(name) == "SKIP"  # no CUDA here: skipped with the reason
     assert set(status.values()) == {"PASS"}, {k: v for k, v in status.items() if v != "PASS"}
     names = set(status)
     for want in ("attention/causal-ar", "attention/bidirectional-draft", "attention/quadratic", "attention/tree",
@@ -42,7 +43,7 @@ def test_dry_run_passes_every_check(tmp_path, capsys):
                  "tree_verify", "quant_linear/int4", "quant_linear/fp8"):
         assert f"kernels/{want}" in names
     assert {"lossless/embedded", "lossless/triton-tiny", "synthetic/tiny"} <= names
-    assert res["failed"] == 0 and res["skipped"] == 1 and res["passed"] == len(names)
+    assert res["failed"] == 0 and res["skipped"] == 2 and res["passed"] == len(names)
     runs = next(c for c in res["checks"] if c["name"] == "lossless/triton-tiny")["data"]["runs"]
     assert {r["run"].split(" ")[0] for r in runs} == {"spec-linear", "spec-quadratic"} and all(r["equal"] for r in runs)
     table = next(c for c in res["checks"] if c["name"] == "synthetic/tiny")["data"]
@@ -53,7 +54,7 @@ def test_dry_run_passes_every_check(tmp_path, capsys):
         assert r["ms"] > 0 and r["pct_measured"] > 0
     assert "interpreter-counted" in table["kernels_counted"]
     assert "kernels/layer" in out and "selfcheck ok: " in out and "Triton interpreted" in out
-    assert "SKIP  graphs/step-runner" in out and "CUDA graphs need a CUDA device" in out
+    assert "SKIP  graphs/step-runner" in out and "SKIP  graphs/batch" in out and "CUDA graphs need a CUDA device" in out
 
 
 @pytest.mark.parametrize("module,name,check", [(rmsnorm, "rmsnorm_ref", "kernels/rmsnorm"),
@@ -114,7 +115,8 @@ def test_bad_options_are_one_error_line(capsys, monkeypatch, args, needle):
 
 def test_list_names_the_checks(capsys):
     rc, out, _ = run(capsys, "--dry-run", "--list", "--only", "lossless,graphs")
-    assert rc == 0 and out.split() == ["lossless/embedded", "lossless/triton-tiny", "graphs/step-runner"]
+    assert rc == 0 and out.split() == ["lossless/embedded", "lossless/triton-tiny", "graphs/step-runner",
+                                       "graphs/batch"]
 
 
 def test_without_the_interpreter_it_reruns_itself_under_it(tmp_path):

@@ -1,5 +1,5 @@
 """The batched static KV cache: S sequence regions of `region` slots each, laid out one after another
-along the slot axis of one [layers, kv_heads, S * region, head_dim] tensor per K and V.
+along the slot axis of one [layers, kv_heads, S * region (+ pad), head_dim] tensor per K and V.
 
 That layout makes a region exactly a single-sequence cache: `view(s)` is a `trikern.cache.KVCache`
 over region s (a slice of the slot axis, same strides), so every single-sequence op -- the model's
@@ -19,24 +19,28 @@ from ..cache import KVCache
 
 
 class SlotCache:
-    def __init__(self, num_layers, kv_heads, head_dim, seqs: int, capacity: int, dtype, device, scratch: int = 0):
+    def __init__(self, num_layers, kv_heads, head_dim, seqs: int, capacity: int, dtype, device, scratch: int = 0,
+                 pad: int = 0):
         """`seqs` regions, each for `capacity` committed tokens plus `scratch` slots for the widest
-        uncommitted chunk of a step."""
+        uncommitted chunk of a step; then `pad` slots of no region, where the padding rows of a pass
+        padded to a batch bucket (batch/graphs.py) write their K/V."""
         if int(seqs) < 1:
             raise ValueError(f"SlotCache: seqs={seqs!r} must be >= 1")
-        if int(capacity) < 1 or int(scratch) < 0:
-            raise ValueError(f"SlotCache: capacity={capacity!r} must be >= 1 and scratch={scratch!r} >= 0")
+        if int(capacity) < 1 or int(scratch) < 0 or int(pad) < 0:
+            raise ValueError(f"SlotCache: capacity={capacity!r} must be >= 1, scratch={scratch!r} and pad={pad!r} >= 0")
         self.seqs, self.capacity = int(seqs), int(capacity)
         self.region = self.capacity + int(scratch)
-        shape = (num_layers, kv_heads, self.seqs * self.region, head_dim)
+        self.pad_base = self.seqs * self.region  # the first pad slot
+        shape = (num_layers, kv_heads, self.pad_base + int(pad), head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(self.seqs, dtype=torch.long, device=device)
         self.free = list(range(self.seqs))
 
     @classmethod
-    def for_model(cls, cfg, seqs, capacity, dtype, device, scratch=0):
-        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, seqs, capacity, dtype, device, scratch)
+    def for_model(cls, cfg, seqs, capacity, dtype, device, scratch=0, pad=0):
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, seqs, capacity, dtype, device, scratch,
+                   pad)
 
     def acquire(self, s: int | None = None) -> int:
         """A free region (the first one, or region `s`), its length 0 (its K/V stay as they were: a
@@ -67,7 +71,7 @@ class SlotCache:
         return KVCache.view(self.k[:, :, r], self.v[:, :, r], self.lengths[s], self.capacity)
 
     def layer(self, i):
-        """(K, V) of layer i over every region: [Hkv, S * region, D] views."""
+        """(K, V) of layer i over every region (and the pad slots): [Hkv, slots, D] views."""
         return self.k[i], self.v[i]
 
     def write(self, i, k, v, idx):

@@ -36,6 +36,7 @@ from ..decode.context import GenerationConfig
 from ..decode.registry import check_mode
 from .auto import AutoBatch
 from .cache import SlotCache
+from .graphs import BatchGraphs
 from .sequence import Sequence
 from .steps import STEPS as FIXED
 
@@ -46,9 +47,11 @@ MODES = tuple(STEPS)
 class BatchDecoder:
     def __init__(self, model, max_batch: int = 4, mode: str = "ar", block_size: int | None = None,
                  context: int | None = None, prefill_chunk: int = 256, draft_lora: bool = True,
-                 reuse_prefix: bool = False):
+                 reuse_prefix: bool = False, cuda_graphs: bool | None = None):
         """`context`: the most tokens (prompt + generated) of one sequence (default: the model's
-        max_position_embeddings); every region is sized for it. `reuse_prefix`: see the module doc."""
+        max_position_embeddings); every region is sized for it. `reuse_prefix`: see the module doc.
+        `cuda_graphs`: replay the decode passes as CUDA graphs per batch bucket (graphs.py; None: on
+        when the model is on CUDA)."""
         cfg = model.cfg
         if mode not in STEPS:
             raise ValueError(f"mode={mode!r}: batched decoding runs one of {', '.join(MODES)}")
@@ -59,8 +62,9 @@ class BatchDecoder:
         context = limit if context is None else context
         if not isinstance(context, int) or not 2 <= context <= limit:
             raise ValueError(f"context={context!r}: expected an int in [2, {limit}] (max_position_embeddings)")
-        if not isinstance(reuse_prefix, bool):
-            raise ValueError(f"reuse_prefix={reuse_prefix!r}: expected True or False")
+        for name, value in (("reuse_prefix", reuse_prefix), ("cuda_graphs", cuda_graphs)):
+            if not isinstance(value, bool) and not (name == "cuda_graphs" and value is None):
+                raise ValueError(f"{name}={value!r}: expected True or False")
         check_mode(mode, cfg)  # a spec mode needs a tri-mode checkpoint with a mask token
         if block_size is not None:
             check("block_size", block_size, int_problem(block_size, lo=1))
@@ -73,11 +77,18 @@ class BatchDecoder:
         self.dtype = model.embed_tokens.weight.dtype
         self.mode, self.B, self.context = mode, B, context
         self.prefill_chunk, self.draft_lora = prefill_chunk, bool(draft_lora)
-        self.step_kind = STEPS[mode](self, B)
-        # A final step may commit up to B tokens past the budget, and a step writes its scratch.
-        self.cache = SlotCache.for_model(cfg, max_batch, context + B, self.dtype, self.device,
-                                         scratch=STEPS[mode].scratch(B))
+        on_cuda = self.device.type == "cuda"
+        if cuda_graphs and not on_cuda:
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device (it is on {self.device})")
         self.max_batch = max_batch
+        graphed = on_cuda if cuda_graphs is None else cuda_graphs
+        self.graphs = BatchGraphs(self) if graphed else None  # steps.py runs its passes through it
+        self.step_kind = STEPS[mode](self, B)
+        # A final step may commit up to B tokens past the budget, and a step writes its scratch; a
+        # graphed pass's padding rows write pad slots (at most a step's scratch per sequence).
+        scratch = STEPS[mode].scratch(B)
+        self.cache = SlotCache.for_model(cfg, max_batch, context + B, self.dtype, self.device, scratch=scratch,
+                                         pad=BatchGraphs.pad_slots(max_batch, scratch) if graphed else 0)
         self.queue: list[Sequence] = []
         self.active: list[Sequence] = []
         self.steps = 0
@@ -94,11 +105,13 @@ class BatchDecoder:
         gen = GenerationConfig(**kw) if gen is None else gen
         ids = prompt_ids.tolist() if torch.is_tensor(prompt_ids) else list(prompt_ids)
         for name, ok in (("block_size", gen.block_size in (None, self.B) or self.mode == "ar"),
-                         ("tree_nodes", gen.tree_nodes is None), ("cuda_graphs", not gen.cuda_graphs),
+                         ("tree_nodes", gen.tree_nodes is None),
+                         ("cuda_graphs", gen.cuda_graphs in (None, self.graphs is not None)),
                          ("draft_lora", gen.draft_lora == self.draft_lora or self.mode == "ar")):
             if not ok:
                 raise ValueError(f"{name}={getattr(gen, name)!r}: a batched decoder runs one setting for every "
-                                 f"sequence (mode={self.mode!r}, block_size={self.B}, draft_lora={self.draft_lora}); "
+                                 f"sequence (mode={self.mode!r}, block_size={self.B}, draft_lora={self.draft_lora}, "
+                                 f"cuda_graphs={self.graphs is not None}); "
                                  f"per-sequence {name} is not supported")
         for i, t in enumerate(ids):
             if not 0 <= int(t) < self.cfg.vocab_size:

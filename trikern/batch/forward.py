@@ -45,21 +45,26 @@ def last_rows(segs: K.Varlen, device) -> torch.Tensor:
     return torch.tensor([segs.starts[b + 1] - 1 for b in range(segs.count)], dtype=torch.long, device=device)
 
 
-def forward_batch(model, tokens, cache: SlotCache, segs: K.Varlen, pattern=K.CAUSAL, sub_block=0,
-                  write_cache=False, lora=False, logits_index=None, pos=None, return_hidden=False):
+def forward_batch(model, tokens, cache: SlotCache, segs: K.Varlen | K.VarlenDevice, pattern=K.CAUSAL, sub_block=0,
+                  write_cache=False, lora=False, logits_index=None, pos=None, return_hidden=False, slots=None):
     """Logits [N, V] (or [len(logits_index), V]) for the flat chunks `tokens` [N] laid out by `segs`.
 
     Segment b attends to the first lengths[b] entries of its region and to itself under `pattern`
     (the same for every segment); its tokens sit at `pos` (default: lengths[b] + t). With
-    `write_cache` its K/V land in its region's slots [lengths[b], lengths[b] + T); the caller then
-    commits per sequence (`cache.lengths`) as the single-sequence modes do.
+    `write_cache` its K/V land in its region's slots [lengths[b], lengths[b] + T) (default; or the
+    flat `slots` [N]); the caller then commits per sequence (`cache.lengths`) as the single-sequence
+    modes do. A `VarlenDevice` layout (batch/graphs.py: no host sync) needs `pos` and, with
+    `write_cache`, `slots`.
     """
-    if tokens.dim() != 1 or tokens.shape[0] != segs.tokens:
+    device = tokens.device
+    if isinstance(segs, K.VarlenDevice):
+        if pos is None or (write_cache and slots is None):
+            raise ValueError("forward_batch: a VarlenDevice layout needs pos (and slots with write_cache)")
+    elif tokens.dim() != 1 or tokens.shape[0] != segs.tokens:
         raise ValueError(f"forward_batch: tokens must be [N={segs.tokens}] (the segments' rows); got "
                          f"{tuple(tokens.shape)}")
-    device = tokens.device
     pos = positions(segs, device) if pos is None else pos
-    idx = write_slots(segs, device) if write_cache else None
+    idx = None if not write_cache else write_slots(segs, device) if slots is None else slots
 
     def attend(i, q, k, v, written=False):
         kc, vc = cache.layer(i)

@@ -86,9 +86,13 @@ class ARBatch(BatchStep):
         dec = self.dec
         pieces = [(s, 1) for s in decoding] + list(prefill)
         toks = [s.pending for s in decoding] + [self.prompt_chunk(s, T) for s, T in prefill]
-        segs = layout(dec.cache, [(s.slot, s.length, T) for s, T in pieces])
-        logits = forward_batch(dec.model, torch.cat(toks), dec.cache, segs, K.CAUSAL, write_cache=True,
-                               logits_index=last_rows(segs, dec.device))
+        if dec.graphs is not None and not prefill:
+            logits = dec.graphs("ar", torch.cat(toks), [s.slot for s in decoding], [0], (0, 1), K.CAUSAL,
+                                write_cache=True)
+        else:
+            segs = layout(dec.cache, [(s.slot, s.length, T) for s, T in pieces])
+            logits = forward_batch(dec.model, torch.cat(toks), dec.cache, segs, K.CAUSAL, write_cache=True,
+                                   logits_index=last_rows(segs, dec.device))
         D = len(decoding)
         firsts = self.first_tokens(prefill, logits[D:])
         nxt = _sample_rows(decoding, logits[:D])
@@ -126,10 +130,15 @@ class LinearSpecBatch(BatchStep):
                      torch.empty(0, V, device=dec.device)) for s in decoding]
         masks = self.mask_index.expand(B - 1)
         toks = torch.cat([t for s in decoding for t in (s.pending, masks)])
-        segs = layout(dec.cache, [(s.slot, s.length, B) for s in decoding])
-        rows = torch.tensor([segs.starts[b] + j for b in range(segs.count) for j in range(1, B)], device=dec.device)
-        logits = forward_batch(dec.model, toks, dec.cache, segs, K.BIDIRECTIONAL, lora=dec.draft_lora,
-                               logits_index=rows)
+        if dec.graphs is not None:
+            logits = dec.graphs("spec-linear-draft", toks, [s.slot for s in decoding], list(range(B)), (1, B),
+                                K.BIDIRECTIONAL, lora=dec.draft_lora)
+        else:
+            segs = layout(dec.cache, [(s.slot, s.length, B) for s in decoding])
+            rows = torch.tensor([segs.starts[b] + j for b in range(segs.count) for j in range(1, B)],
+                                device=dec.device)
+            logits = forward_batch(dec.model, toks, dec.cache, segs, K.BIDIRECTIONAL, lora=dec.draft_lora,
+                                   logits_index=rows)
         logits = without_mask(logits, self.mask_index).view(len(decoding), B - 1, -1)
         return [draw_drafts(s, logits[i]) for i, s in enumerate(decoding)]
 
@@ -139,12 +148,16 @@ class LinearSpecBatch(BatchStep):
         toks = [torch.cat([s.pending, d]) for s, (d, _) in zip(decoding, drafts)]
         toks += [self.prompt_chunk(s, T) for s, T in prefill]
         pieces = [(s, B) for s in decoding] + list(prefill)
-        segs = layout(dec.cache, [(s.slot, s.length, T) for s, T in pieces])
         D = len(decoding)
-        rows = [segs.starts[b] + j for b in range(D) for j in range(B)]  # every row of a chain
-        rows += [segs.starts[b + 1] - 1 for b in range(D, segs.count)]  # the last of a prefill chunk
-        logits = forward_batch(dec.model, torch.cat(toks), dec.cache, segs, K.CAUSAL, write_cache=True,
-                               logits_index=torch.tensor(rows, device=dec.device))
+        if dec.graphs is not None and not prefill:
+            logits = dec.graphs("spec-linear-verify", torch.cat(toks), [s.slot for s in decoding], list(range(B)),
+                                (0, B), K.CAUSAL, write_cache=True)
+        else:
+            segs = layout(dec.cache, [(s.slot, s.length, T) for s, T in pieces])
+            rows = [segs.starts[b] + j for b in range(D) for j in range(B)]  # every row of a chain
+            rows += [segs.starts[b + 1] - 1 for b in range(D, segs.count)]  # the last of a prefill chunk
+            logits = forward_batch(dec.model, torch.cat(toks), dec.cache, segs, K.CAUSAL, write_cache=True,
+                                   logits_index=torch.tensor(rows, device=dec.device))
         verified = []
         for i, (s, (d, q)) in enumerate(zip(decoding, drafts)):
             target, u, e = verifier_inputs(s, logits[i * B:(i + 1) * B], B - 1)
@@ -202,13 +215,19 @@ class QuadraticSpecBatch(BatchStep):
         if not decoding:
             return {}
         pieces = [K.draft_tree(s.draft, s.length, W, self.mask_id, backend=be) for s in decoding]
-        segs = layout(dec.cache, [(s.slot, s.length, t.shape[0]) for s, (t, _) in zip(decoding, pieces)])
-        hidden = forward_batch(dec.model, torch.cat([t for t, _ in pieces]), dec.cache, segs, K.QUADRATIC,
-                               sub_block=W, write_cache=True, pos=torch.cat([p for _, p in pieces]),
-                               return_hidden=True)
         sizes = [s.draft.shape[0] for s in decoding]
-        anchors = torch.tensor([segs.starts[b] + i * W for b, A in enumerate(sizes) for i in range(A)],
-                               device=dec.device)
+        starts = [sum(sizes[:b]) * W for b in range(len(sizes))]
+        toks = torch.cat([t for t, _ in pieces])
+        if dec.graphs is not None and all(A == self.B for A in sizes):  # no restarted (shorter) draft
+            # d_i at n + i, its masks at n + i + 1 .. n + i + B: row (i, t) sits at n + i + t
+            hidden = dec.graphs("spec-quadratic", toks, [s.slot for s in decoding],
+                                [i + t for i in range(self.B) for t in range(W)], None, K.QUADRATIC, sub_block=W,
+                                write_cache=True)
+        else:
+            segs = layout(dec.cache, [(s.slot, s.length, t.shape[0]) for s, (t, _) in zip(decoding, pieces)])
+            hidden = forward_batch(dec.model, toks, dec.cache, segs, K.QUADRATIC, sub_block=W, write_cache=True,
+                                   pos=torch.cat([p for _, p in pieces]), return_hidden=True)
+        anchors = torch.tensor([starts[b] + i * W for b, A in enumerate(sizes) for i in range(A)], device=dec.device)
         target_all = dec.model.logits(hidden[anchors]).split(sizes)
         verdicts, picks = [], []
         for b, s in enumerate(decoding):
@@ -217,7 +236,7 @@ class QuadraticSpecBatch(BatchStep):
             out, count = K.verify(s.draft[1:], target, s.q, u, e, view.k, view.v, view.length, stride=W, backend=be)
             c = (count - 1).reshape(1)
             verdicts.append((out, out.gather(0, c)))
-            picks.append(segs.starts[b] + c * W + torch.arange(2, W, device=dec.device))  # offsets 2 .. B of sub-block c
+            picks.append(starts[b] + c * W + torch.arange(2, W, device=dec.device))  # offsets 2 .. B of sub-block c
         masks = dec.model.logits(hidden[torch.cat(picks)])
         masks = without_mask(masks, self.mask_index).view(len(decoding), W - 2, dec.cfg.vocab_size)
         for b, s in enumerate(decoding):
@@ -251,10 +270,14 @@ class DiffusionBatch(BatchStep):
     def denoise(self, live, blocks):
         """One bidirectional pass over the blocks of `live`, revealed per sequence (in place in `blocks`)."""
         dec, B = self.dec, self.B
-        segs = layout(dec.cache, [(s.slot, s.length, B) for s in live])
         toks = torch.cat([blocks[s][0] for s in live])
-        pos = torch.cat([blocks[s][2] for s in live])
-        logits = forward_batch(dec.model, toks, dec.cache, segs, K.BIDIRECTIONAL, pos=pos)
+        if dec.graphs is not None:  # the block sits at n .. n+B-1, where a graphed pass puts it
+            logits = dec.graphs("diffusion-denoise", toks, [s.slot for s in live], list(range(B)), (0, B),
+                                K.BIDIRECTIONAL)
+        else:
+            segs = layout(dec.cache, [(s.slot, s.length, B) for s in live])
+            pos = torch.cat([blocks[s][2] for s in live])
+            logits = forward_batch(dec.model, toks, dec.cache, segs, K.BIDIRECTIONAL, pos=pos)
         logits = without_mask(logits, self.mask_index).view(len(live), B, -1)
         for i, s in enumerate(live):
             g, (tokens, masked, p_) = s.gen, blocks[s]

@@ -772,7 +772,7 @@ class VarlenDevice:
     non-decreasing with starts[B] <= q's rows; starts[b+1] - starts[b] <= max_rows (rows past the
     bound are not computed); bases[b] + region <= the cache's slots; lengths[b] + the segment's rows
     <= region; under QUADRATIC each segment's rows a multiple of sub_block. Rows of q outside every
-    segment (a bucket's padding) come out undefined."""
+    segment (a bucket's padding) come out as zeros."""
 
     __slots__ = ("starts", "bases", "lengths", "region", "max_rows")
 
@@ -783,6 +783,12 @@ class VarlenDevice:
     @property
     def count(self) -> int:
         return self.bases.shape[0]
+
+    def to_host(self) -> Varlen:
+        """The layout as a `Varlen` over the segments' rows (a host read of the device tensors: for
+        the backends that take host layouts; rows past starts[B] are outside every segment)."""
+        starts, bases, lengths = (x.tolist() for x in (self.starts, self.bases, self.lengths))
+        return Varlen(starts, bases, lengths, self.region)
 
     def check(self, q, k_cache) -> None:
         """The host-side facts only (shapes, dtypes, devices, bounds): no device value is read."""
@@ -841,10 +847,12 @@ def attention_varlen_triton(q, k, v, k_cache, v_cache, segs, pattern=CAUSAL, sub
     G = Hq // Hkv
     out_dtype = q.dtype
     if N == 0 or B == 0 or dev.max_rows == 0:
-        return torch.empty(N, Hq, D, dtype=out_dtype, device=q.device)
+        return torch.zeros(N, Hq, D, dtype=out_dtype, device=q.device)
     q, k, v, k_cache, v_cache = _kernel_inputs(q, k, v, k_cache, v_cache)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    out = torch.empty(N, Hq, D, dtype=q.dtype, device=q.device)
+    # A device layout may leave rows outside every segment (a bucket's padding): zeros there, not
+    # whatever the memory held, so the layers after attention see finite values in every row.
+    out = (torch.zeros if dev is segs else torch.empty)(N, Hq, D, dtype=q.dtype, device=q.device)
     rows = dev.max_rows * G
 
     def run(cfg):

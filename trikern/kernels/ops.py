@@ -8,9 +8,11 @@ built (a one-token CPU step makes ~25 of these calls, so none of them routes aga
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
-from .attention import CAUSAL, attention_ref, attention_triton, attention_varlen_ref, attention_varlen_triton
+from .attention import (CAUSAL, VarlenDevice, attention_ref, attention_triton, attention_varlen_ref,
+                        attention_varlen_triton)
 from .cpu import attention as cpu_attention
 from .cpu import linear as cpu_linear
 from .cpu import norm as cpu_norm
@@ -64,9 +66,17 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
 
 def attention_varlen(q, k, v, k_cache, v_cache, segs, pattern=CAUSAL, sub_block=0, scale=None, backend="auto",
                      chunk_in_cache=False):
-    """Several sequences' chunks in one call, each over its own cache region (attention.Varlen);
-    `chunk_in_cache` as in `attention`."""
+    """Several sequences' chunks in one call, each over its own cache region (an attention.Varlen, or
+    a VarlenDevice: the layout as device tensors); `chunk_in_cache` as in `attention`."""
     be = resolve(backend, q)
+    if isinstance(segs, VarlenDevice) and be != "triton":
+        # Only the Triton kernel reads a device layout as it is (no host sync: CUDA graphs); the others
+        # run its host copy over the segments' rows, and rows past them (a bucket's padding) are zeros.
+        host = segs.to_host()
+        n = host.tokens
+        out = attention_varlen(q[:n], k[:n], v[:n], k_cache, v_cache, host, pattern, sub_block, scale, be,
+                               chunk_in_cache)
+        return torch.cat([out, out.new_zeros(q.shape[0] - n, *out.shape[1:])])
     if be == "cpu":
         return cpu_attention.attention_varlen(q, k, v, k_cache, v_cache, segs, pattern, sub_block, scale,
                                               chunk_in_cache)

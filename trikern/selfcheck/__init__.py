@@ -11,6 +11,8 @@ Checks, by group (each named `<group>/<what>`; `--only` selects groups, names or
   on a tiny random model on the Triton backend (interpreted: the embedded model is too slow there).
 - `graphs/step-runner`: CUDA graphs replay what eager runs (decode/runtime.py's StepRunner, and
   whole generations with graphs on and off). Skipped, with the reason, without CUDA.
+- `graphs/batch`: batched decoding with CUDA graphs per batch bucket gives the eager batch's tokens
+  (batch/graphs.py). Skipped, with the reason, without CUDA.
 - `synthetic/<shape>`: the roofline table of bench/synthetic.py at the shape's caches and widths:
   ms per forward (a CUDA graph's replay on CUDA), GB/s, % of the measured read ceiling, kernels per
   forward and per layer (kernels/launches.py), and the path the autotuner chose for the ops that
@@ -112,6 +114,7 @@ def checks(shapes: Shapes) -> list[Check]:
     if shapes.name == "tiny":
         out.append(Check("lossless/triton-tiny", _lossless_tiny))
     out.append(Check("graphs/step-runner", _graphs))
+    out.append(Check("graphs/batch", _graphs_batch))
     out.append(Check(f"synthetic/{shapes.name}", _synthetic))
     return out
 
@@ -244,6 +247,16 @@ def _graphs(ctx: Context):
     with _tuner(False):
         m = _embedded(ctx, torch.bfloat16)
         return decoding.graphs(m, _prompts(m, 1)[0], ctx.shapes.new_tokens, min(ctx.shapes.lossless_B, 4))
+
+
+def _graphs_batch(ctx: Context):
+    from . import decoding  # noqa: PLC0415
+
+    if ctx.device.type != "cuda":
+        raise Skip(f"CUDA graphs need a CUDA device (running on {ctx.device})")
+    with _tuner(False):
+        m = _embedded(ctx, torch.float32)
+        return decoding.batch_graphs(m, _prompts(m, 3), ctx.shapes.new_tokens, min(ctx.shapes.lossless_B, 4))
 
 
 def _synthetic(ctx: Context):

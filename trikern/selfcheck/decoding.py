@@ -7,6 +7,8 @@ what eager runs.
 - `graphs(model, ...)`: the decode runtime's `StepRunner` (CUDA graph per pass) hands back what the
   eager forward gives for new inputs after its capture, and whole generations with graphs on equal
   those with graphs off.
+- `batch_graphs(model, ...)`: a BatchDecoder whose passes replay CUDA graphs per batch bucket
+  (batch/graphs.py) gives each sequence the tokens the eager batch gives, as sequences join and leave.
 
 Each returns (ok, detail, data) as selfcheck's checks do.
 """
@@ -98,4 +100,38 @@ def graphs(m, prompt: list, new_tokens: int, B: int) -> tuple[bool, str, dict]:
             problems.append(f"{mode}: tokens with CUDA graphs differ from eager")
     detail = ("replay == eager (" + ("bitwise" if bitwise else f"max abs diff {worst:.2e}") + "); ar, spec-linear, "
               "spec-quadratic generations equal with graphs on and off") if not problems else "; ".join(problems)
+    return not problems, detail, data
+
+
+def batch_graphs(m, prompts: list, new_tokens: int, B: int) -> tuple[bool, str, dict]:
+    """`m`: a trikern.api.Model on CUDA (fp32: a bucket's padded matmuls may round otherwise in bf16);
+    `prompts`: 3 or more token id lists. Two sequences start, the rest join two steps later, and the
+    budgets differ, so the batch moves between buckets."""
+    from ..batch import BatchDecoder  # noqa: PLC0415
+
+    problems, data = [], {}
+    budgets = [new_tokens // (1 + i % 3) for i in range(len(prompts))]
+    for mode in ("ar", "spec-linear", "diffusion"):
+        outs, captured = {}, 0
+        for on in (True, False):
+            dec = BatchDecoder(m.model, max_batch=4, mode=mode, block_size=None if mode == "ar" else B,
+                               context=max(map(len, prompts)) + new_tokens + 1, cuda_graphs=on)
+            seqs = [dec.add(p, max_new_tokens=n) for p, n in zip(prompts[:2], budgets)]
+            steps = 0
+            while dec.busy or steps < 2:
+                if steps == 2:
+                    seqs += [dec.add(p, max_new_tokens=n) for p, n in zip(prompts[2:], budgets[2:])]
+                dec.step()
+                steps += 1
+            outs[on] = [s.tokens for s in seqs]
+            if on:
+                captured = len(dec.graphs.graphs) if dec.graphs.enabled else 0
+        data[f"{mode}_equal"], data[f"{mode}_graphs"] = outs[True] == outs[False], captured
+        if outs[True] != outs[False]:
+            problems.append(f"{mode}: batched tokens with CUDA graphs differ from eager")
+        if not captured:
+            problems.append(f"{mode}: no batched pass was captured (it fell back to eager)")
+    detail = (f"ar, spec-linear B{B}, diffusion B{B}: {len(prompts)} sequences joining and leaving, tokens equal "
+              f"with graphs on and off ({sum(v for k, v in data.items() if k.endswith('_graphs'))} graphs)"
+              if not problems else "; ".join(problems))
     return not problems, detail, data

@@ -211,3 +211,38 @@ def test_exploration_outcomes_are_kept_per_batch_size(embedded, own_profile):
     nxt = auto.exploration(2)  # the next batch (the same decoder: a server) starts from the profile
     assert nxt is not two and (nxt.prior_hits, nxt.prior_tries) == (0.0, 6.0)
     assert nxt.share() < two.SHARE / 6  # six misses: a small budget
+
+
+def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_profile):
+    """Batched auto moves the profile's acceptance prior as solo generations do: the sequences that
+    left, their counts pooled into one generation (one blend), so the sequences that finish last --
+    under speculation, those whose drafts fail -- do not weigh more than the others; every
+    max_batch leavers (a busy server's batch never drains), and at a drain."""
+    from trikern.decode.auto.acceptance import Acceptance
+    from trikern.decode.auto.profile import StepProfile
+    m = embedded.model
+    StepProfile(m, 0).update({}, {"spec-linear": [0.5, 0.5, 0.5]})
+    dec = BatchDecoder(m, max_batch=2, mode="auto", block_size=4)
+    auto = dec.step_kind
+    a, b = (dec.add([1, 2, 3], max_new_tokens=40) for _ in range(2))
+    dec.step()  # both admitted
+    good, bad = (auto.acceptance(s)["spec-linear"] for s in (a, b))
+    for _ in range(12):
+        good.step(1.0, 3, 3)  # every draft accepted
+        bad.step(1.0, 3, 0)  # every first draft rejected
+    pooled = Acceptance.pooled([good, bad]).long_run()
+    assert pooled[1] == pytest.approx((0 + 4 * 0.5) / (12 + 4))  # position 2: only `good` reached it
+    assert Acceptance.pooled([bad]).long_run()[0] > 0.85 > 0.6 > pooled[0]
+    dec.cancel(a), dec.cancel(b)  # max_batch of them left: the next step teaches
+    c = dec.add([4, 5, 6], max_new_tokens=40)
+    dec.step()
+    again = StepProfile(m, 0).get_acceptance("spec-linear")
+    assert again == pytest.approx([0.5 + 0.5 * (h - 0.5) for h in pooled], abs=1e-4)  # one blend of the pool
+    late = auto.acceptance(c)["spec-linear"]
+    assert late.prior == again  # a sequence joining later starts from it
+    for _ in range(6):
+        late.step(1.0, 3, 3)
+    dec.cancel(c)
+    auto.drained()  # the last one alone, at the drain
+    last = StepProfile(m, 0).get_acceptance("spec-linear")
+    assert last == pytest.approx([h + 0.5 * (x - h) for h, x in zip(again, late.long_run())], abs=1e-4)

@@ -104,6 +104,16 @@ class Acceptance:
             self._long.clear()
         self._survival = None
 
+    @classmethod
+    def pooled(cls, parts: list["Acceptance"]) -> "Acceptance":
+        """One Acceptance holding the generation counts of `parts` (same prior): several sequences'
+        evidence taken as one generation's (batch/auto.py)."""
+        out = cls(max(p.horizon for p in parts), parts[0].prior, parts[0].weight)
+        n = max(len(p.total_reach) for p in parts)
+        out.total_reach = [sum(p.total_reach[k] for p in parts if k < len(p.total_reach)) for k in range(n)]
+        out.total_reject = [sum(p.total_reject[k] for p in parts if k < len(p.total_reject)) for k in range(n)]
+        return out
+
     def long_run_tokens(self, B: int) -> float:
         """Expected tokens of a step at block size B under the long-run hazards alone: where the
         current estimate of a family not run lately goes as its recent counts fade."""

@@ -71,11 +71,21 @@ def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_pro
     from trikern.decode import candidates
     from trikern.decode.auto.profile import StepProfile
     from trikern.decode.auto.tuning import measure_batch
+    import trikern.batch as batch
+
     m = embedded.model
     keys = candidates("auto", 2, m.cfg)
-    lines = []
-    measure_batch(m, (2, 4), cache_length=16, steps=2, block_size=2, log=lines.append)
+    lines, regions = [], []
+    made = batch.BatchDecoder.__init__
+
+    def spy(self, *a, **kw):  # the regions it allocates: what its steps need, not the model's context
+        made(self, *a, **kw)
+        regions.append(self.cache.region)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batch.BatchDecoder, "__init__", spy)
+        measure_batch(m, (2, 4), cache_length=16, steps=2, block_size=2, log=lines.append)
     assert len(lines) == 2 * len(keys)
+    assert len(regions) == 2 * len(keys) and max(regions) < m.cfg.max_position_embeddings / 2, regions
     prof = StepProfile(m, 16)
     assert all(set(prof.batch_seconds(k)) == {2, 4} for k in keys)  # no one-sequence entry was written
     assert all(prof.get(k) is None for k in keys)

@@ -227,3 +227,20 @@ def test_bad_settings_name_the_parameter():
     s = dec.add([1] * 30, max_new_tokens=100)
     list(dec.run())
     assert len(s.tokens) == 2
+
+
+def test_generate_batch_sizes_its_regions_for_the_prompts(monkeypatch):
+    """Regions for the longest prompt plus the budget, not the model's context (NLD's 262k tokens
+    times max_batch regions would not fit a GPU); the outputs are the same."""
+    import trikern.batch.driver as driver
+    m = random_model(tiny_config(max_position_embeddings=4096), seed=2)
+    ps = prompts(3, 160, seed=4, lengths=(5, 9, 2))
+    regions, made = [], driver.BatchDecoder.__init__
+
+    def spy(self, *a, **kw):
+        made(self, *a, **kw)
+        regions.append(self.cache.region)
+    monkeypatch.setattr(driver.BatchDecoder, "__init__", spy)
+    outs = generate_batch(m, ps, mode="spec-linear", block_size=4, max_new_tokens=12)
+    assert regions and regions[0] < 64, regions
+    assert outs == [solo(m, p, "spec-linear", 4, max_new_tokens=12) for p in ps]

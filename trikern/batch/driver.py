@@ -239,7 +239,14 @@ class BatchDecoder:
 
 def generate_batch(model, prompts, mode="ar", max_batch=4, block_size=None, **kw) -> list[list[int]]:
     """The token ids each prompt generates, decoded together `max_batch` at a time (the rest queue)."""
-    dec = BatchDecoder(model, max_batch, mode, block_size)
+    prompts = [p.tolist() if torch.is_tensor(p) else list(p) for p in prompts]
+    # Regions for these prompts and budget, not the model's whole context (a 262k-token NLD context
+    # times max_batch regions would not fit a GPU); the budget is cut to the context as solo.
+    limit = model.cfg.max_position_embeddings
+    gen = kw.get("gen")
+    new = gen.max_new_tokens if gen is not None else kw.get("max_new_tokens", GenerationConfig.max_new_tokens)
+    want = max(map(len, prompts), default=1) + new
+    dec = BatchDecoder(model, max_batch, mode, block_size, context=max(2, min(limit, want)))
     seqs = [dec.add(p, **kw) for p in prompts]
     for _ in dec.run():
         pass

@@ -82,10 +82,14 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
     decs, timings = {}, {}
     for n in sizes:
         for key in keys:
-            dec = decs[(n, key)] = BatchDecoder(model, max_batch=n, mode=key[0], block_size=key[1])
+            budget = 2 * key[1] * (steps + 6) + 16
+            # Regions for what the timing needs, not the model's context (a 262k-token NLD context
+            # times n regions times every candidate would not fit a GPU).
+            context = min(cfg.max_position_embeddings, n_tok + budget)
+            dec = decs[(n, key)] = BatchDecoder(model, max_batch=n, mode=key[0], block_size=key[1], context=context)
             timings[(n, key)] = []
             for p in prompts[:n]:  # (the budget is cut to the context; a sequence that ends early stops the timing)
-                dec.add(p, max_new_tokens=2 * key[1] * (steps + 6) + 16)
+                dec.add(p, max_new_tokens=budget)
     for dec in decs.values():  # prefill, then one untimed step: the first at a shape is slower
         while dec.busy and (dec.queue or any(not s.decoding for s in dec.active)):
             dec.step()

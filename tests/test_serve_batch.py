@@ -263,6 +263,27 @@ def test_draft_trees_run_alone(client, local):
                                     tree_nodes=3).text
 
 
+def test_no_cuda_graphs_serves_batched_and_alone(chat_ckpt, tmp_path, local):
+    """`--no-cuda-graphs` (vLLM's --enforce-eager) reaches both paths: concurrent requests batch, a tree
+    request runs alone, each answer the one it gets alone. (On a CPU nothing is graphed either way:
+    this checks that the setting rides every request without refusing one.)"""
+    from serve_util import Server
+
+    s = Server(tmp_path / "server.log", "--model", str(chat_ckpt), "--dtype", "float32", "--max-batch", "2",
+               "--served-model-name", MODEL, "--no-cuda-graphs")
+    try:
+        c = openai_client(s, timeout=120)
+        items = [("the cat sat on", 20, {}), ("def f(x):", 9, {}), ("hello", 12, dict(mode="spec-linear",
+                 block_size=4, tree_nodes=3))]
+        with ThreadPoolExecutor(len(items)) as pool:
+            outs = list(pool.map(lambda it: complete(c, it[0], it[1], **it[2]), items))
+        for (p, n, kw), o in zip(items, outs):
+            assert o.choices[0].text == ref(local, p, max_new_tokens=n, **kw).text
+    finally:
+        s.stop()
+    assert "Traceback" not in s.log(), s.log()
+
+
 def test_batch_decoder_reuses_a_kept_prefix_in_any_mode():
     """BatchDecoder(reuse_prefix=True): a prompt extending a finished sequence's prompt + output goes to
     its region and prefills only the rest; a decoder of another mode adopts the kept prefixes."""

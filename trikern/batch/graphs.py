@@ -68,8 +68,8 @@ class BatchGraphs:
         """`dec`: the BatchDecoder (its model, max_batch, and a cache with `pad_slots` pad slots)."""
         self.dec, self.capture = dec, capture
         self.buckets = buckets(dec.max_batch)
-        self.static: dict = {}  # (pass, bucket) -> (tokens, meta)
-        self.graphs: dict = {}  # (pass, bucket) -> (graph, logits)
+        self.static: dict = {}  # (pass, bucket) -> its input tensors (tokens, meta, offsets)
+        self.graphs: dict = {}  # (pass, bucket) -> (graph, its output: logits or hidden states)
         self.calls: Counter = Counter()
         self.pool = None
         self.enabled = True

@@ -37,6 +37,9 @@ def add_parser(sub):
                    help=f"tokens (prompt + max_tokens) of one batched request: each of the --max-batch cache regions "
                    f"holds this many; a request needing more runs alone (default: the model's context, at most "
                    f"{BATCH_CONTEXT})")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run every decode step eagerly on CUDA, one request or a batch (vLLM's --enforce-eager); "
+                   "default: CUDA graphs on CUDA")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
                    help="requests that may wait beyond the free batch slots; more get 429 (default: 16)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
@@ -90,6 +93,6 @@ def run(a) -> int:
     launch.run(model, model_name=a.served_model_name or launch.served_name(a.model, model.path), default_mode=a.mode,
                modes=MODES, host=a.host, port=a.port, api_key=a.api_key, max_queue=a.max_queue,
                max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens, log_level=a.log_level,
-               max_batch=a.max_batch,
+               max_batch=a.max_batch, cuda_graphs=False if a.no_cuda_graphs else None,
                batch_context=min(a.batch_context or BATCH_CONTEXT, model.cfg.max_position_embeddings))
     return 0

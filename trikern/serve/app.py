@@ -109,12 +109,13 @@ class EventStream(StreamingResponse):
 
 
 def create_app(model, cfg: ServerConfig, max_queue: int, metrics: Metrics | None = None, max_batch: int = 1,
-               batch_context: int | None = None) -> Starlette:
+               batch_context: int | None = None, cuda_graphs: bool | None = None) -> Starlette:
     """`max_batch` 1: one generation at a time (Engine); more: up to that many decode together
-    (BatchEngine, each in a cache region of `batch_context` tokens)."""
+    (BatchEngine, each in a cache region of `batch_context` tokens). `cuda_graphs=False`: every
+    decode step eager on CUDA."""
     metrics = metrics or Metrics()
-    engine = Engine(model, max_queue, metrics) if max_batch == 1 else \
-        BatchEngine(model, max_queue, metrics, max_batch=max_batch, context=batch_context)
+    engine = Engine(model, max_queue, metrics, cuda_graphs) if max_batch == 1 else \
+        BatchEngine(model, max_queue, metrics, max_batch=max_batch, context=batch_context, cuda_graphs=cuda_graphs)
 
     def check_auth(request: HTTPRequest):
         if cfg.api_key is None:

@@ -57,7 +57,8 @@ class Running:
 
 
 class BatchEngine(Engine):
-    def __init__(self, model, max_queue: int, metrics=None, max_batch: int = 4, context: int | None = None):
+    def __init__(self, model, max_queue: int, metrics=None, max_batch: int = 4, context: int | None = None,
+                 cuda_graphs: bool | None = None):
         """`context`: the tokens (prompt + completion) of one batched request; every one of the
         `max_batch` cache regions is sized for it (default: the model's context)."""
         limit = model.cfg.max_position_embeddings
@@ -68,7 +69,7 @@ class BatchEngine(Engine):
         self._solo: Job | None = None  # running alone on the single path
         self._dec: BatchDecoder | None = None
         self._key: tuple[str, int] | None = None
-        super().__init__(model, max_queue, metrics)
+        super().__init__(model, max_queue, metrics, cuda_graphs)
         self._thread.name = "trikern-batch-decoder"
 
     # -- what the queue bound and the gauges count ------------------------------------------
@@ -174,7 +175,7 @@ class BatchEngine(Engine):
     def _switch(self, key: tuple[str, int]):
         """A decoder for another (mode, block size), holding the prefixes the last one kept."""
         dec = BatchDecoder(self.model.model, self.max_batch, key[0], key[1], context=self.context,
-                           prefill_chunk=PREFILL_CHUNK, reuse_prefix=True)
+                           prefill_chunk=PREFILL_CHUNK, reuse_prefix=True, cuda_graphs=self.cuda_graphs)
         if self._dec is not None:
             dec.adopt(self._dec)
         self._dec, self._key = dec, key

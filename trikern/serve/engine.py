@@ -73,8 +73,11 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model, max_queue: int, metrics: Metrics | None = None):
+    def __init__(self, model, max_queue: int, metrics: Metrics | None = None, cuda_graphs: bool | None = None):
+        """`cuda_graphs`: False runs every decode step eagerly on CUDA (`trikern serve --no-cuda-graphs`);
+        None: graphs where the decoder captures them."""
         self.model = model
+        self.cuda_graphs = cuda_graphs
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
         self._cond = threading.Condition()
@@ -105,6 +108,8 @@ class Engine:
 
     def submit(self, work: Work) -> Job:
         """Queue `work` (call from the event loop); QueueFull when `max_queue` requests already wait."""
+        if self.cuda_graphs is not None:  # a server setting, not a request field
+            work.options["cuda_graphs"] = self.cuda_graphs
         job = Job(work, asyncio.get_running_loop())
         with self._cond:
             if self._closed:

@@ -43,7 +43,7 @@ def check_extra() -> None:
 
 def run(model, *, model_name: str, default_mode: str, modes: tuple[str, ...], host: str, port: int,
         api_key: str | None, max_queue: int, max_body_bytes: int, default_max_tokens: int, log_level: str,
-        max_batch: int = 1, batch_context: int | None = None) -> None:
+        max_batch: int = 1, batch_context: int | None = None, cuda_graphs: bool | None = None) -> None:
     """Serve `model` on host:port until SIGINT / SIGTERM."""
     import uvicorn  # noqa: PLC0415
 
@@ -56,6 +56,7 @@ def run(model, *, model_name: str, default_mode: str, modes: tuple[str, ...], ho
     if not is_loopback(host) and api_key is None:
         logging.getLogger("trikern.serve").warning(
             "listening on %s without --api-key: anyone who can reach this address can use the model", host)
-    app = create_app(model, cfg, max_queue=max_queue, max_batch=max_batch, batch_context=batch_context)
+    app = create_app(model, cfg, max_queue=max_queue, max_batch=max_batch, batch_context=batch_context,
+                     cuda_graphs=cuda_graphs)
     # A short graceful-shutdown window: open streams are cancelled by the engine, not waited for.
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -19,6 +19,13 @@ differently; the fp32 equality is what tests/test_batch_decode.py checks).
     python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4, auto B<=8; 5 repeats
     python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
     python benchmarks/bench_batch.py --smoke          # 8 tokens, 1 repeat: checks the script runs
+    python benchmarks/bench_batch.py --synthetic nld-8b --modes ar,spec-linear:4,auto:8   # on a GPU
+
+`--synthetic NAME|CONFIG` runs random weights of a shipped config (trikern/configs: nld-3b, nld-8b)
+on `--device` (default: CUDA if there is one) instead of the embedded model, fed random prompts of
+`--prompt-tokens` ids: its step costs and AR figures are the shape's, but random drafts are almost
+never accepted, so its speculative figures say what a step costs, not what a trained model gains.
+`--layers N` keeps N layers (a CPU dry run).
 """
 from __future__ import annotations
 
@@ -44,6 +51,11 @@ def parse(argv=None):
                    help="torch threads (1: steadier on a CPU shared with other work)")
     p.add_argument("--dtype", default=None, help="bf16 or fp32 (default: the checkpoint's as trikern.load gives it)")
     p.add_argument("--json", default=None, help="write the rows here too")
+    p.add_argument("--synthetic", metavar="NAME|CONFIG", help="random weights of a shipped config (see above)")
+    p.add_argument("--layers", type=int, default=None, help="--synthetic: keep only N layers")
+    p.add_argument("--device", default=None, help="--synthetic: cuda or cpu (default: cuda if available)")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="--synthetic: ids per random prompt")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="batched passes eager on CUDA (default: graphs)")
     p.add_argument("--smoke", action="store_true", help="8 tokens, 1 repeat, c in {1, 2}: checks the script runs")
     a = p.parse_args(argv)
     if a.smoke:
@@ -59,14 +71,22 @@ def main(argv=None):
     from trikern.batch import BatchDecoder
 
     torch.set_num_threads(a.threads)
-    lm = trikern.load(dtype=a.dtype)
-    model, tok = lm.model, lm.tokenizer
-    rows = [json.loads(line) for line in (ROOT / "trikern" / "bench" / "prompts.jsonl").read_text().splitlines()]
-    prompts = [tok.encode(d["prompt"]) for d in rows if "prompt" in d]  # (the chat rows need a template)
+    if a.synthetic:
+        lm, prompts = synthetic(a)
+        model = lm.model
+    else:
+        lm = trikern.load(dtype=a.dtype)
+        model, tok = lm.model, lm.tokenizer
+        rows = [json.loads(line) for line in (ROOT / "trikern" / "bench" / "prompts.jsonl").read_text().splitlines()]
+        prompts = [tok.encode(d["prompt"]) for d in rows if "prompt" in d]  # (the chat rows need a template)
     modes = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else None) for m in a.modes.split(",")]
     levels = [int(c) for c in a.concurrency.split(",")]
 
     decoders = {}
+    # Regions for these prompts and budgets, not the model's whole context (NLD's 262k tokens per region
+    # would not fit a GPU); nothing is cut: every prompt and budget fits.
+    context = min(model.cfg.max_position_embeddings, max(map(len, prompts)) + max(a.max_new_tokens, 16) + 1)
+    graphs = False if a.no_cuda_graphs else None
 
     def serve(mode, B, c, new, first=0):
         """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once.
@@ -74,7 +94,8 @@ def main(argv=None):
         per batch size, measured in the warm-up, stay with it."""
         dec = decoders.get((mode, B, c))
         if dec is None:
-            dec = decoders[(mode, B, c)] = BatchDecoder(model, max_batch=c, mode=mode, block_size=B)
+            dec = decoders[(mode, B, c)] = BatchDecoder(model, max_batch=c, mode=mode, block_size=B, context=context,
+                                                        cuda_graphs=graphs)
         t0 = time.perf_counter()
         seqs = [dec.add(prompts[(first + i) % len(prompts)], max_new_tokens=new) for i in range(c)]
         for _ in dec.run():
@@ -99,7 +120,7 @@ def main(argv=None):
         for c in levels:
             serve(m, B, c, 16)
     def alone(mode, B, j, new):
-        dec = BatchDecoder(model, max_batch=1, mode=mode, block_size=B)
+        dec = BatchDecoder(model, max_batch=1, mode=mode, block_size=B, context=context, cuda_graphs=graphs)
         seq = dec.add(prompts[j], max_new_tokens=new)
         for _ in dec.run():
             pass
@@ -123,9 +144,15 @@ def main(argv=None):
                 res[(m, B, c)].append((agg, user, slowest, slowest / solo_s if solo_s else float("nan")))
         print(f"# repeat {r + 1}/{a.repeats} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
-    print(f"# embedded model, CPU {str(model.embed_tokens.weight.dtype).replace('torch.', '')} ({a.threads} "
-          f"thread{'s' if a.threads > 1 else ''}), greedy, {a.max_new_tokens} new tokens per user, {a.repeats} "
-          f"repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's c=1, per repeat")
+    w = model.embed_tokens.weight
+    where = (f"{torch.cuda.get_device_name(w.device)}, torch {torch.__version__}, triton {triton_version()}, "
+             f"CUDA graphs {'off' if a.no_cuda_graphs else 'on'}"
+             if w.is_cuda else f"CPU ({a.threads} thread{'s' if a.threads > 1 else ''})")
+    what = f"synthetic {a.synthetic} ({model.cfg.num_hidden_layers} layers, random weights)" if a.synthetic else \
+        "embedded model"
+    print(f"# {what}, {where}, {str(w.dtype).replace('torch.', '')}, greedy, {a.max_new_tokens} new tokens per "
+          f"user, {a.repeats} repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's "
+          f"c=1, per repeat")
     print("| mode | c | aggregate tok/s | x c=1 | per-user tok/s | slowest / solo | = solo |")
     print("|---|---|---|---|---|---|---|")
     out = []
@@ -169,6 +196,30 @@ def main(argv=None):
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
+
+
+def synthetic(a):
+    """(a trikern Model of random weights of a.synthetic's shape, random prompts)."""
+    import torch
+
+    from trikern.api import Model
+    from trikern.bench.synthetic import as_loaded, load_shape, random_model
+
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+    if a.dtype is not None and a.dtype not in dtypes:
+        raise SystemExit(f"bench_batch.py: error: --dtype {a.dtype}: expected one of {', '.join(dtypes)}")
+    dtype = dtypes.get(a.dtype, torch.bfloat16)
+    cfg, _ = load_shape(a.synthetic, a.layers)
+    model = as_loaded(random_model(cfg, device, dtype, "auto"))
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, cfg.vocab_size, (a.prompt_tokens,), generator=g).tolist() for _ in range(16)]
+    return Model(model, None), prompts
+
+
+def triton_version() -> str:
+    import triton
+    return triton.__version__
 
 
 if __name__ == "__main__":

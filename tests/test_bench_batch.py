@@ -1,0 +1,35 @@
+"""benchmarks/bench_batch.py runs end to end on a synthetic shape (the GPU figure's command, dry-run on
+a CPU at a tiny config): rows for every mode and concurrency, each user's text equal to its solo
+text (fp32), and the regions sized for the run, not the config's context."""
+import json
+import sys
+from pathlib import Path
+
+from synth import write_json
+from util import nld_config_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_synthetic_batch_bench_runs_every_mode_and_concurrency(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_batch
+    import trikern.batch as batch
+
+    cfg = write_json(tmp_path / "config.json", nld_config_dict(max_position_embeddings=1 << 15))
+    regions, made = [], batch.BatchDecoder.__init__
+
+    def spy(self, *a, **kw):
+        made(self, *a, **kw)
+        regions.append(self.cache.region)
+    monkeypatch.setattr(batch.BatchDecoder, "__init__", spy)
+    j = tmp_path / "rows.json"
+    rc = bench_batch.main(["--synthetic", str(cfg), "--device", "cpu", "--dtype", "fp32", "--threads", "1",
+                           "--modes", "ar,spec-linear:2,auto:2", "--concurrency", "1,2", "--repeats", "1",
+                           "--max-new-tokens", "4", "--prompt-tokens", "6", "--json", str(j)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "synthetic" in out and "random weights" in out
+    rows = json.loads(j.read_text())
+    assert {(r["mode"], r["c"]) for r in rows} == {(m, c) for m in ("ar", "spec-linear", "auto") for c in (1, 2)}
+    assert all(r["equals_solo"] and r["aggregate"] > 0 for r in rows)
+    assert regions and max(regions) < 256, regions  # the run's prompts and budgets (and the tuner's), not 32k

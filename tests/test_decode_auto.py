@@ -327,6 +327,37 @@ def test_a_step_that_fills_its_block_is_followed_by_a_larger_block():
     assert p.explore.spent == 0  # those explorations produced at least what L4 would have in their time
 
 
+def test_a_filled_quadratic_block_grows_into_a_steady_step():
+    """Growing a quadratic block first verifies the old, shallower draft (spec_quadratic.entry_steps);
+    after a filled quadratic B = 2 block, the next size up is tried in the family whose first step
+    is a steady one, linear B = 4, even where quadratic B = 4 costs less (on code it was grown into
+    again and again at B = 2's yield). Where the cheaper candidate is steady it is still taken."""
+    Q2 = ("spec-quadratic", 2)
+    p = costed([A, Q2, L4, Q4], [1.0, 1.2, 2.0, 1.6])
+    p.acc["spec-quadratic"] = Acceptance(15, prior=[0.1] + [0.9] * 14)
+    p.acc["spec-linear"] = Acceptance(15, prior=[0.9] * 15)
+    assert p.choose() == Q2
+    p.observe(Q2, 2, 1.2, cold=False, drafted=1)  # filled
+    assert p.choose() == L4 and p.explore.key == L4
+    q = costed([A, L2, L4, Q4], [1.0, 1.1, 2.0, 1.6])
+    q.acc["spec-linear"] = Acceptance(15, prior=[0.1] + [0.9] * 14)
+    q.acc["spec-quadratic"] = Acceptance(15, prior=[0.9] * 15)
+    assert q.choose() == L2
+    q.observe(L2, 2, 1.1, cold=False, drafted=1)  # filled: Q4 would restart, L4 is steady
+    assert q.choose() == L4
+
+
+def test_a_step_that_grew_a_quadratic_block_is_not_its_cost():
+    """The first step at a larger quadratic block verifies the old draft in fewer sub-blocks: cheaper
+    than a steady step, so not what the block costs (it priced B = 4 at 4.6 ms against 5.4)."""
+    p = costed([A, Q4], [1.0, 3.0])
+    p.current = Q4
+    p.observe(Q4, 2, 2.0, cold=False, drafted=1)  # grown from B = 2: one draft verified
+    assert p.costs.cost[Q4].seconds == 3.0 and not p.restarted
+    p.observe(Q4, 2, 3.3, cold=False, drafted=3)  # a steady step counts
+    assert p.costs.cost[Q4].seconds != 3.0
+
+
 def test_a_quadratic_restart_is_not_a_cost_and_is_followed_by_the_step_it_paid_for():
     p = costed([A, Q4], [1.0, 3.0])  # AR is best: Q4 expects 1.875 tokens per 3 s
     p.current = Q4  # as if a switch had just entered quadratic

@@ -61,8 +61,10 @@ def traces(kinds=None, tokens=None) -> dict:
 def replay(policy, trace, costs=COSTS, slow=lambda: 1.0) -> tuple[int, float]:
     """(tokens, seconds) of one generation of `trace` under `policy`; the first token is the prefill's.
     `costs`: the true step costs; `slow()`: the machine's slowdown at each step (other processes).
-    Two approximations: a quadratic restart (B + 1 rows) costs what a B = 2 step (6 rows) does, and a
-    switch to a larger quadratic block verifies as many drafts as that block would have drafted."""
+    A switch to a larger quadratic block B from A verifies the old draft of A - 1 tokens: it yields
+    what a step of A does, at A sub-blocks of B + 1 rows (cost between A's and B's, by rows). (It
+    was once replayed as a full step of B, which hid what growing a quadratic block costs.) One
+    approximation: a quadratic restart (B + 1 rows) costs what a B = 2 step (6 rows) does."""
     n = len(trace["spec-linear"]["2"]) + 1
     first = policy.first()  # its prefill: a quadratic one drafts the first block
     made, seconds, drafts_for = 1, 0.0, first[1] if first[0] == QUAD else 0
@@ -71,6 +73,11 @@ def replay(policy, trace, costs=COSTS, slow=lambda: 1.0) -> tuple[int, float]:
         mode, B = key
         if mode == QUAD and not drafts_for:  # entering quadratic: the one-token restart
             tokens, drafted, cost = 1, 0, min(costs[key], costs[(QUAD, 2)])
+        elif mode == QUAD and drafts_for < B:  # growing: the old, shallower draft at B's width
+            A = drafts_for
+            tokens, drafted = trace[mode][str(A)][made - 1], A - 1
+            rows = lambda b: b * (b + 1)  # noqa: E731
+            cost = costs[(QUAD, A)] + (costs[key] - costs[(QUAD, A)]) * (A * (B + 1) - rows(A)) / (rows(B) - rows(A))
         else:
             tokens = 1 if mode == "ar" else trace[mode][str(B)][made - 1]
             drafted, cost = (0 if mode == "ar" else B - 1), costs[key]

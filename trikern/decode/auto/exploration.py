@@ -23,9 +23,10 @@ exploration costs now and pays back only over the rest of the generation, so nea
 short generations, the best estimate runs instead.
 
 Within the same share, a step that accepted every draft is followed by one of the next larger block
-size that could win (either family, the cheaper step): the counts say nothing past the block it
-filled, and waiting for the next refresh leaves copy-like text to a block size too small for it;
-on such text every filled block doubles the next, so B = 16 is reached in a few steps.
+size that could win (either family, the cheaper step, one whose first step is a steady one where
+there is such): the counts say nothing past the block it filled, and waiting for the next refresh
+leaves copy-like text to a block size too small for it; on such text every filled block doubles the
+next, so B = 16 is reached in a few steps.
 """
 from __future__ import annotations
 
@@ -124,7 +125,13 @@ class Exploration:
             if larger:  # the next block size up, its cheapest step: a filled B = 2 block says little
                 # about 16 (jumping to the largest cost short code generations 5-10%, replayed)
                 size = min(k[1] for k in larger)
-                return min((k for k in larger if k[1] == size), key=seconds)
+                pick = [k for k in larger if k[1] == size]
+                # ... whose first step is a steady one where there is such: a quadratic block grown
+                # from a smaller one first verifies the old, shallower draft at the larger width (a
+                # filled quadratic B = 2 sent code generations to B = 4 steps that gave B = 2's yield,
+                # ~40% of their steps), and one entered from linear restarts.
+                steady = [k for k in pick if not strategy(k).entry_steps(k[1], best)]
+                return min(steady or pick, key=seconds)
         if refresh and (left is None or left >= self.REFRESH_LEFT):
             # One step of a family informs all its block sizes (the hazards of the first positions,
             # which decide most of every block's yield): refresh the family not run for longest

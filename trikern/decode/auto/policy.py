@@ -188,10 +188,13 @@ class AutoPolicy:
                 a.step(self.DECAY, drafted, min(tokens - 1, drafted))
             else:
                 a.step(self.DECAY)
-        # A restart (entering quadratic: B + 1 rows, nothing verified) is not what a step costs,
-        # nor is a step that captured a graph or timed matmul paths.
+        # A restart (entering quadratic: B + 1 rows, nothing verified) is not what a step costs, nor
+        # is a step that grew a quadratic block (the old, shorter draft: fewer sub-blocks, cheaper;
+        # counted, they priced quadratic B = 4 at its growth steps' 4.6 ms against 5.4 and drew auto
+        # to grow into it again and again), nor one that captured a graph or timed matmul paths.
         self.restarted = fam is not None and drafted == 0
-        if not (cold or self.restarted):
+        grown = fam is not None and drafted < key[1] - 1
+        if not (cold or self.restarted or grown):
             self.costs.observe(key, seconds)
 
     def finish(self):

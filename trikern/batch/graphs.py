@@ -68,7 +68,7 @@ class BatchGraphs:
         """`dec`: the BatchDecoder (its model, max_batch, and a cache with `pad_slots` pad slots)."""
         self.dec, self.capture = dec, capture
         self.buckets = buckets(dec.max_batch)
-        self.static: dict = {}  # (pass, bucket) -> its input tensors (tokens, meta, offsets)
+        self.static: dict = {}  # (pass, bucket) -> its input tensors (tokens, meta, offsets, host meta)
         self.graphs: dict = {}  # (pass, bucket) -> (graph, its output: logits or hidden states)
         self.calls: Counter = Counter()
         self.pool = None
@@ -91,12 +91,18 @@ class BatchGraphs:
         Bk = key[-1]
         static = self.static.get(key)
         if static is None:
+            pinned = dec.device.type == "cuda"
             static = self.static[key] = (torch.zeros(Bk * C, dtype=torch.long, device=dec.device),
                                          torch.zeros(Bk + 1, dtype=torch.long, device=dec.device),
-                                         torch.tensor(offsets, dtype=torch.long, device=dec.device))
-        s_tokens, s_meta, s_offsets = static
+                                         torch.tensor(offsets, dtype=torch.long, device=dec.device),
+                                         torch.zeros(Bk + 1, dtype=torch.long, pin_memory=pinned))
+        s_tokens, s_meta, s_offsets, h_meta = static
         s_tokens[:D * C].copy_(tokens)  # padding rows keep earlier tokens: any id will do
-        s_meta.copy_(torch.tensor(list(regions) + [0] * (Bk - D) + [D]))  # one host-to-device copy
+        # Through a pinned buffer, asynchronously: a copy from pageable memory would wait for the
+        # device, mid-step (spec-linear's verify after its draft). The last copy from this buffer
+        # ended with an earlier step's host read, so it is free to refill.
+        h_meta.copy_(torch.tensor(list(regions) + [0] * (Bk - D) + [D]))
+        s_meta.copy_(h_meta, non_blocking=True)
 
         def run():
             return device_pass(dec.model, dec.cache, s_tokens, s_meta, s_offsets, rows, pattern, sub_block,

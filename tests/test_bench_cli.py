@@ -219,6 +219,24 @@ def test_synthetic_quantized_weights_count_the_quantized_bytes(tmp_path, capsys,
     assert res["settings"]["weights"] == weights and ("int4 g32" in out or "fp8 e4m3" in out)
 
 
+def test_synthetic_tree_verify_rows(tmp_path, capsys):
+    """--tree-nodes: the verify pass of a linear draft tree per node budget, against the chain's pass
+    (issue 25's GPU figure: a 64-node verify against an 8-token one)."""
+    j = tmp_path / "t.json"
+    rc, out, err = run(capsys, "--synthetic", tiny_config(tmp_path), "--context", 24, "--widths", "1",
+                       "--block-sizes", "2,4", "--tree-nodes", "1,4,9", "--decode-tokens", 0, "--reps", 1,
+                       "--dtype", "float32", "--json", j)
+    assert rc == 0, err
+    res = json.loads(j.read_text())
+    rows = res["tree_verify"]
+    assert [r["nodes"] for r in rows] == [1, 4, 9] and all(r["B"] == 4 for r in rows)
+    assert rows[0]["depth"] == 0 and all(1 <= r["depth"] <= 3 for r in rows[1:])  # depths <= B - 1
+    for r in rows:
+        assert r["eager_ms"] > 0 and r["graph_ms"] is None and r["chain_ms"] > 0
+        assert r["x_chain"] == pytest.approx(r["eager_ms"] / r["chain_ms"])
+    assert "tree verify passes" in out and res["decode"] == []
+
+
 def test_synthetic_shipped_name_and_layer_cut():
     cfg, raw = S.load_shape("nld-8b", layers=2)
     assert cfg.num_hidden_layers == 2 and cfg.hidden_size == 4096 and cfg.eos_token_ids == ()
@@ -246,6 +264,9 @@ def test_datasheet_bandwidth_by_device_name(monkeypatch):
     (["--synthetic", "nld-3b", "--context", "999999"], "--context 999999"),
     (["--synthetic", "nld-3b", "--peer", "hf"], "--peer does not apply with --synthetic"),
     (["--widths", "1,8"], "--widths applies only with --synthetic"),
+    (["--tree-nodes", "8"], "--tree-nodes applies only with --synthetic"),
+    (["--synthetic", "nld-3b", "--block-sizes", "3", "--tree-nodes", "8,22"], "--tree-nodes 22: at most 21"),
+    (["--synthetic", "nld-3b", "--block-sizes", "16", "--tree-nodes", "300"], "--tree-nodes 300: at most 256"),
     (["--group-size", "64"], "--group-size applies only with --weights int4"),
     (["--peer", "hf", "--weights", "fp8"], "--peer hf runs the 16-bit checkpoint"),
     (["--synthetic", "nld-3b", "--weights", "fp8", "--group-size", "64"], "--group-size applies only with --weights int4"),

@@ -18,6 +18,11 @@ copy of the weights), fills the cache with `context` random entries, and then me
   `load(quantize=)` does: trikern/quant), so the weight bytes, and the % of the read roofline, are
   the quantized model's (packed weights, scales and zero points; the embedding, head and norms stay
   in the model dtype).
+- `--tree-nodes N1,N2`: tree-verify rows, per node budget N: the verify pass of a linear draft
+  tree (issue 25) -- N nodes at positions context + depth, each seeing the cache and its ancestors
+  (the TREE pattern), the tree built by `kernels.build_tree` from random draft log-probabilities of
+  depths 1 .. B-1 (B: the largest `--block-sizes`) -- timed as the forward rows are, and against a
+  causal forward of the chain's B rows timed alongside (the same pass of a chain).
 - decode rows, per mode and block size: the real decode loop (CUDA graphs where it uses them)
   from a `context`-token random prompt: ms per forward, GB/s, tokens/s. With random weights the
   acceptance means nothing: read ms per forward, not tokens per forward.
@@ -322,6 +327,52 @@ def forward_rows(model, widths, context: int, device, reps: int, *, graphs: bool
     return rows
 
 
+def tree_rows(model, nodes, B: int, context: int, device, reps: int, *, graphs: bool, seed: int,
+              warmup: int = 3, log=None) -> list[dict]:
+    """One row per node budget N: ms of a linear tree's verify pass (module docstring), eager and
+    (CUDA, `graphs`) replayed, and over the chain's causal pass of B rows."""
+    from ..decode.strategies.tree_device import TOP_K  # noqa: PLC0415
+    from ..kernels import CAUSAL, TREE, build_tree  # noqa: PLC0415
+    from ..kernels.attention import TreeMask  # noqa: PLC0415
+
+    cfg = model.cfg
+    g = torch.Generator(device=device).manual_seed(seed + 2)
+    cache = _filled_cache(model, context, max(max(nodes), B), device, g)
+    logp = torch.log_softmax(torch.randn(max(B - 1, 0), cfg.vocab_size, device=device, generator=g), dim=-1)
+    root = torch.randint(0, cfg.vocab_size, (1,), device=device, generator=g)
+
+    def timed(fn) -> tuple[float, float | None]:
+        eager = time_ms(fn, device, reps, warmup=warmup)
+        graph = None
+        if device.type == "cuda" and graphs:
+            try:
+                graph = graph_ms(fn, device, reps)
+            except Exception:  # noqa: BLE001 - the eager figure stands alone
+                graph = None
+        return eager, graph
+
+    rows = []
+    with torch.inference_mode():
+        chain = torch.randint(0, cfg.vocab_size, (B,), device=device, generator=g)
+        chain_pos = torch.arange(context, context + B, device=device)
+        chain_eager, chain_graph = timed(lambda: model(chain, chain_pos, cache, CAUSAL, write_cache=True))
+        base = chain_graph or chain_eager
+        for n in nodes:
+            tree = build_tree(logp, root, n, TOP_K, backend=model.backend)
+            pos = context + tree.depth
+            # A fresh TreeMask per call: a decode step builds its layout anew (CPU: the mask).
+            fn = lambda: model(tree.tokens, pos, cache, TREE, write_cache=True,  # noqa: E731
+                               sub_block=TreeMask(tree.ancestors, 1))
+            eager, graph = timed(fn)
+            best = graph or eager
+            rows.append({"nodes": int(tree.tokens.shape[0]), "depth": int(tree.depth.max()), "B": B,
+                         "eager_ms": eager, "graph_ms": graph, "chain_ms": base, "x_chain": best / base})
+            print(f"[bench] tree verify N={n} (depth {rows[-1]['depth']}): eager {eager:.3f} ms, graph "
+                  f"{report.fmt(graph)} ms, {best / base:.2f}x the chain's B={B} pass", file=log or sys.stderr,
+                  flush=True)
+    return rows
+
+
 # -- the bench --------------------------------------------------------------------------------------------
 def run(a, device, dtype, log=None) -> dict:
     from ..api import Model  # noqa: PLC0415
@@ -359,6 +410,11 @@ def run(a, device, dtype, log=None) -> dict:
                            measured=measured, sheet=sheet, other=layer_model(model, raw, a, device, dtype),
                            log=log)
 
+    trees = []
+    if getattr(a, "tree_nodes", None):
+        trees = tree_rows(model, a.tree_nodes, max(a.block_sizes), context, device, reps,
+                          graphs=not a.no_cuda_graphs, seed=a.seed, log=log)
+
     decode = []
     if a.decode_tokens:
         m = Model(model, None)
@@ -391,13 +447,15 @@ def run(a, device, dtype, log=None) -> dict:
                          "weights": getattr(a, "weights", None), "group_size": getattr(a, "group_size", None),
                          "cuda_graphs": device.type == "cuda" and not a.no_cuda_graphs,
                          "decode_tokens": a.decode_tokens, "seed": a.seed},
-            "forward": forward, "decode": decode, "wall_s": round(time.perf_counter() - t0, 3)}
+            "forward": forward, "tree_verify": trees, "decode": decode, "wall_s": round(time.perf_counter() - t0, 3)}
 
 
 FORWARD_COLUMNS = [("T", "T"), ("eager_ms", "eager ms"), ("graph_ms", "graph ms"), ("mb", "MB moved"),
                    ("gb_per_s", "GB/s"), ("pct_measured", "% measured"), ("pct_datasheet", "% datasheet"),
                    ("roofline_ms", "roofline ms"), ("tokens_per_second", "tok/s"), ("kernels", "kernels/fwd"),
                    ("kernels_per_layer", "kernels/layer")]
+TREE_COLUMNS = [("nodes", "N"), ("depth", "depth"), ("eager_ms", "eager ms"), ("graph_ms", "graph ms"),
+                ("x_chain", "x chain pass")]
 DECODE_COLUMNS = [("label", "mode"), ("ms_per_forward", "ms/forward"), ("gb_per_s", "GB/s"),
                   ("pct_measured", "% measured"), ("tokens_per_second", "tok/s"), ("tokens_per_forward", "tok/fwd")]
 
@@ -414,6 +472,10 @@ def render(res: dict) -> str:
              report.table([{**r, "mb": r["bytes"] / 1e6} for r in res["forward"]], FORWARD_COLUMNS),
              f"kernels: {res['settings'].get('kernels_counted', '-')}; per layer from a {_other_layers(s)}-layer "
              "model of the same shape"]
+    if res.get("tree_verify"):
+        B = res["tree_verify"][0]["B"]
+        lines += [f"tree verify passes (linear draft tree, depths <= {B - 1}; x chain pass: over a causal "
+                  f"pass of B = {B} rows):", report.table(res["tree_verify"], TREE_COLUMNS)]
     if res["decode"]:
         from .promptset import label  # noqa: PLC0415
         rows = [{**r, "label": label(r["mode"], r["block_size"])} for r in res["decode"]]

@@ -11,7 +11,7 @@ from ..kernels.dispatch import BACKENDS
 
 DESCRIPTION = "`trikern bench`: decoding speed over a prompt set, or a config's shape against the bandwidth roofline."
 DEFAULT_WIDTHS = (1, 8, 32, 72)  # AR, spec verify at B = 8 and 32, a quadratic step at B = 8
-SYNTHETIC_ONLY = ("layers", "context", "widths", "reps", "decode_tokens")
+SYNTHETIC_ONLY = ("layers", "context", "widths", "reps", "decode_tokens", "tree_nodes")
 PROMPTS_ONLY = ("model", "prompts", "limit", "max_new_tokens", "temperature", "top_p", "threshold", "repeats",
                 "csv", "plot", "peer")
 
@@ -56,6 +56,8 @@ def add_parser(sub):
     p.add_argument("--layers", type=int, metavar="N", help="[synthetic] keep only N layers")
     p.add_argument("--context", type=int, metavar="N", help="[synthetic] cache length (default: 1024)")
     p.add_argument("--widths", metavar="T1,T2", help="[synthetic] forward chunk widths (default: 1,8,32,72)")
+    p.add_argument("--tree-nodes", metavar="N1,N2", help="[synthetic] also time the verify pass of a linear draft "
+                   "tree of N nodes (depths up to the largest block size - 1) against the chain's pass")
     p.add_argument("--reps", type=int, metavar="N", help="[synthetic] timed calls per figure (default: 20 on CUDA, "
                    "3 on CPU)")
     p.add_argument("--decode-tokens", type=int, metavar="N", help="[synthetic] tokens per decode row; 0 skips the "
@@ -87,6 +89,18 @@ def parse_positive_ints(text: str, option: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def check_tree_nodes(nodes, B: int):
+    """--tree-nodes within what a decode step allows and a tree of B - 1 depths can hold."""
+    from ..decode.strategies.tree_device import TOP_K  # noqa: PLC0415
+    from ..kernels.tree import MAX_NODES, max_nodes  # noqa: PLC0415
+
+    cap = min(MAX_NODES, max_nodes(max(B - 1, 0), TOP_K))
+    for n in nodes:
+        if n > cap:
+            raise BenchError(f"--tree-nodes {n}: at most {cap} (a tree of depth {max(B - 1, 0)} = the largest "
+                             f"--block-sizes - 1, {TOP_K} children per node, {MAX_NODES} nodes at most)")
+
+
 def check(a, all_modes):
     """Every option checked before a model loads; fills the defaults that depend on the bench kind."""
     given = lambda names: [n for n in names if getattr(a, n) is not None]  # noqa: E731
@@ -115,9 +129,11 @@ def check(a, all_modes):
             raise BenchError(f"{opt(name)} {v}: must be >= {low}")
     if a.synthetic is not None:
         a.widths = parse_positive_ints(a.widths, "--widths") if a.widths is not None else DEFAULT_WIDTHS
+        a.tree_nodes = parse_positive_ints(a.tree_nodes, "--tree-nodes") if a.tree_nodes is not None else ()
         a.context = 1024 if a.context is None else a.context
         a.decode_tokens = 32 if a.decode_tokens is None else a.decode_tokens
         a.block_sizes = a.block_sizes or (8,)
+        check_tree_nodes(a.tree_nodes, max(a.block_sizes))
         return
     a.max_new_tokens = a.max_new_tokens or 64
     a.temperature = 0.0 if a.temperature is None else a.temperature

@@ -64,6 +64,57 @@ def test_the_choice_follows_the_batch_size(embedded, monkeypatch):
     assert all(auto.choose(seqs[:1], [(seqs[1], 3)])[0] != "spec-quadratic" for _ in range(20))
 
 
+def four_in_ar(model, costs: dict, room: int, accepted=lambda i: 3, waiting: int = 0):
+    """(auto, its four decoding sequences): a batch in AR at confirmed step costs (`costs`, by key;
+    AR 1 ms, others 8 ms unless given) whose sequence i lately had `accepted(i)` of 3 drafts accepted
+    at every step, `room` tokens to go, and `waiting` more requests queued behind it."""
+    dec = BatchDecoder(model, max_batch=4, mode="auto", block_size=4)
+    auto = dec.step_kind
+    costs = {k: costs.get(k, 1e-3 if k[0] == "ar" else 8e-3) for k in auto.keys}
+    auto.costs = {4: CostModel(auto.keys, costs)}
+    auto.costs[4].ratios = {k: 1.0 for k in auto.keys}  # confirmed: nothing left to check
+    seqs = [dec.add([1, 2, 3], max_new_tokens=room) for _ in range(4 + waiting)]
+    for i, seq in enumerate(seqs[:4]):
+        for a in auto.acceptance(seq).values():
+            for _ in range(20):
+                a.step(1.0, 3, accepted(i))
+    del dec.queue[:4]  # the four decode (choose is called directly, without admitting them)
+    auto.current = ("ar", 1)
+    return auto, seqs[:4]
+
+
+def test_entering_quadratic_pays_its_restart_only_with_room_left(embedded, monkeypatch):
+    """Entering spec-quadratic restarts every sequence (a step of one token each), so a batch in AR
+    switches to a quadratic block that beats AR by half (every draft accepted lately) only while the
+    sequences have room to pay that step back: with 64 tokens to go it switches, with 3 it stays
+    (entering there, at the end of a batch's sequences, cost ~4% of the aggregate at 4 users).
+    Requests wait (the summed rate, `step_rate`) and when none does (`drain_rate`) alike."""
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    quad = {("spec-quadratic", 2): 2e-3, ("spec-quadratic", 4): 2.5e-3}
+    for waiting in (1, 0):
+        picks = {}
+        for room in (64, 3):
+            auto, seqs = four_in_ar(embedded.model, quad, room, waiting=waiting)
+            picks[room] = auto.choose(seqs, [])
+        assert picks == {64: ("spec-quadratic", 4), 3: ("ar", 1)}, (waiting, picks)
+
+
+def test_a_draining_batch_is_judged_by_when_its_last_sequence_ends(embedded, monkeypatch):
+    """Two sequences whose drafts are all accepted and two whose drafts all fail: linear B = 4 gives
+    the four more tokens a step for its cost than AR does, summed, but AR's batch ends sooner (the
+    linear one puts two sequences far ahead, and the two left behind then take a linear step for one
+    token each). With no request waiting auto runs AR; with one queued (a region freed early is
+    filled at once) it runs the summed choice, linear B = 4."""
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    linear = {("spec-linear", 2): 2.3e-3, ("spec-linear", 4): 2.4e-3}
+    picks = {}
+    for waiting in (0, 1):
+        auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 3 if i < 2 else 0, waiting=waiting)
+        assert auto.tokens(seqs, ("spec-linear", 4)) / linear[("spec-linear", 4)] > 4 / 1e-3
+        picks[waiting] = auto.choose(seqs, [])
+    assert picks == {0: ("ar", 1), 1: ("spec-linear", 4)}, picks
+
+
 def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_profile):
     """`measure_batch` (`trikern tune --decode --batch-sizes`) stores every candidate's cost at each
     batch size beside the one-sequence entries; batched auto starts each batch size from them:

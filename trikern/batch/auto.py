@@ -23,6 +23,13 @@ speculative candidate clearly, the choice is held for a few steps without judgin
 holds it: judging sums every sequence's estimates (about 0.15 ms a step at 8 sequences), time the
 held steps save.
 
+What "highest aggregate tokens per second" means depends on whether a request waits. If one does, a
+region freed early serves it at once, and the summed yield of the step over its cost is the rate
+(`step_rate`). If none does, the batch is done when its last sequence is: the rate is that of the
+candidate kept until the batch has drained, its sequences leaving one by one (`drain_rate`), and no
+step explores (a speculative step that puts some sequences ahead leaves the others to finish at
+smaller batch sizes, which cost nearly as much a step for fewer tokens).
+
 Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
 ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each
 sequence's output what its solo run gives. Two rules keep the state right: joining sequences are
@@ -52,6 +59,7 @@ class AutoBatch(BatchStep):
     mode = AUTO
     DECAY, HYSTERESIS = AutoPolicy.DECAY, AutoPolicy.HYSTERESIS
     HOLD, HOLD_MARGIN, KEEP_EXPLORED = AutoPolicy.HOLD, AutoPolicy.HOLD_MARGIN, AutoPolicy.KEEP_EXPLORED
+    DRAIN_HORIZON = 128  # tokens of a sequence's room that `drain_rate` counts on
 
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
@@ -133,9 +141,11 @@ class AutoBatch(BatchStep):
         return self.acc[seq]
 
     def tokens(self, decoding, key) -> float:
+        """Expected tokens of a step of `key` summed over `decoding`, each sequence's capped by its room
+        (a block longer than the tokens a sequence may still emit yields no more than a shorter one)."""
         fam = family(key)
         return float(len(decoding)) if fam is None else \
-            sum(self.acceptance(s)[fam].expected_tokens(key[1]) for s in decoding)
+            sum(self.acceptance(s)[fam].expected_tokens(max(1, min(key[1], s.emitter.room))) for s in decoding)
 
     # -- the choice ----------------------------------------------------------------------------
     def choose(self, decoding, prefill) -> tuple:
@@ -161,12 +171,19 @@ class AutoBatch(BatchStep):
         if need:  # measure on the fly, the current candidate first (no switch)
             return self.current if self.current in need else need[0]
 
+        drain = not self.dec.queue and n > 1  # no request waits for a region: `drain_rate`
+
         def rate(k):
             s = costs.seconds(k)
-            return self.tokens(decoding, k) / s if s > 0 else 0.0
+            if s <= 0:
+                return 0.0
+            return self.drain_rate(decoding, k, s) if drain else self.step_rate(decoding, k, s)
 
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)
+        if drain:  # see `drain_rate`: an exploring step would split the batch as it drains
+            self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
+            return top
         # The exploration budget reasons per sequence: a block's optimistic yield is B per chain.
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
         key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
@@ -175,6 +192,51 @@ class AutoBatch(BatchStep):
             return top
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
+
+    def entering(self, key) -> bool:
+        """Whether a step of `key` restarts the sequences (a quadratic block other than the current)."""
+        return key[0] == QUAD and key != self.current
+
+    def step_rate(self, decoding, key, seconds: float) -> float:
+        """Expected tokens per second of a step of `key` summed over the batch: the choice while a
+        request waits (a region freed early serves it at once). Entering quadratic costs a restart
+        step of one token each, paid back only over the steps the longest room still needs (entered
+        near the end of a batch's sequences, at 4 users, it cost ~4% of the aggregate)."""
+        got = self.tokens(decoding, key)
+        if not self.entering(key):
+            return got / seconds
+        room = max(s.emitter.room for s in decoding)
+        steps = room / max(got / len(decoding), 1.0)
+        return got / seconds * steps / (steps + 1.0)
+
+    def drain_rate(self, decoding, key, seconds: float) -> float:
+        """Tokens per second of `key` kept until the batch has drained: the choice when no request
+        waits, for then the batch is done when its last sequence is (the aggregate the issue and the
+        benchmark measure). Each sequence needs its room (at most DRAIN_HORIZON tokens: past it the
+        end is EOS's, unknown) at its expected tokens a step; the steps until the first leaves cost
+        this batch size's step, the next ones the next size's, and so on (plus a restart step when
+        entering quadratic). A step that puts some sequences far ahead is no gain here: the ones
+        left behind then run at smaller batch sizes, where a step costs nearly as much for fewer
+        tokens. Summed yields priced such steps as gains, and so did exploring, which draining does
+        not do: on the benchmark's batches (every user at once, one budget) the ragged end they
+        left was ~19% of auto's time at 8 users, and auto ran 0.88-0.95x fixed AR there
+        (1.01x and 0.96-0.98x with this rate, no exploring; README, Several users)."""
+        fam = family(key)
+        need = []  # (steps, tokens) per sequence
+        for s in decoding:
+            work = max(1, min(s.emitter.room, self.DRAIN_HORIZON))
+            per_step = 1.0 if fam is None else self.acceptance(s)[fam].expected_tokens(min(key[1], work))
+            need.append((work / per_step, work))
+        need.sort()
+        total = seconds if self.entering(key) else 0.0
+        done, n = 0.0, len(need)
+        for steps, _ in need:  # the sequences leave in the order of the steps they need
+            if steps > done:
+                cost = seconds if n == len(need) else self.cost_model(n).seconds(key)
+                total += (steps - done) * (cost if cost > 0 else seconds)
+                done = steps
+            n -= 1
+        return sum(w for _, w in need) / total if total > 0 else 0.0
 
     def hold_steps(self, key, decoding, costs: CostModel, rate, prefill: bool) -> int:
         """Steps to keep AR, the step's choice `key`, unjudged after it: as a solo `auto`

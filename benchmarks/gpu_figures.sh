@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and figures issues 22 and 25 still lack, as one run of about 5 minutes on an H100 or
+# The GPU checks and figures issues 22 and 25 still lack, as one run of at most 6 minutes on an H100 or
 # H200 (a lent device's session has 15 minutes, the machine's start included):
 #   1. `trikern selfcheck --only graphs,lossless`: captured batch graphs replay what eager batches
 #      compute (graphs/batch), CUDA graphs per step, spec == AR token for token;
@@ -22,23 +22,23 @@ if [ "${DRY:-0}" = 1 ]; then
   check=(--dry-run); shape=(--layers 1 --device cpu --context 64 --reps 1 --threads 1)
   batch=(--layers 1 --device cpu --prompt-tokens 16 --max-new-tokens 4 --repeats 1 --concurrency 1,2)
 else
-  check=(); shape=(); batch=(--repeats 3 --max-new-tokens 32)
+  check=(); shape=(); batch=(--repeats 2 --max-new-tokens 32)
 fi
 SECONDS=0
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   git rev-parse --short HEAD 2>/dev/null || true; } > "$O/env.txt" 2>&1
 cat "$O/env.txt"
-timeout "${S_S:-100}" "$PY" -m trikern selfcheck "${check[@]}" --only graphs,lossless --json "$O/selfcheck.json" \
+timeout "${S_S:-90}" "$PY" -m trikern selfcheck "${check[@]}" --only graphs,lossless --json "$O/selfcheck.json" \
   > "$O/selfcheck.txt" 2>&1
 echo "selfcheck rc=$? at ${SECONDS}s"
-timeout "${T_S:-70}" "$PY" -m trikern bench --synthetic nld-8b "${shape[@]}" --widths 1,8,16,32,64 \
+timeout "${T_S:-60}" "$PY" -m trikern bench --synthetic nld-8b "${shape[@]}" --widths 1,8,16,32,64 \
   --tree-nodes 8,16,32,64 --block-sizes 8 --decode-tokens 0 > "$O/tree.txt" 2>&1
 echo "tree rc=$? at ${SECONDS}s"
-timeout "${B_S:-100}" "$PY" benchmarks/bench_batch.py --synthetic nld-8b "${batch[@]}" \
+timeout "${B_S:-150}" "$PY" benchmarks/bench_batch.py --synthetic nld-8b "${batch[@]}" \
   --modes ar,spec-linear:4,auto:8 --json "$O/batch_graphs.json" > "$O/batch_graphs.txt" 2>&1
 echo "batch (graphs) rc=$? at ${SECONDS}s"
-timeout "${E_S:-70}" "$PY" benchmarks/bench_batch.py --synthetic nld-8b "${batch[@]}" --no-cuda-graphs \
+timeout "${E_S:-60}" "$PY" benchmarks/bench_batch.py --synthetic nld-8b "${batch[@]}" --no-cuda-graphs \
   --modes ar,spec-linear:4 --json "$O/batch_eager.json" > "$O/batch_eager.txt" 2>&1
 echo "batch (eager) rc=$? at ${SECONDS}s"
 tail -n 25 "$O/selfcheck.txt"; tail -n 8 "$O/tree.txt"; grep -h '^|\|^# auto\|^# synthetic' "$O"/batch_*.txt

@@ -26,13 +26,18 @@ on `--device` (default: CUDA if there is one) instead of the embedded model, fed
 `--prompt-tokens` ids: its step costs and AR figures are the shape's, but random drafts are almost
 never accepted, so its speculative figures say what a step costs, not what a trained model gains.
 `--layers N` keeps N layers (a CPU dry run).
+
+Stopped during the repeats (SIGTERM, as `timeout` sends, or Ctrl-C), it reports the repeats it
+completed, so a time-limited GPU run keeps its figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,8 +136,9 @@ def main(argv=None):
     res = {(m, B, c): [] for m, B in modes for c in levels}
     same = dict.fromkeys(res, True)
     base_today = {mb: [] for mb in modes}
-    t_start = time.time()
-    for r in range(a.repeats):
+
+    def one_repeat(r):
+        """Every (mode, c) once, taking turns: rows appended to res and base_today."""
         for m, B in modes:
             solo_s = None
             base_today[(m, B)].append(today(m, B, a.max_new_tokens, r % len(prompts)))
@@ -142,7 +148,26 @@ def main(argv=None):
                     solo_s = slowest
                 same[(m, B, c)] &= all(out == ref[(m, B, (r + i) % len(prompts))] for i, out in enumerate(outs))
                 res[(m, B, c)].append((agg, user, slowest, slowest / solo_s if solo_s else float("nan")))
-        print(f"# repeat {r + 1}/{a.repeats} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
+
+    t_start = time.time()
+    done = 0  # repeats completed: a run stopped by SIGTERM (`timeout`) or Ctrl-C reports those
+    main_thread = threading.current_thread() is threading.main_thread()
+    restore = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    try:
+        for r in range(a.repeats):
+            one_repeat(r)
+            done = r + 1
+            print(f"# repeat {done}/{a.repeats} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"# stopped after {done} of {a.repeats} repeats", file=sys.stderr, flush=True)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, restore)
+    if not done:
+        print("# stopped before a repeat completed: no figures")
+        return 1
+    for rows in (*res.values(), *base_today.values()):
+        del rows[done:]  # the interrupted repeat's rows
 
     w = model.embed_tokens.weight
     where = (f"{torch.cuda.get_device_name(w.device)}, torch {torch.__version__}, triton {triton_version()}, "
@@ -151,7 +176,7 @@ def main(argv=None):
     what = f"synthetic {a.synthetic} ({model.cfg.num_hidden_layers} layers, random weights)" if a.synthetic else \
         "embedded model"
     print(f"# {what}, {where}, {str(w.dtype).replace('torch.', '')}, greedy, {a.max_new_tokens} new tokens per "
-          f"user, {a.repeats} repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's "
+          f"user, {done} repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's "
           f"c=1, per repeat")
     print("| mode | c | aggregate tok/s | x c=1 | per-user tok/s | slowest / solo | = solo |")
     print("|---|---|---|---|---|---|---|")
@@ -215,6 +240,11 @@ def synthetic(a):
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, cfg.vocab_size, (a.prompt_tokens,), generator=g).tolist() for _ in range(16)]
     return Model(model, None), prompts
+
+
+def interrupt(signum, frame):
+    """SIGTERM as Ctrl-C: the repeats done so far are reported (a GPU session's `timeout` stops it)."""
+    raise KeyboardInterrupt
 
 
 def triton_version() -> str:

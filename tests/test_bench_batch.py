@@ -33,3 +33,27 @@ def test_synthetic_batch_bench_runs_every_mode_and_concurrency(tmp_path, capsys,
     assert {(r["mode"], r["c"]) for r in rows} == {(m, c) for m in ("ar", "spec-linear", "auto") for c in (1, 2)}
     assert all(r["equals_solo"] and r["aggregate"] > 0 for r in rows)
     assert regions and max(regions) < 256, regions  # the run's prompts and budgets (and the tuner's), not 32k
+
+
+def test_a_stopped_run_reports_the_repeats_it_completed(tmp_path):
+    """`timeout` (SIGTERM) during the repeats: the figures of the repeats done so far, exit status 0
+    (a GPU session's time limit must not lose the whole table, which prints at the end)."""
+    import os
+    import signal
+    import subprocess
+
+    cfg = write_json(tmp_path / "config.json", nld_config_dict(max_position_embeddings=1 << 15))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRIKERN_DECODE_PROFILE": "0"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "bench_batch.py"), "--synthetic", str(cfg),
+                          "--device", "cpu", "--dtype", "fp32", "--modes", "ar", "--concurrency", "1,2",
+                          "--repeats", "1000", "--max-new-tokens", "2", "--prompt-tokens", "4"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in p.stderr:
+        if line.startswith("# repeat 2/1000 done"):
+            p.send_signal(signal.SIGTERM)
+            break
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "# stopped after" in err and "| ar | 2 |" in out
+    done = int(err.split("# stopped after ")[1].split()[0])
+    assert 2 <= done < 1000 and f"{done} repeats interleaved" in out

@@ -181,12 +181,10 @@ class AutoBatch(BatchStep):
 
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)
-        if drain:  # see `drain_rate`: an exploring step would split the batch as it drains
-            self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
-            return top
-        # The exploration budget reasons per sequence: a block's optimistic yield is B per chain.
+        # The exploration budget reasons per sequence: a block's optimistic yield is B per chain. A
+        # draining batch does not explore (`drain_rate`): the step would split it as it drains.
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        key = self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
+        key = None if drain else self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
             return top

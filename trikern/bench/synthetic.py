@@ -287,6 +287,18 @@ def count_forward(model, tokens, positions, cache, pattern=None, sub_block=0, *,
     return out
 
 
+def eager_and_graph_ms(fn, device, reps: int, graphs: bool, warmup: int) -> dict:
+    """{"eager_ms", "graph_ms"} of `fn` (graph: on CUDA with `graphs`, else None), and "graph_error"
+    when the capture failed (a finding, not a crash)."""
+    out = {"eager_ms": time_ms(fn, device, reps, warmup=warmup), "graph_ms": None}
+    if device.type == "cuda" and graphs:
+        try:
+            out["graph_ms"] = graph_ms(fn, device, reps)
+        except Exception as e:  # noqa: BLE001
+            out["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+    return out
+
+
 def forward_rows(model, widths, context: int, device, reps: int, *, graphs: bool, seed: int, measured: float,
                  sheet: float | None, other=None, warmup: int = 3, log=None) -> list[dict]:
     """One row per chunk width T: a causal `model.forward` writing the cache, over `context` random
@@ -308,13 +320,7 @@ def forward_rows(model, widths, context: int, device, reps: int, *, graphs: bool
             # write_cache as AR / verify do; nothing is committed, so every call writes the same scratch slots.
             fn = lambda: model(tokens, pos, cache, CAUSAL, write_cache=True)  # noqa: E731
             row = {"T": T, "attention": "causal", "context": context, **bytes_per_forward(model, T, context)}
-            row["eager_ms"] = time_ms(fn, device, reps, warmup=warmup)
-            row["graph_ms"] = None
-            if device.type == "cuda" and graphs:
-                try:
-                    row["graph_ms"] = graph_ms(fn, device, reps)
-                except Exception as e:  # noqa: BLE001 - a failed capture is a finding, not a crash
-                    row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+            row.update(eager_and_graph_ms(fn, device, reps, graphs, warmup))
             best = row["graph_ms"] or row["eager_ms"]
             roofline(row, best, measured, sheet)
             row["tokens_per_second"] = 1e3 / best if T == 1 else None
@@ -341,35 +347,27 @@ def tree_rows(model, nodes, B: int, context: int, device, reps: int, *, graphs: 
     logp = torch.log_softmax(torch.randn(max(B - 1, 0), cfg.vocab_size, device=device, generator=g), dim=-1)
     root = torch.randint(0, cfg.vocab_size, (1,), device=device, generator=g)
 
-    def timed(fn) -> tuple[float, float | None]:
-        eager = time_ms(fn, device, reps, warmup=warmup)
-        graph = None
-        if device.type == "cuda" and graphs:
-            try:
-                graph = graph_ms(fn, device, reps)
-            except Exception:  # noqa: BLE001 - the eager figure stands alone
-                graph = None
-        return eager, graph
-
     rows = []
     with torch.inference_mode():
         chain = torch.randint(0, cfg.vocab_size, (B,), device=device, generator=g)
         chain_pos = torch.arange(context, context + B, device=device)
-        chain_eager, chain_graph = timed(lambda: model(chain, chain_pos, cache, CAUSAL, write_cache=True))
-        base = chain_graph or chain_eager
+        base = eager_and_graph_ms(lambda: model(chain, chain_pos, cache, CAUSAL, write_cache=True),
+                                  device, reps, graphs, warmup)
         for n in nodes:
             tree = build_tree(logp, root, n, TOP_K, backend=model.backend)
             pos = context + tree.depth
             # A fresh TreeMask per call: a decode step builds its layout anew (CPU: the mask).
             fn = lambda: model(tree.tokens, pos, cache, TREE, write_cache=True,  # noqa: E731
                                sub_block=TreeMask(tree.ancestors, 1))
-            eager, graph = timed(fn)
-            best = graph or eager
-            rows.append({"nodes": int(tree.tokens.shape[0]), "depth": int(tree.depth.max()), "B": B,
-                         "eager_ms": eager, "graph_ms": graph, "chain_ms": base, "x_chain": best / base})
-            print(f"[bench] tree verify N={n} (depth {rows[-1]['depth']}): eager {eager:.3f} ms, graph "
-                  f"{report.fmt(graph)} ms, {best / base:.2f}x the chain's B={B} pass", file=log or sys.stderr,
-                  flush=True)
+            row = {"nodes": int(tree.tokens.shape[0]), "depth": int(tree.depth.max()), "B": B,
+                   **eager_and_graph_ms(fn, device, reps, graphs, warmup)}
+            # Like with like: replayed over replayed where both captured, else eager over eager.
+            kind = "graph_ms" if row["graph_ms"] and base["graph_ms"] else "eager_ms"
+            row.update(chain_ms=base[kind], x_chain=row[kind] / base[kind])
+            rows.append(row)
+            print(f"[bench] tree verify N={n} (depth {row['depth']}): eager {row['eager_ms']:.3f} ms, graph "
+                  f"{report.fmt(row['graph_ms'])} ms, {row['x_chain']:.2f}x the chain's B={B} pass",
+                  file=log or sys.stderr, flush=True)
     return rows
 
 

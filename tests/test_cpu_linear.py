@@ -1,5 +1,6 @@
-"""The CPU backend's bf16 matmul (trikern/kernels/cpu/linear.py): the packed path gives F.linear's
-bits and the wide (fp32) path is within an ulp of the exact product (odd batch sizes, sliced rows);
+"""The CPU backend's bf16 and fp32 matmuls (trikern/kernels/cpu/linear.py): the packed path (plain for
+fp32) gives F.linear's bits and the wide path is within an ulp of the exact product in bf16, within
+fp32's summation bound in fp32 (odd batch sizes, sliced rows);
 the choice between them is measured once per (shape, row bucket, threads) or forced by
 TRIKERN_CPU_LINEAR; both copies follow in-place weight changes; autograd and other dtypes take
 F.linear; a model decodes the same tokens with it on and off; a model built for the CPU backend
@@ -37,17 +38,41 @@ def within_an_ulp(y, x, w):
     assert y.dtype == torch.bfloat16 and ((y.double() - exact).abs() <= ulp).all()
 
 
+def within_fp32_rounding(y, x, w):
+    """|y - exact| <= K u sum |x_k w_k| per entry: the bound of any fp32 summation order over K terms."""
+    exact = x.double() @ w.double().T
+    bound = x.shape[1] * 2.0 ** -24 * (x.double().abs() @ w.double().abs().T) + 1e-30
+    assert y.dtype == torch.float32 and ((y.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("M", [0, 1, 2, 7, 33])
 @pytest.mark.parametrize("out_f,in_f", [(96, 64), (704, 256), (5, 3)])
-def test_both_paths(M, out_f, in_f, path):
+def test_both_paths(M, out_f, in_f, dtype, path):
     g = torch.Generator().manual_seed(M)
-    w = torch.randn(out_f, in_f, generator=g).bfloat16()
-    x = torch.randn(M + 3, in_f, generator=g).bfloat16()[2:2 + M]  # rows of a larger tensor
+    w = torch.randn(out_f, in_f, generator=g).to(dtype)
+    x = torch.randn(M + 3, in_f, generator=g).to(dtype)[2:2 + M]  # rows of a larger tensor
     with torch.inference_mode():
         path("packed")
         assert torch.equal(cpu_linear.linear(x, w, Holder()), F.linear(x, w))
         path("wide")
-        within_an_ulp(cpu_linear.linear(x, w, Holder()), x, w)
+        h = Holder()
+        y = cpu_linear.linear(x, w, h)
+        (within_an_ulp if dtype == torch.bfloat16 else within_fp32_rounding)(y, x, w)
+        if dtype == torch.float32:  # fp32 has no packed copy: "packed" is plain F.linear
+            assert h._cpu_layouts.packed is None and h._cpu_layouts.wide.dtype == torch.float32
+
+
+def test_fp32_and_bf16_choices_are_apart(monkeypatch):
+    """The same shape in both dtypes is measured twice: one dtype's winner says nothing of the other's."""
+    monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    w = torch.randn(64, 32)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16, torch.float32):
+            cpu_linear.linear(torch.randn(2, 32).to(dtype), w.to(dtype), Holder())
+    assert [k[4] for k in cpu_linear._choices] == [torch.float32, torch.bfloat16]
+    assert cpu_linear._choices[(64, 32, 2, torch.get_num_threads(), torch.float32)] in ("plain", "wide")
 
 
 def test_choice_is_measured_once_per_shape_bucket_and_threads(monkeypatch):
@@ -102,7 +127,8 @@ def test_fallback_without_packing(forced, monkeypatch):
             x = torch.randn(rows, 64, generator=g).bfloat16()
             y = cpu_linear.linear(x, w, h)
             within_an_ulp(y, x, w)
-            if cpu_linear._choices[(96, 64, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())] == "plain":
+            if cpu_linear._choices[(96, 64, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads(),
+                                   torch.bfloat16)] == "plain":
                 assert torch.equal(y, F.linear(x, w))
     assert h._cpu_layouts.packed is None
     assert set(cpu_linear._choices.values()) <= {"plain", "wide"} and len(cpu_linear._choices) == 3  # 40 rows too
@@ -139,16 +165,19 @@ def test_autograd_and_other_dtypes_take_f_linear():
     y.sum().backward()
     assert w.grad is not None and not hasattr(h, "_cpu_layouts")
     with torch.no_grad():
+        cpu_linear.linear(x.double(), w.detach().double(), h)
+        assert not hasattr(h, "_cpu_layouts")
         cpu_linear.linear(x.bfloat16(), w.detach().bfloat16(), h)
     assert hasattr(h, "_cpu_layouts")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("name", ["packed", "wide"])
-def test_model_decodes_the_same_tokens_with_and_without(name, path, monkeypatch):
+def test_model_decodes_the_same_tokens_with_and_without(name, dtype, path, monkeypatch):
     from decode_helpers import run
 
     path(name)
-    m = random_model(tiny_config(), seed=2, dtype=torch.bfloat16, backend="cpu")
+    m = random_model(tiny_config(), seed=2, dtype=dtype, backend="cpu")
     on, _, _ = run(m, [1, 2, 3], "spec-linear", max_new_tokens=12, block_size=4)
     assert any("_cpu_layouts" in mod.__dict__ for mod in m.modules())
     monkeypatch.setattr(cpu_linear, "enabled", False)

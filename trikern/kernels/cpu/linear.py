@@ -1,4 +1,5 @@
-"""bf16 matmuls on the CPU: each weight laid out once, for the faster of two paths, chosen by measurement.
+"""CPU matmuls at decoding's row counts (bf16 and fp32 inference): each weight laid out once, for the
+faster of two paths, chosen by measurement.
 
 PyTorch's CPU `F.linear` on bf16 lays the weight out for oneDNN again on every call; at decoding's
 batch sizes that costs more than the product (2-3x at the embedded model's sizes, measured here).
@@ -8,18 +9,23 @@ Even packed, a oneDNN bf16 product pays ~40 us per call on this project's CPU wh
 while MKL's fp32 product on a pre-transposed fp32 copy of a small weight takes 10-30 us ("wide":
 the input widened, the output rounded back to bf16; bf16 x bf16 products are exact in fp32 and both
 paths sum in fp32, so they differ only in summation order, at most an ulp of the bf16 result).
+fp32 weights have the same two layouts without the casts: `F.linear` on the weight as stored
+("plain") or MKL's product on its transposed copy ("wide"), which streams the weight in the order
+the product reads it: a whole forward of the embedded model ran 15-33% faster that way on a 2-core
+EPYC (1-32 rows, weights read from memory, not cache); on large weights it was as often slower.
 Which is faster depends on the CPU, the shape, the row count and the thread count, so the first
-call of each (shape, row bucket, threads) in a process times both and keeps the winner
-(`TRIKERN_CPU_LINEAR=packed|wide` forces one). A wide copy is made only for weights of at most
-`MAX_WIDE_BYTES`: past that a product is bound by reading the weight, and fp32 reads twice the bytes.
+call of each (shape, row bucket, threads, dtype) in a process times both and keeps the winner
+(`TRIKERN_CPU_LINEAR=packed|wide` forces one; "packed" means plain where there is no packed copy).
+A wide copy is made only for weights of at most `MAX_WIDE_BYTES` in fp32: past that a product is
+bound by reading the weight, and a bf16 weight's fp32 copy reads twice the bytes.
 A CPU that oneDNN cannot pack bf16 for (AVX2 only: cpu_features.py) has no packed path: plain
-`F.linear` ("plain", the same bits) takes its place, and wide is timed against it at every row count,
-since such a CPU multiplies bf16 in software.
+`F.linear` takes its place, and wide is timed against it at every row count, since such a CPU
+multiplies bf16 in software; fp32 is timed the same way everywhere.
 
 The copies are made on first use and made again whenever the weight changes (its version counter
 or storage), so a trained or edited weight is never read stale; they cost the packed copy (the bf16
-size) and, for small weights, the wide one (twice it). Anything else -- other dtypes or devices,
-autograd -- takes `F.linear`.
+size) and, for small weights, the wide one (fp32: the weight's size again). Anything else -- other
+dtypes or devices, autograd -- takes `F.linear`.
 """
 from __future__ import annotations
 
@@ -42,7 +48,8 @@ PACKED, WIDE, PLAIN = "packed", "wide", "plain"
 MAX_WIDE_BYTES = 8 << 20
 MAX_WIDE_ROWS = 32  # above this many rows oneDNN's packed bf16 compute wins outright: not worth timing
 _ROUNDS, _REPS = 5, 3
-_choices: dict[tuple, str] = {}  # (out, in, row bucket, threads) -> PACKED / WIDE
+_choices: dict[tuple, str] = {}  # (out, in, row bucket, threads, dtype) -> PACKED / PLAIN / WIDE
+DTYPES = (torch.bfloat16, torch.float32)
 
 
 def forced() -> str | None:
@@ -72,7 +79,7 @@ def _plain(x, lay):
 
 
 def _wide(x, lay):
-    return torch.mm(x.float(), lay.wide).to(torch.bfloat16)
+    return torch.mm(x.float(), lay.wide).to(x.dtype)
 
 
 def _layouts(weight, holder):
@@ -80,7 +87,7 @@ def _layouts(weight, holder):
     stamp = (weight._version if not weight.is_inference() else -1, weight.data_ptr())
     lay = holder.__dict__.get("_cpu_layouts")
     if lay is None or lay.stamp != stamp:
-        packed = _mkldnn._reorder_linear_weight(weight, 1) if can_pack else None
+        packed = _mkldnn._reorder_linear_weight(weight, 1) if can_pack and weight.dtype == torch.bfloat16 else None
         wide = weight.t().float().contiguous() if weight.numel() * 4 <= MAX_WIDE_BYTES else None
         lay = holder.__dict__["_cpu_layouts"] = _Layouts(stamp, weight, packed, wide)
     return lay
@@ -107,7 +114,7 @@ def _choose(x, weight, lay) -> str:
     rows = x.shape[0]
     if lay.wide is None or (rows > MAX_WIDE_ROWS and lay.packed is not None):
         return _narrow(lay)
-    key = (*weight.shape, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())
+    key = (*weight.shape, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads(), weight.dtype)
     choice = _choices.get(key)
     if choice is None:
         choice = forced()
@@ -122,7 +129,7 @@ def _choose(x, weight, lay) -> str:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
     """x @ weight.T; `holder` (the module that owns the weight) keeps the laid-out copies."""
-    if not (enabled and weight.is_cpu and weight.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
+    if not (enabled and weight.is_cpu and weight.dtype in DTYPES and x.dtype == weight.dtype
             and x.dim() == 2 and x.is_cpu and not torch.is_grad_enabled()):
         return F.linear(x, weight)
     lay = _layouts(weight, holder)

@@ -307,3 +307,23 @@ def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_pr
     auto.drained()  # the last one alone, at the drain
     last = StepProfile(m, 0).get_acceptance("spec-linear")
     assert last == pytest.approx([h + 0.5 * (x - h) for h, x in zip(again, late.long_run())], abs=1e-4)
+
+
+def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, own_profile):
+    """A draining batch in AR where linear B = 4 could win if its drafts were accepted: with a fresh
+    profile (no acceptance learnt on this machine) it explores the speculative families within the
+    exploration budget; once the profile holds their acceptance it explores nothing (such steps split
+    a draining batch), and with a request queued it explores as before."""
+    from trikern.decode.registry import FAMILIES
+
+    def explored(waiting=0, taught=False):
+        linear = {("spec-linear", 2): 2.9e-3, ("spec-linear", 4): 3e-3}  # AR wins; B = 4 could, all accepted
+        auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 1,
+                                waiting=waiting)
+        if taught:
+            auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES})
+        return sum(auto.choose(seqs, [])[0] != "ar" for _ in range(3 * auto.explore.EVERY))
+
+    assert explored() >= 1
+    assert explored(taught=True) == 0
+    assert explored(waiting=1, taught=True) >= 1

@@ -28,7 +28,8 @@ region freed early serves it at once, and the summed yield of the step over its 
 (`step_rate`). If none does, the batch is done when its last sequence is: the rate is that of the
 candidate kept until the batch has drained, its sequences leaving one by one (`drain_rate`), and no
 step explores (a speculative step that puts some sequences ahead leaves the others to finish at
-smaller batch sizes, which cost nearly as much a step for fewer tokens).
+smaller batch sizes, which cost nearly as much a step for fewer tokens), but for a family the
+profile has learnt nothing of yet (`untaught`).
 
 Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
 ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each
@@ -182,14 +183,26 @@ class AutoBatch(BatchStep):
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)
         # The exploration budget reasons per sequence: a block's optimistic yield is B per chain. A
-        # draining batch does not explore (`drain_rate`): the step would split it as it drains.
+        # draining batch explores only families the profile knows nothing of (`untaught`): such a
+        # step splits the batch as it drains (`drain_rate`).
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        key = None if drain else self.explore.propose(self.steps, top, keys, rate, lambda k: costs.seconds(k) / n, left)
+        explorable = [k for k in keys if not drain or k == top or family(k) is None or self.untaught(family(k))]
+        key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
             return top
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
+
+    def untaught(self, fam) -> bool:
+        """Whether the profile has no acceptance of `fam` yet (a fresh machine or model). A draining
+        batch explores only such families: if it never did, a server whose batches always drain (every
+        request in at once) kept the generic prior, which undervalues speculation, and ran AR at 2
+        users for good where linear B = 4 or 8 was best (0.78-0.97x the best fixed setting replayed
+        from a fresh profile, benchmarks/replay_batch_auto.py; 0.82-0.89x in three of eight real
+        runs). Its first explorations teach the prior (`teach_prior`); after that it explores no
+        more, as before. Without a profile nothing is taught: no draining batch explores."""
+        return self.profile is not None and self.profile.get_acceptance(fam) is None
 
     def entering(self, key) -> bool:
         """Whether a step of `key` restarts the sequences (a quadratic block other than the current)."""
@@ -216,8 +229,8 @@ class AutoBatch(BatchStep):
         entering quadratic). A step that puts some sequences far ahead is no gain here: the ones
         left behind then run at smaller batch sizes, where a step costs nearly as much for fewer
         tokens. Summed yields priced such steps as gains, and so did exploring, which draining does
-        not do: on the benchmark's batches (every user at once, one budget) the ragged end they
-        left was ~19% of auto's time at 8 users, and auto ran 0.88-0.95x fixed AR there
+        not do (`untaught` aside): on the benchmark's batches (every user at once, one budget) the
+        ragged end they left was ~19% of auto's time at 8 users, and auto ran 0.88-0.95x fixed AR there
         (1.01x and 0.96-0.98x with this rate, no exploring; README, Several users)."""
         fam = family(key)
         need = []  # (steps, tokens) per sequence

@@ -126,9 +126,9 @@ def auto_batch(auto, seqs, table) -> float:
     return total
 
 
-def replay(model, table, profile_dir: Path, concurrency=(2, 4, 8), repeats=REPEATS, fresh=False) -> dict:
+def replay(model, table, concurrency=(2, 4, 8), repeats=REPEATS, fresh=False) -> dict:
     """c -> {setting: total seconds} over `repeats` batches (the tokens are the same for every setting);
-    auto's profile in `profile_dir` (TRIKERN_AUTOTUNE_DIR must point there) starts from BATCH_MS."""
+    auto's profile (in TRIKERN_AUTOTUNE_DIR: point it at an empty folder) starts from BATCH_MS."""
     profile = StepProfile(model, 128)
     for key, t in BATCH_MS.items():
         for n, ms in t.items():
@@ -175,7 +175,7 @@ def main(argv=None):
     for name, table in machines():
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["TRIKERN_AUTOTUNE_DIR"] = tmp
-            for c, times in replay(model, table, Path(tmp), repeats=a.repeats, fresh=a.fresh).items():
+            for c, times in replay(model, table, repeats=a.repeats, fresh=a.fresh).items():
                 best = min((k for k in times if k != "auto"), key=times.get)
                 b, w = ratios(times)
                 print(f"| {name} | {c} | {b:.3f} | {best[0]} B={best[1]} | {w:.2f} |")

@@ -30,7 +30,7 @@ def run(model, tmp: Path, monkeypatch, **kw) -> dict:
     out = {}
     for name, table in R.machines():
         monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp / name))
-        out[name] = {c: R.ratios(t) for c, t in R.replay(model, table, tmp / name, **kw).items()}
+        out[name] = {c: R.ratios(t) for c, t in R.replay(model, table, **kw).items()}
     return out
 
 

@@ -11,7 +11,7 @@ the input widened, the output rounded back to bf16; bf16 x bf16 products are exa
 paths sum in fp32, so they differ only in summation order, at most an ulp of the bf16 result).
 fp32 weights have the same two layouts without the casts: `F.linear` on the weight as stored
 ("plain") or MKL's product on its transposed copy ("wide"), which streams the weight in the order
-the product reads it: a whole forward of the embedded model ran 15-33% faster that way on a 2-core
+the product reads it: a whole forward of the embedded model ran 9-33% faster that way on a 2-core
 EPYC (1-32 rows, weights read from memory, not cache); on large weights it was as often slower.
 Which is faster depends on the CPU, the shape, the row count and the thread count, so the first
 call of each (shape, row bucket, threads, dtype) in a process times both and keeps the winner

@@ -3,8 +3,10 @@ self-speculation, chain against trees of N nodes, on the embedded model and held
 
 Prompts: the first 64 tokens of the first 9 held-out files of the standard library (the trainer's
 split, in its fixed hash order: never trained on) and the 3 prose prompts of trikern/bench/prompts.jsonl;
-greedy, fp32, no EOS stop. Every configuration runs every prompt, the configurations taking turns
-prompt by prompt (one process, interleaved), after one untimed warm-up generation each; tokens/s
+greedy, fp32, no EOS stop (`--dtype bf16`: the CPU's matmul path for each row count is chosen by
+timing and the paths differ within an ulp, so "= AR" may fail there). Every configuration runs every
+prompt, the configurations taking turns prompt by prompt (one process, interleaved), after one
+untimed warm-up generation each; tokens/s
 adds up the per-prompt medians over the repeats (tokens and seconds), TPF counts decode forwards
 only (the prefill is not counted, trikern's convention). Each output is checked against AR's.
 
@@ -36,6 +38,8 @@ def parse(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="model dtype (default fp32, where greedy self-speculation equals AR bit for bit)")
     p.add_argument("--auto", action="store_true",
                    help="also run mode auto up to the largest block: chains only, and chains + trees")
     p.add_argument("--json", default=None, help="write the rows here too")
@@ -88,7 +92,8 @@ def main(argv=None):
     if a.top_k is not None:
         tree_linear.TreeLinear.TOP_K = tree_quadratic.TreeQuadratic.TOP_K = a.top_k
     tok = Tokenizer.from_file(str(DEFAULT_MODEL / "tokenizer.json"))
-    model = load_model(DEFAULT_MODEL, device="cpu", dtype=torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    model = load_model(DEFAULT_MODEL, device="cpu", dtype=dtype)
     ps = prompts(tok, a.smoke)
     cfgs = configs(a)
     if a.auto:
@@ -136,9 +141,9 @@ def main(argv=None):
         rows.append(dict(mode=c[0], B=c[1], tree_nodes=c[2], tpf=gen / fwd, tok_s=tok_med / sec_med,
                          equals_ar=lossless[c]))
     chain = {(r["mode"], r["B"]): r for r in rows if r["tree_nodes"] is None}
-    print(f"# embedded model, CPU fp32 ({a.threads} threads), greedy, {len(ps)} prompts, {a.max_new_tokens} new "
+    print(f"# embedded model, CPU {a.dtype} ({a.threads} threads), greedy, {len(ps)} prompts, {a.max_new_tokens} new "
           f"tokens, {a.repeats} repeats interleaved; TPF = tokens / decode forwards (prefill not counted)")
-    print(f"| setting | TPF | x chain | tok/s | x chain | = AR |")
+    print("| setting | TPF | x chain | tok/s | x chain | = AR |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         base = chain.get((r["mode"], r["B"]))

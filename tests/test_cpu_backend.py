@@ -100,6 +100,33 @@ def test_attention_in_bf16_is_the_reference_to_an_ulp(T, pattern, sub_block, n):
     torch.testing.assert_close(out.float(), ref.float(), **BF16_TOL)
 
 
+def test_chunk_masks_are_kept_per_shape_and_bounded(monkeypatch):
+    """A pattern's chunk mask is built once per (pattern, T, sub_block) and reused by later layers and
+    steps at any cache length: interleaved shapes and lengths each still give the reference's result
+    from the kept mask, shapes never share one, and the store stays bounded."""
+    monkeypatch.setattr(cpu_attention, "_BLOCKED", {})
+    for T, pattern, sub_block, n in [(6, QUADRATIC, 3, 7), (6, QUADRATIC, 2, 7), (5, CAUSAL, 0, 1),
+                                     (6, QUADRATIC, 3, 0), (5, CAUSAL, 0, 7), (6, QUADRATIC, 2, 1)]:
+        (q, k, v, kc, vc), clean = attention_case(T, n)
+        out = cpu_attention.attention(q, k, v, kc, vc, n, pattern, sub_block)
+        torch.testing.assert_close(out, attention_ref(*clean, n, pattern, sub_block), **FP32_TOL)
+    assert set(cpu_attention._BLOCKED) == {(QUADRATIC, 6, 3, torch.device("cpu")), (QUADRATIC, 6, 2, torch.device("cpu")),
+                                           (CAUSAL, 5, 0, torch.device("cpu"))}
+    kept = cpu_attention._blocked(CAUSAL, 5, 0, torch.device("cpu"))
+    assert kept is cpu_attention._blocked(CAUSAL, 5, 0, torch.device("cpu"))
+    assert torch.equal(kept, torch.ones(5, 5, dtype=torch.bool).triu(1))
+    with torch.inference_mode():  # a mask first built in inference mode serves autograd later
+        cpu_attention.attention(*attention_case(4, 3)[0], 3, CAUSAL)
+    (q, k, v, kc, vc), clean = attention_case(4, 3)
+    q.requires_grad_(True)
+    cpu_attention.attention(q, k, v, kc, vc, 3, CAUSAL).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    monkeypatch.setattr(cpu_attention, "_BLOCKED_KEPT", 2)
+    for T in (2, 3, 4):
+        cpu_attention._blocked(CAUSAL, T, 0, torch.device("cpu"))
+    assert len(cpu_attention._BLOCKED) <= 2
+
+
 def test_attention_refuses_what_the_reference_refuses():
     (q, k, v, kc, vc), _ = attention_case(6, 2)
     with pytest.raises(ValueError, match="attention pattern=7"):

@@ -157,6 +157,19 @@ def test_tree_launches_only_tiles_that_compile_clean(arch):
         assert len(_candidates(arch, 128, 8, 4096, 128, 2, TREE)) < len(_candidates(arch, 128, 8, 4096, 128, 2))
 
 
+@pytest.mark.parametrize("parents", [chain(1), chain(13), star(33), built(31, 6, 4, 1), built(32, 6, 4, 2),
+                                     built(33, 6, 4, 3), built(70, 8, 4, 4), built(64, 12, 2, 5)],
+                         ids=["1 node", "chain", "star 33", "31", "32", "33", "70", "64 deep"])
+@pytest.mark.parametrize("S", [1, 2, 9])
+def test_cpu_mask_is_the_rules_complement(parents, S):
+    """The CPU backend's few-op TREE mask (bits shifted out of the ancestor words, sub-blocks from a
+    kept layout) blocks exactly what chunk_mask does not allow: bit 31 of a word, several words, a
+    node's own sub-block."""
+    tm = layout(parents, S)
+    got = cpu_attention._tree_blocked(tm, torch.device("cpu"))
+    assert torch.equal(got, ~chunk_mask(TREE, parents.shape[0] * S, tm))
+
+
 def test_cpu_mask_is_kept_per_tree_mask():
     """The CPU backend builds a TREE mask once per TreeMask (every layer of a forward shares it) and
     keeps it on that object, not in module state: a second tree of the same shape gets its own mask."""

@@ -56,15 +56,57 @@ def _blocked(pattern, T, sub_block, device) -> torch.Tensor:
     """[T, T] bool: True where chunk query i must not see chunk key j."""
     if pattern == TREE:
         check_tree(sub_block, T, device)
-        key, kept = ("cpu-blocked", T, device), sub_block.derived
-    else:
-        key, kept = (pattern, T, sub_block, device), _BLOCKED
-    hit = kept.get(key)
+        key = ("cpu-blocked", T, device)
+        hit = sub_block.derived.get(key)
+        if hit is None:
+            hit = sub_block.derived[key] = _tree_blocked(sub_block, device)
+        return hit
+    key = (pattern, T, sub_block, device)
+    hit = _BLOCKED.get(key)
     if hit is None:
-        if kept is _BLOCKED and len(_BLOCKED) >= _BLOCKED_KEPT:
+        if len(_BLOCKED) >= _BLOCKED_KEPT:
             _BLOCKED.clear()
         with torch.inference_mode(False):  # kept across calls: an inference tensor would refuse autograd's
-            hit = kept[key] = ~chunk_mask(pattern, T, sub_block, device)
+            hit = _BLOCKED[key] = ~chunk_mask(pattern, T, sub_block, device)
+    return hit
+
+
+def _tree_blocked(tree, device) -> torch.Tensor:
+    """The TREE pattern's complement (`~chunk_mask(TREE, ...)`) in a handful of ops: a tree is one
+    forward's, and chunk_mask's ~20 ops took ~0.1 ms of it, 3% of a linear tree step of the embedded
+    model (py-spy). What depends only on (nodes, tokens per node) is kept in `_tree_layout`."""
+    anc = tree.ancestors
+    shift, word, blk, always = _tree_layout(anc.shape[0], tree.sub_block, anc.shape[1], device)
+    words = anc if word is None else anc.index_select(1, word)  # [N, N]: row i's word holding bit j
+    not_anc = (words >> shift).bitwise_and_(1) == 0  # an arithmetic shift keeps bit 31 right too
+    if blk is None:  # one token a node
+        return not_anc
+    # past `always`: a node key is seen by the tokens of its descendants' sub-blocks and its own
+    return always | not_anc.index_select(0, blk).index_select(1, blk)
+
+
+_TREE_LAYOUTS: dict = {}
+
+
+def _tree_layout(N: int, S: int, W: int, device):
+    """For N nodes of S tokens: (bit shift per key node, word per key node or None when W = 1, node per
+    token and the [T, T] tokens blocked whatever the tree -- a mask key, unless the query is a mask
+    token of the same sub-block -- or None, None when S = 1)."""
+    key = (N, S, device)
+    hit = _TREE_LAYOUTS.get(key)
+    if hit is None:
+        if len(_TREE_LAYOUTS) >= _BLOCKED_KEPT:
+            _TREE_LAYOUTS.clear()
+        with torch.inference_mode(False):
+            j = torch.arange(N, device=device)
+            shift, word = (j % 32).to(torch.int32), None if W == 1 else j // 32
+            blk = always = None
+            if S > 1:
+                i = torch.arange(N * S, device=device)
+                blk, off = i // S, i % S
+                own = (off[:, None] > 0) & (blk[:, None] == blk[None, :])  # a mask token's own sub-block
+                always = (off[None, :] > 0) & ~own
+        hit = _TREE_LAYOUTS[key] = (shift, word, blk, always)
     return hit
 
 

@@ -327,24 +327,31 @@ def test_a_step_that_fills_its_block_is_followed_by_a_larger_block():
     assert p.explore.spent == 0  # those explorations produced at least what L4 would have in their time
 
 
-def test_a_filled_quadratic_block_grows_into_a_steady_step():
-    """Growing a quadratic block first verifies the old, shallower draft (spec_quadratic.entry_steps);
-    after a filled quadratic B = 2 block, the next size up is tried in the family whose first step
-    is a steady one, linear B = 4, even where quadratic B = 4 costs less (on code it was grown into
-    again and again at B = 2's yield). Where the cheaper candidate is steady it is still taken."""
-    Q2 = ("spec-quadratic", 2)
+def test_a_filled_block_grows_into_a_steady_step_but_not_from_one_quadratic_draft():
+    """A filled block is followed by the next size up, in the family whose first step is a steady one
+    where there is such (growing a quadratic block first verifies the old, shallower draft), even
+    where the other costs less. But a filled quadratic B = 2 block (one draft) sets off no growth: its
+    growth to linear B = 4 came back into quadratic through a one-token restart, cycle after cycle, on
+    code prompts. A filled quadratic B = 4 block still grows."""
+    Q2, Q8 = ("spec-quadratic", 2), ("spec-quadratic", 8)
     p = costed([A, Q2, L4, Q4], [1.0, 1.2, 2.0, 1.6])
     p.acc["spec-quadratic"] = Acceptance(15, prior=[0.1] + [0.9] * 14)
     p.acc["spec-linear"] = Acceptance(15, prior=[0.9] * 15)
     assert p.choose() == Q2
-    p.observe(Q2, 2, 1.2, cold=False, drafted=1)  # filled
-    assert p.choose() == L4 and p.explore.key == L4
+    p.observe(Q2, 2, 1.2, cold=False, drafted=1)  # filled, one draft
+    assert p.choose() == Q2 and p.explore.key is None
     q = costed([A, L2, L4, Q4], [1.0, 1.1, 2.0, 1.6])
     q.acc["spec-linear"] = Acceptance(15, prior=[0.1] + [0.9] * 14)
     q.acc["spec-quadratic"] = Acceptance(15, prior=[0.9] * 15)
     assert q.choose() == L2
     q.observe(L2, 2, 1.1, cold=False, drafted=1)  # filled: Q4 would restart, L4 is steady
     assert q.choose() == L4
+    r = costed([A, Q4, L8, Q8], [1.0, 1.6, 2.6, 2.4])
+    r.acc["spec-quadratic"] = Acceptance(15, prior=[0.05] * 3 + [0.9] * 12)
+    r.acc["spec-linear"] = Acceptance(15, prior=[0.9] * 15)
+    assert r.choose() == Q4
+    r.observe(Q4, 4, 1.6, cold=False, drafted=3)  # filled, three drafts
+    assert r.choose() == L8 and r.explore.key == L8
 
 
 def test_a_step_that_grew_a_quadratic_block_is_not_its_cost():

@@ -26,7 +26,8 @@ Within the same share, a step that accepted every draft is followed by one of th
 size that could win (either family, the cheaper step, one whose first step is a steady one where
 there is such): the counts say nothing past the block it filled, and waiting for the next refresh
 leaves copy-like text to a block size too small for it; on such text every filled block doubles the
-next, so B = 16 is reached in a few steps.
+next, so B = 16 is reached in a few steps. A quadratic B = 2 step's one accepted draft is the
+exception (see `observe`).
 """
 from __future__ import annotations
 
@@ -159,4 +160,11 @@ class Exploration:
             if drafted:  # a step that verified drafts (not a quadratic restart): did it beat the incumbent?
                 self.tries += 1
                 self.hits += seconds <= needed
-        self.saturated = drafted + 1 if drafted and tokens > drafted else 0  # the block it filled
+        # The block it filled; but one accepted draft of a block entered by a restart (quadratic B = 2)
+        # sets off no growth: it says little past itself, and the growth it set off went to the steady
+        # linear B = 4 and back into quadratic through a restart, cycle after cycle (code prompts on a
+        # 2-core EPYC, 2026-12-07: auto 0.86-0.88x the best fixed setting). Replayed over four CPUs'
+        # costs (tests/test_decode_auto_replay.py): 64- / 32-token code 0.961 / 0.949 -> 0.974 / 0.982,
+        # all 32-token 0.991 -> 0.981, mixed 1.083 -> 1.044 (copy-like text reaches long blocks later).
+        one_restarted = drafted == 1 and strategy(key).entry_steps(key[1], None)
+        self.saturated = drafted + 1 if drafted and tokens > drafted and not one_restarted else 0

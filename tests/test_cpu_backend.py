@@ -110,8 +110,8 @@ def test_chunk_masks_are_kept_per_shape_and_bounded(monkeypatch):
         (q, k, v, kc, vc), clean = attention_case(T, n)
         out = cpu_attention.attention(q, k, v, kc, vc, n, pattern, sub_block)
         torch.testing.assert_close(out, attention_ref(*clean, n, pattern, sub_block), **FP32_TOL)
-    assert set(cpu_attention._BLOCKED) == {(QUADRATIC, 6, 3, torch.device("cpu")), (QUADRATIC, 6, 2, torch.device("cpu")),
-                                           (CAUSAL, 5, 0, torch.device("cpu"))}
+    cpu = torch.device("cpu")
+    assert set(cpu_attention._BLOCKED) == {(QUADRATIC, 6, 3, cpu), (QUADRATIC, 6, 2, cpu), (CAUSAL, 5, 0, cpu)}
     kept = cpu_attention._blocked(CAUSAL, 5, 0, torch.device("cpu"))
     assert kept is cpu_attention._blocked(CAUSAL, 5, 0, torch.device("cpu"))
     assert torch.equal(kept, torch.ones(5, 5, dtype=torch.bool).triu(1))

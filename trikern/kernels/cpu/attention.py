@@ -3,8 +3,9 @@
 Reading the committed length costs nothing on a CPU (no device to sync with), so the chunk attends
 to the first n cache slots only, not to every slot under a mask: a cache sized for wide quadratic
 steps would make each pass pay for all its scratch. A one-token or bidirectional chunk then needs
-no mask at all. With `chunk_in_cache` the chunk's K/V were also written to slots [n, n + T) before
-the call (a pass that writes the cache), and are read there instead of concatenated.
+no mask at all, and any other only its [T, T] chunk part, kept per shape (`_blocked`). With
+`chunk_in_cache` the chunk's K/V were also written to slots [n, n + T) before the call (a pass that
+writes the cache), and are read there instead of concatenated.
 
 The product is softmax(q keys^T * scale) vals in fp32, a GQA group as one batched matmul, over
 query chunks whose scores fit `CPU_SCORES`: torch's CPU SDPA on bf16 with GQA is 2-30x slower at

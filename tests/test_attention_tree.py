@@ -168,6 +168,8 @@ def test_cpu_mask_is_the_rules_complement(parents, S):
     tm = layout(parents, S)
     got = cpu_attention._tree_blocked(tm, torch.device("cpu"))
     assert torch.equal(got, ~chunk_mask(TREE, parents.shape[0] * S, tm))
+    if (parents.shape[0] * S) ** 2 > cpu_attention._KEPT_ELEMENTS:  # too large to keep: built each time
+        assert (parents.shape[0], S, torch.device("cpu")) not in cpu_attention._TREE_LAYOUTS
 
 
 def test_cpu_mask_is_kept_per_tree_mask():

@@ -125,6 +125,12 @@ def test_chunk_masks_are_kept_per_shape_and_bounded(monkeypatch):
     for T in (2, 3, 4):
         cpu_attention._blocked(CAUSAL, T, 0, torch.device("cpu"))
     assert len(cpu_attention._BLOCKED) <= 2
+    monkeypatch.setattr(cpu_attention, "_KEPT_ELEMENTS", 30)  # a long chunk's (a prefill's) is not kept
+    cpu_attention._BLOCKED.clear()
+    (q, k, v, kc, vc), clean = attention_case(6, 2)
+    out = cpu_attention.attention(q, k, v, kc, vc, 2, CAUSAL)
+    torch.testing.assert_close(out, attention_ref(*clean, 2, CAUSAL), **FP32_TOL)
+    assert not cpu_attention._BLOCKED
 
 
 def test_attention_refuses_what_the_reference_refuses():

@@ -50,7 +50,11 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
 # as its complement (what masked_fill_ takes): per (pattern, T, sub_block) here, per tree on its
 # TreeMask (a tree is one forward's).
 _BLOCKED: dict = {}
-_BLOCKED_KEPT = 64  # distinct chunk shapes of a process: a few per (mode, block size)
+_BLOCKED_KEPT = 16  # distinct chunk shapes of a process: a few per (mode, block size)
+# Masks of up to this many elements are kept (T <= 1024: decode steps up to quadratic B = 31), so the
+# store stays under 16 MiB; a longer chunk's (a prompt's prefill) is built per call, as before, next
+# to compute that dwarfs it.
+_KEPT_ELEMENTS = 1 << 20
 
 
 def _blocked(pattern, T, sub_block, device) -> torch.Tensor:
@@ -62,6 +66,8 @@ def _blocked(pattern, T, sub_block, device) -> torch.Tensor:
         if hit is None:
             hit = sub_block.derived[key] = _tree_blocked(sub_block, device)
         return hit
+    if T * T > _KEPT_ELEMENTS:
+        return ~chunk_mask(pattern, T, sub_block, device)
     key = (pattern, T, sub_block, device)
     hit = _BLOCKED.get(key)
     if hit is None:
@@ -95,19 +101,22 @@ def _tree_layout(N: int, S: int, W: int, device):
     token of the same sub-block -- or None, None when S = 1)."""
     key = (N, S, device)
     hit = _TREE_LAYOUTS.get(key)
-    if hit is None:
+    if hit is not None:
+        return hit
+    with torch.inference_mode(False):
+        j = torch.arange(N, device=device)
+        shift, word = (j % 32).to(torch.int32), None if W == 1 else j // 32
+        blk = always = None
+        if S > 1:
+            i = torch.arange(N * S, device=device)
+            blk, off = i // S, i % S
+            own = (off[:, None] > 0) & (blk[:, None] == blk[None, :])  # a mask token's own sub-block
+            always = (off[None, :] > 0) & ~own
+    hit = (shift, word, blk, always)
+    if (N * S) ** 2 <= _KEPT_ELEMENTS:
         if len(_TREE_LAYOUTS) >= _BLOCKED_KEPT:
             _TREE_LAYOUTS.clear()
-        with torch.inference_mode(False):
-            j = torch.arange(N, device=device)
-            shift, word = (j % 32).to(torch.int32), None if W == 1 else j // 32
-            blk = always = None
-            if S > 1:
-                i = torch.arange(N * S, device=device)
-                blk, off = i // S, i % S
-                own = (off[:, None] > 0) & (blk[:, None] == blk[None, :])  # a mask token's own sub-block
-                always = (off[None, :] > 0) & ~own
-        hit = _TREE_LAYOUTS[key] = (shift, word, blk, always)
+        _TREE_LAYOUTS[key] = hit
     return hit
 
 

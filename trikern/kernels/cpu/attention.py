@@ -45,10 +45,10 @@ def attention(q, k, v, k_cache, v_cache, cache_len, pattern=CAUSAL, sub_block=0,
 
 # Every query sees every committed entry, so a pattern's mask is its chunk part alone: [T, T], the
 # same for every layer of a forward and every step of one shape. Built per layer (with the cache
-# part) it took 9-13% of a multi-row forward of the embedded model (bf16, 1 thread: 4.53 -> 3.98 ms
-# for a causal T = 8 chunk, 9.13 -> 8.58 ms for a quadratic B = 8 step), so it is built once and kept,
-# as its complement (what masked_fill_ takes): per (pattern, T, sub_block) here, per tree on its
-# TreeMask (a tree is one forward's).
+# part, then complemented) it took 7-20% of a multi-row forward of the embedded model (bf16, 1
+# thread: 4.53 -> 3.61 ms for a causal T = 8 chunk, 9.13 -> 8.46 ms for a quadratic B = 8 step), so
+# it is built once and kept, as its complement (what masked_fill_ takes): per (pattern, T, sub_block)
+# here, per tree on its TreeMask (a tree is one forward's).
 _BLOCKED: dict = {}
 _BLOCKED_KEPT = 16  # distinct chunk shapes of a process: a few per (mode, block size)
 # Masks of up to this many elements are kept (T <= 1024: decode steps up to quadratic B = 31), so the

@@ -6,9 +6,9 @@ split, in its fixed hash order: never trained on) and the 3 prose prompts of tri
 greedy, fp32, no EOS stop (`--dtype bf16`: the CPU's matmul path for each row count is chosen by
 timing and the paths differ within an ulp, so "= AR" may fail there). Every configuration runs every
 prompt, the configurations taking turns prompt by prompt (one process, interleaved), after one
-untimed warm-up generation each; tokens/s
-adds up the per-prompt medians over the repeats (tokens and seconds), TPF counts decode forwards
-only (the prefill is not counted, trikern's convention). Each output is checked against AR's.
+untimed warm-up generation each; tokens/s adds up the per-prompt medians over the repeats (tokens
+and seconds), TPF counts decode forwards only (the prefill is not counted, trikern's convention).
+Each output is checked against AR's.
 
     python benchmarks/bench_tree.py                         # B in {8, 16} x N in {chain, B, 32, 64}, 3 repeats
     python benchmarks/bench_tree.py --blocks 8 --nodes chain,8,16 --repeats 1

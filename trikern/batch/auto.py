@@ -186,7 +186,8 @@ class AutoBatch(BatchStep):
         # draining batch explores only families the profile knows nothing of (`untaught`): such a
         # step splits the batch as it drains (`drain_rate`).
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        explorable = [k for k in keys if not drain or k == top or family(k) is None or self.untaught(family(k))]
+        untaught = {f for f in FAMILIES if self.untaught(f)} if drain else set()
+        explorable = [k for k in keys if not drain or k == top or family(k) in untaught or family(k) is None]
         key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n

@@ -67,8 +67,8 @@ def tree_bits(ancestors: torch.Tensor) -> torch.Tensor:
     """[N, N] bool from [N, W] ancestor words: [i, j] iff node j is node i or an ancestor of it."""
     N = ancestors.shape[0]
     j = torch.arange(N, device=ancestors.device)
-    words = ancestors.long().index_select(1, j // 32)
-    return ((words >> (j % 32)[None, :]) & 1).bool()
+    words = ancestors.long() if ancestors.shape[1] == 1 else ancestors.long().index_select(1, j // 32)
+    return ((words >> (j % 32)) & 1).bool()
 
 
 def check_tree(tree, T: int, device=None) -> TreeMask:

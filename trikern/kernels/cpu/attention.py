@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import (BIDIRECTIONAL, CAUSAL, KNOWN_PATTERNS, TREE, Varlen, _bad_pattern, _check, _check_varlen,
-                         check_tree, chunk_mask)
+                         check_tree, chunk_mask, tree_bits)
 
 # Query rows per chunk: the fp32 scores stay within this many elements (16 MiB).
 CPU_SCORES = 1 << 22
@@ -82,10 +82,8 @@ def _tree_blocked(tree, device) -> torch.Tensor:
     """The TREE pattern's complement (`~chunk_mask(TREE, ...)`) in a handful of ops: a tree is one
     forward's, and chunk_mask's ~20 ops took ~0.1 ms of it, 3% of a linear tree step of the embedded
     model (py-spy). What depends only on (nodes, tokens per node) is kept in `_tree_layout`."""
-    anc = tree.ancestors
-    shift, word, blk, always = _tree_layout(anc.shape[0], tree.sub_block, anc.shape[1], device)
-    words = anc if word is None else anc.index_select(1, word)  # [N, N]: row i's word holding bit j
-    not_anc = (words >> shift).bitwise_and_(1) == 0  # an arithmetic shift keeps bit 31 right too
+    not_anc = ~tree_bits(tree.ancestors)
+    blk, always = _tree_layout(tree.ancestors.shape[0], tree.sub_block, device)
     if blk is None:  # one token a node
         return not_anc
     # past `always`: a node key is seen by the tokens of its descendants' sub-blocks and its own
@@ -95,24 +93,20 @@ def _tree_blocked(tree, device) -> torch.Tensor:
 _TREE_LAYOUTS: dict = {}
 
 
-def _tree_layout(N: int, S: int, W: int, device):
-    """For N nodes of S tokens: (bit shift per key node, word per key node or None when W = 1, node per
-    token and the [T, T] tokens blocked whatever the tree -- a mask key, unless the query is a mask
-    token of the same sub-block -- or None, None when S = 1)."""
+def _tree_layout(N: int, S: int, device):
+    """For N nodes of S tokens (S > 1): each token's node, and the [T, T] tokens blocked whatever the
+    tree -- a mask key, unless the query is a mask token of the same sub-block; (None, None) when S = 1."""
+    if S == 1:
+        return None, None
     key = (N, S, device)
     hit = _TREE_LAYOUTS.get(key)
     if hit is not None:
         return hit
     with torch.inference_mode(False):
-        j = torch.arange(N, device=device)
-        shift, word = (j % 32).to(torch.int32), None if W == 1 else j // 32
-        blk = always = None
-        if S > 1:
-            i = torch.arange(N * S, device=device)
-            blk, off = i // S, i % S
-            own = (off[:, None] > 0) & (blk[:, None] == blk[None, :])  # a mask token's own sub-block
-            always = (off[None, :] > 0) & ~own
-    hit = (shift, word, blk, always)
+        i = torch.arange(N * S, device=device)
+        blk, off = i // S, i % S
+        own = (off[:, None] > 0) & (blk[:, None] == blk[None, :])  # a mask token's own sub-block
+        hit = blk, (off[None, :] > 0) & ~own
     if (N * S) ** 2 <= _KEPT_ELEMENTS:
         if len(_TREE_LAYOUTS) >= _BLOCKED_KEPT:
             _TREE_LAYOUTS.clear()

@@ -6,6 +6,7 @@ import torch
 from test_batch_decode import solo, staggered
 
 from trikern.batch import BatchDecoder
+from trikern.batch.auto import AutoBatch
 from trikern.decode.auto.costs import CostModel, implausible
 
 
@@ -275,14 +276,16 @@ def test_exploration_outcomes_are_kept_per_batch_size(embedded, own_profile):
 
 
 def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_profile):
-    """Batched auto moves the profile's acceptance prior as solo generations do: the sequences that
-    left, their counts pooled into one generation (one blend), so the sequences that finish last --
-    under speculation, those whose drafts fail -- do not weigh more than the others; every
-    max_batch leavers (a busy server's batch never drains), and at a drain."""
+    """Batched auto moves its own acceptance prior in the profile as solo generations move theirs:
+    the sequences that left, their counts pooled into one generation (one blend), so the sequences
+    that finish last -- under speculation, those whose drafts fail -- do not weigh more than the
+    others; every max_batch leavers (a busy server's batch never drains), and at a drain. The solo
+    generations' prior neither starts a batch's sequences nor moves."""
     from trikern.decode.auto.acceptance import Acceptance
     from trikern.decode.auto.profile import StepProfile
     m = embedded.model
-    StepProfile(m, 0).update({}, {"spec-linear": [0.5, 0.5, 0.5]})
+    StepProfile(m, 0).update({}, {"spec-linear": [0.5, 0.5, 0.5]}, batched=True)
+    StepProfile(m, 0).update({}, {"spec-linear": [0.9, 0.9, 0.9]})  # a solo run's
     dec = BatchDecoder(m, max_batch=2, mode="auto", block_size=4)
     auto = dec.step_kind
     a, b = (dec.add([1, 2, 3], max_new_tokens=40) for _ in range(2))
@@ -297,7 +300,7 @@ def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_pr
     dec.cancel(a), dec.cancel(b)  # max_batch of them left: the next step teaches
     c = dec.add([4, 5, 6], max_new_tokens=40)
     dec.step()
-    again = StepProfile(m, 0).get_acceptance("spec-linear")
+    again = StepProfile(m, 0).get_acceptance("spec-linear", batched=True)
     assert again == pytest.approx([0.5 + 0.5 * (h - 0.5) for h in pooled], abs=1e-4)  # one blend of the pool
     late = auto.acceptance(c)["spec-linear"]
     assert late.prior == again  # a sequence joining later starts from it
@@ -305,25 +308,33 @@ def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_pr
         late.step(1.0, 3, 3)
     dec.cancel(c)
     auto.drained()  # the last one alone, at the drain
-    last = StepProfile(m, 0).get_acceptance("spec-linear")
+    last = StepProfile(m, 0).get_acceptance("spec-linear", batched=True)
     assert last == pytest.approx([h + 0.5 * (x - h) for h, x in zip(again, late.long_run())], abs=1e-4)
+    assert StepProfile(m, 0).get_acceptance("spec-linear") == [0.9, 0.9, 0.9]
 
 
 def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, own_profile):
     """A draining batch in AR where linear B = 4 could win if its drafts were accepted: with a fresh
-    profile (no acceptance learnt on this machine) it explores the speculative families within the
-    exploration budget; once the profile holds their acceptance it explores nothing (such steps split
-    a draining batch), and with a request queued it explores as before."""
+    profile (no acceptance learnt by batches on this machine; solo runs' does not count) it explores
+    the speculative families within the exploration budget; once earlier batches taught the profile
+    their acceptance it explores nothing that its estimates put clearly behind AR (such steps split
+    a draining batch), but a near-tie (within NEAR: the estimate rests on earlier texts); with a
+    request queued it explores as before."""
     from trikern.decode.registry import FAMILIES
 
-    def explored(waiting=0, taught=False):
-        linear = {("spec-linear", 2): 2.9e-3, ("spec-linear", 4): 3e-3}  # AR wins; B = 4 could, all accepted
+    def explored(waiting=0, taught=False, linear4=3e-3, solo=False):
+        linear = {("spec-linear", 2): 2.9e-3, ("spec-linear", 4): linear4}  # B = 4 could win, all accepted
         auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 1,
                                 waiting=waiting)
-        if taught:
-            auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES})
-        return sum(auto.choose(seqs, [])[0] != "ar" for _ in range(3 * auto.explore.EVERY))
+        if taught or solo:  # by earlier batches, or by solo generations only
+            auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES}, batched=not solo)
+        ar, lin = (auto.drain_rate(seqs, k, auto.costs[4].seconds(k)) for k in (("ar", 1), ("spec-linear", 4)))
+        return sum(auto.choose(seqs, [])[0] != "ar" for _ in range(3 * auto.explore.EVERY)), lin / ar
 
-    assert explored() >= 1
-    assert explored(taught=True) == 0
-    assert explored(waiting=1, taught=True) >= 1
+    assert explored()[0] >= 1
+    assert explored(solo=True)[0] >= 1  # what solo runs learnt is not the batches' texts
+    count, ratio = explored(taught=True)
+    assert count == 0 and ratio < AutoBatch.NEAR  # a clear loser
+    count, ratio = explored(taught=True, linear4=2.2e-3)
+    assert count >= 1 and AutoBatch.NEAR <= ratio < 1  # a near-tie
+    assert explored(waiting=1, taught=True)[0] >= 1

@@ -13,8 +13,9 @@ Without batch sizes in the profile, batch size 1 starts from the single-sequence
 scale factor for every candidate, which is wrong (at 8 chains AR was priced 1.4x its cost from one
 chain's figures, and linear B = 4 won the choice where AR was 10% faster). What a step yields
 depends on each sequence's text: every sequence keeps its own `Acceptance` per speculative family,
-so the expected tokens of a candidate are the sum over the batch, and the choice is decode/auto's
-pure `best` over that sum divided by the cost at this batch size. A step now and then explores
+starting from the prior earlier batches left in the profile (`prior`: the batches' own, apart from
+solo generations'), so the expected tokens of a candidate are the sum over the batch, and the choice
+is decode/auto's pure `best` over that sum divided by the cost at this batch size. A step now and then explores
 another family within decode/auto's `Exploration` budget, on the aggregate figures; whether exploring
 pays depends on the batch size (on a 2-core EPYC about two thirds of the explorations paid at 4
 sequences and a quarter at 8, where AR mostly wins), so each batch size keeps its own budget and hit
@@ -28,8 +29,9 @@ region freed early serves it at once, and the summed yield of the step over its 
 (`step_rate`). If none does, the batch is done when its last sequence is: the rate is that of the
 candidate kept until the batch has drained, its sequences leaving one by one (`drain_rate`), and no
 step explores (a speculative step that puts some sequences ahead leaves the others to finish at
-smaller batch sizes, which cost nearly as much a step for fewer tokens), but for a family the
-profile has learnt nothing of yet (`untaught`).
+smaller batch sizes, which cost nearly as much a step for fewer tokens), but for a near-tie (the
+prior behind an estimate may be another text's) or a family the profile has learnt nothing of yet
+(`drain_explorable`).
 
 Every candidate is lossless (AR, linear and quadratic self-speculation) and every step starts and
 ends in the same state (the region holds all emitted tokens but `pending`), so switching keeps each
@@ -61,6 +63,7 @@ class AutoBatch(BatchStep):
     DECAY, HYSTERESIS = AutoPolicy.DECAY, AutoPolicy.HYSTERESIS
     HOLD, HOLD_MARGIN, KEEP_EXPLORED = AutoPolicy.HOLD, AutoPolicy.HOLD_MARGIN, AutoPolicy.KEEP_EXPLORED
     DRAIN_HORIZON = 128  # tokens of a sequence's room that `drain_rate` counts on
+    NEAR = 0.85  # a draining batch explores candidates whose estimated rate is within this of the best's
 
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
@@ -135,10 +138,17 @@ class AutoBatch(BatchStep):
             self.explorations[n] = Exploration(prior)
         return self.explorations[n]
 
+    def prior(self, fam) -> list | None:
+        """A joining sequence's acceptance prior of `fam`: what earlier batches taught the profile
+        (`teach_prior`), apart from the solo generations' prior. A server's texts are not the ones a
+        user runs alone: after solo runs on code prompts (drafts failing at position 3) the shared
+        prior priced linear B = 4 at 2.1 tokens a step at 4 users where the bench's texts gave 2.8,
+        and batched auto ran AR throughout, 0.83-0.90x the best fixed setting."""
+        return None if self.profile is None else self.profile.get_acceptance(fam, batched=True)
+
     def acceptance(self, seq) -> dict:
         if seq not in self.acc:
-            prior = self.profile.get_acceptance if self.profile is not None else (lambda f: None)
-            self.acc[seq] = {f: Acceptance(self.horizon, prior(f)) for f in FAMILIES}
+            self.acc[seq] = {f: Acceptance(self.horizon, self.prior(f)) for f in FAMILIES}
         return self.acc[seq]
 
     def tokens(self, decoding, key) -> float:
@@ -183,11 +193,10 @@ class AutoBatch(BatchStep):
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)
         # The exploration budget reasons per sequence: a block's optimistic yield is B per chain. A
-        # draining batch explores only families the profile knows nothing of (`untaught`): such a
-        # step splits the batch as it drains (`drain_rate`).
+        # draining batch explores only near-ties and families the profile knows nothing of
+        # (`drain_explorable`): such a step splits the batch as it drains (`drain_rate`).
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        untaught = {f for f in FAMILIES if self.untaught(f)} if drain else set()
-        explorable = [k for k in keys if not drain or k == top or family(k) in untaught or family(k) is None]
+        explorable = self.drain_explorable(keys, top, rate) if drain else keys
         key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill)), n
@@ -195,15 +204,28 @@ class AutoBatch(BatchStep):
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
 
+    def drain_explorable(self, keys, top, rate) -> list:
+        """What a draining batch may explore: AR, a family the profile has not learnt (`untaught`), and
+        a candidate its estimates put within NEAR of `top`. A sequence's estimate of a family it has
+        not run is the prior, which earlier texts set: replayed from a prior that code prompts left
+        (drafts failing at position 3), auto ran AR at 2 users throughout where linear B = 4 or 8
+        was best, 0.77-0.97x the best fixed setting (benchmarks/replay_batch_auto.py); exploring
+        near-ties, 0.98-1.07x, and from a fresh profile 0.99-1.10x (was 0.96-1.05x). A clear loser
+        is left alone: at 8 users AR wins by far and no step splits the batch."""
+        untaught = {f for f in FAMILIES if self.untaught(f)}
+        near = self.NEAR * rate(top)
+        return [k for k in keys if k == top or family(k) is None or family(k) in untaught or rate(k) >= near]
+
     def untaught(self, fam) -> bool:
-        """Whether the profile has no acceptance of `fam` yet (a fresh machine or model). A draining
-        batch explores only such families: if it never did, a server whose batches always drain (every
-        request in at once) kept the generic prior, which undervalues speculation, and ran AR at 2
-        users for good where linear B = 4 or 8 was best (0.78-0.97x the best fixed setting replayed
-        from a fresh profile, benchmarks/replay_batch_auto.py; 0.82-0.89x in three of eight real
-        runs). Its first explorations teach the prior (`teach_prior`); after that it explores no
-        more, as before. Without a profile nothing is taught: no draining batch explores."""
-        return self.profile is not None and self.profile.get_acceptance(fam) is None
+        """Whether no batch has taught the profile an acceptance of `fam` yet (a fresh machine or
+        model). A draining batch explores such families: if it never did, a server whose batches
+        always drain (every request in at once) kept the generic prior, which undervalues
+        speculation, and ran AR at 2 users for good where linear B = 4 or 8 was best (0.78-0.97x the
+        best fixed setting replayed from a fresh profile, benchmarks/replay_batch_auto.py; 0.82-0.89x
+        in three of eight real runs). Its first explorations teach the prior (`teach_prior`); after
+        that it explores near-ties only. Without a profile nothing is taught: a draining batch
+        explores near-ties only."""
+        return self.profile is not None and self.prior(fam) is None
 
     def entering(self, key) -> bool:
         """Whether a step of `key` restarts the sequences (a quadratic block other than the current)."""
@@ -293,7 +315,7 @@ class AutoBatch(BatchStep):
         pooled = {f: Acceptance.pooled(parts).long_run() for f in FAMILIES
                   if (parts := [acc[f] for acc in ended if acc[f].evidence])}
         if self.profile is not None and pooled:
-            self.profile.update({}, pooled)
+            self.profile.update({}, pooled, batched=True)
 
     # -- one step ----------------------------------------------------------------------------
     def run(self, decoding, prefill):

@@ -92,10 +92,15 @@ class StepProfile:
         entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
         self._write({self.key_str(key, bucket, batch): entry})
 
-    def get_acceptance(self, family: str) -> list[float] | None:
+    @staticmethod
+    def acceptance_key(family: str, batched: bool = False) -> str:
+        return f"{family}/acceptance" + ("/batched" if batched else "")
+
+    def get_acceptance(self, family: str, batched: bool = False) -> list[float] | None:
         """The long-run hazard per draft position (policy.Acceptance) of `family` over recent
-        generations (a prior), or None. Stored as h1, h2, ... (result files hold scalars only)."""
-        e = self.entries.get(f"{family}/acceptance") or {}
+        generations (a prior), or None; `batched`: batched decoding's own (trikern.batch.auto).
+        Stored as h1, h2, ... (result files hold scalars only)."""
+        e = self.entries.get(self.acceptance_key(family, batched)) or {}
         out = []
         while isinstance(e.get(f"h{len(out) + 1}"), (int, float)) and 0 <= e[f"h{len(out) + 1}"] <= 1:
             out.append(float(e[f"h{len(out) + 1}"]))
@@ -115,19 +120,19 @@ class StepProfile:
             return None
         return (float(h), float(t)) + ((float(c),) if isinstance(c, (int, float)) and 0 <= c < 2 else ())
 
-    def update(self, costs: dict, acceptance: dict, drop=(), exploration=None):
-        """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position;
-        drop: keys whose stored costs were refused (policy.implausible) and not measured again. One
-        atomic write."""
+    def update(self, costs: dict, acceptance: dict, drop=(), exploration=None, batched: bool = False):
+        """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position
+        (`batched`: into batched decoding's prior); drop: keys whose stored costs were refused
+        (policy.implausible) and not measured again. One atomic write."""
         out = {self.key_str(key, self.bucket): {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
                for key, (seconds, tokens, steps) in costs.items()}
         for family, hazards in acceptance.items():
             # Each generation moves the prior halfway: one prompt's text (a table after prose) is
             # a poor guide to the next one's, and a prior it alone set would steer a whole generation.
-            old = self.get_acceptance(family) or []
+            old = self.get_acceptance(family, batched) or []
             hazards = [h if k >= len(old) else old[k] + self.BLEND * (h - old[k]) for k, h in enumerate(hazards)]
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
-            out[f"{family}/acceptance"] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
+            out[self.acceptance_key(family, batched)] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
         if exploration is not None:
             out[self.exploration_key()] = self._outcomes(exploration)
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.

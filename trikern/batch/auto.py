@@ -184,11 +184,14 @@ class AutoBatch(BatchStep):
 
         drain = not self.dec.queue and n > 1  # no request waits for a region: `drain_rate`
 
+        rates: dict = {}  # the choice, the exploring and the hold ask for the same rates
+
         def rate(k):
-            s = costs.seconds(k)
-            if s <= 0:
-                return 0.0
-            return self.drain_rate(decoding, k, s) if drain else self.step_rate(decoding, k, s)
+            if (r := rates.get(k)) is None:
+                s = costs.seconds(k)
+                r = rates[k] = 0.0 if s <= 0 else \
+                    self.drain_rate(decoding, k, s) if drain else self.step_rate(decoding, k, s)
+            return r
 
         cur = self.current if self.current in keys else None
         top = best(keys, rate, cur, self.HYSTERESIS)

@@ -68,6 +68,9 @@ class AutoBatch(BatchStep):
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
         self.keys = candidates(AUTO, B, dec.cfg)
+        # Acceptance is kept for the candidates' families only (no draft trees in a batch): every
+        # step decays each sequence's estimates, ~1 us apiece.
+        self.families = tuple(f for f in FAMILIES if any(family(k) == f for k in self.keys))
         self.kinds = {k: STEPS[k[0]](dec, k[1]) for k in self.keys}
         self.horizon = max(b for _, b in self.keys) - 1
         # The shortest cache-length bucket: the batch's sequences have lengths of their own.
@@ -148,7 +151,7 @@ class AutoBatch(BatchStep):
 
     def acceptance(self, seq) -> dict:
         if seq not in self.acc:
-            self.acc[seq] = {f: Acceptance(self.horizon, self.prior(f)) for f in FAMILIES}
+            self.acc[seq] = {f: Acceptance(self.horizon, self.prior(f)) for f in self.families}
         return self.acc[seq]
 
     def tokens(self, decoding, key) -> float:
@@ -215,7 +218,7 @@ class AutoBatch(BatchStep):
         was best, 0.77-0.97x the best fixed setting (benchmarks/replay_batch_auto.py); exploring
         near-ties, 0.98-1.07x, and from a fresh profile 0.99-1.10x (was 0.96-1.05x). A clear loser
         is left alone: at 8 users AR wins by far and no step splits the batch."""
-        untaught = {f for f in FAMILIES if self.untaught(f)}
+        untaught = {f for f in self.families if self.untaught(f)}
         near = self.NEAR * rate(top)
         return [k for k in keys if k == top or family(k) is None or family(k) in untaught or rate(k) >= near]
 
@@ -315,7 +318,7 @@ class AutoBatch(BatchStep):
         most."""
         ended = self.ended + [self.acc.pop(s) for s in list(self.acc) if s.done or s.slot is None]
         self.ended = []
-        pooled = {f: Acceptance.pooled(parts).long_run() for f in FAMILIES
+        pooled = {f: Acceptance.pooled(parts).long_run() for f in self.families
                   if (parts := [acc[f] for acc in ended if acc[f].evidence])}
         if self.profile is not None and pooled:
             self.profile.update({}, pooled, batched=True)

@@ -157,6 +157,35 @@ def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_pro
             assert cm.cost[k].seconds == pytest.approx((two + four) / 2)
 
 
+def test_a_tune_replaces_the_stored_costs_at_other_batch_sizes(embedded, own_profile):
+    """`trikern tune --decode --batch-sizes 2,4` (replace=True) leaves a candidate no stored cost at
+    other batch sizes or buckets, which a drain may have persisted before a code change (AR at 3
+    sequences stayed 5.2 ms beside 4.4 retuned at 2 and 4); 3 then interpolates. A warm-up measuring
+    the sizes a profile lacks (replace=False) keeps them."""
+    from trikern.decode import candidates
+    from trikern.decode.auto.profile import StepProfile
+    from trikern.decode.auto.tuning import measure_batch
+
+    m = embedded.model
+    keys = candidates("auto", 2, m.cfg)
+    for replace in (False, True):
+        prof = StepProfile(m, 16)
+        for k in keys:
+            prof.save(k, prof.bucket, 1.0, 1.0, 2, batch=3)
+            prof.save(k, 4 * prof.bucket, 1.0, 1.0, 2, batch=8)
+        prof.save(keys[0], prof.bucket, 0.5, 1.0, 2)  # one sequence's: not a batch entry
+        measure_batch(m, (2, 4), cache_length=16, steps=1, block_size=2, log=lambda *a: None, replace=replace)
+        prof = StepProfile(m, 16)
+        for k in keys:
+            assert set(prof.batch_seconds(k)) == ({1, 2, 4} if k == keys[0] else {2, 4}) | (set() if replace else {3, 8})
+        assert prof.get(keys[0])["seconds"] == 0.5
+        auto = BatchDecoder(m, max_batch=4, mode="auto", block_size=2).step_kind
+        three = auto.measured_at(3)[keys[0]]
+        assert (three == 1.0) != replace
+        if replace:
+            assert three == pytest.approx((prof.batch_seconds(keys[0])[2] + prof.batch_seconds(keys[0])[4]) / 2)
+
+
 def test_the_choice_follows_the_stored_costs_per_batch_size(embedded, own_profile):
     """From a profile alone (no live step yet): where AR's cost barely grows with the batch and a
     speculative step's grows with its rows, auto runs the speculative step for one sequence and AR

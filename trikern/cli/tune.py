@@ -33,7 +33,8 @@ def add_parser(sub):
                    "checkpoint's)")
     d.add_argument("--cache-lengths", default=None, metavar="N,N", help="cache lengths to time at")
     d.add_argument("--batch-sizes", default=None, metavar="N,N", help="also time steps of N sequences decoding "
-                   "together (trikern.batch, `trikern serve --max-batch`), for batched auto: e.g. 2,4,8")
+                   "together (trikern.batch, `trikern serve --max-batch`), for batched auto: e.g. 2,4,8; the stored "
+                   "costs at other batch sizes go (sizes between interpolate)")
     d.add_argument("--steps", type=int, default=None, help="warm steps per candidate and length (default: 4)")
     d.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads, as `trikern bench "
                    "--threads` (a profile is kept per thread count: tune with the count you decode with)")
@@ -118,7 +119,7 @@ def tune_decode(a) -> int:
               "once the variable is unset", file=sys.stderr)
     prof = measure(m.model, lengths, steps, a.block_size)
     if batch_sizes:
-        prof = measure_batch(m.model, batch_sizes, min(lengths), steps, a.block_size)
+        prof = measure_batch(m.model, batch_sizes, min(lengths), steps, a.block_size, replace=True)
     where = store.result_path(store.write_dir(), prof.device, prof.op)
     print(f"step-cost profile of {len(prof.entries)} (mode, block, cache length[, batch size]) entries written to {where}")
     return 0

@@ -61,14 +61,16 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
 
 
 def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: int = 3, block_size=None,
-                  log=print) -> StepProfile:
+                  log=print, replace: bool = False) -> StepProfile:
     """The same for batches (trikern.batch): time `steps` warm steps of every auto candidate over N
     sequences at once, for each N in `batch_sizes`, and persist the median per (candidate, N). How a
     step's cost grows with N differs per candidate (AR reads the weights once for all chains; a wide
     speculative step grows with its rows), so batched auto cannot scale one batch size's costs to
     another. Every (candidate, N) takes its turns as `measure`'s do (two steps, the second timed), so
     a slow spell lands on all alike; a step is timed only while all N sequences decode (prefill done,
-    none finished) and nothing warmed up in it."""
+    none finished) and nothing warmed up in it. `replace` (`trikern tune`): the candidates' stored
+    costs at other batch sizes go (StepProfile.save_batch); without it (a warm-up measuring the
+    sizes a profile lacks) they stay."""
     from ...batch import BatchDecoder  # noqa: PLC0415 (the batch package builds on decode/)
     from ... import warmup  # noqa: PLC0415
 
@@ -108,9 +110,11 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
             seconds = time.perf_counter() - t0
             if full and warmup.count == warm:
                 timings[(n, key)].append((sum(map(len, out.values())) / n, seconds))
+    measured = {}
     for (n, key), t in timings.items():
         if t:
             sec = statistics.median(s for _, s in t)
-            prof.save(key, prof.bucket, sec, sum(tok for tok, _ in t) / len(t), len(t), batch=n)
+            measured[(key, n)] = (sec, sum(tok for tok, _ in t) / len(t), len(t))
             log(f"{key[0]:>15} B={key[1]:<3} batch {n:>3}: {1e3 * sec:8.2f} ms/step")
+    prof.save_batch(measured, replace)
     return prof

@@ -1,28 +1,28 @@
 """`mode="auto"` for a batch: before every step, the (mode, block size) with the highest expected
 aggregate tokens per second for the sequences decoding now.
 
-What a step of a candidate costs depends on how many sequences it carries: one forward over n
-chains reads the weights once, so AR's step grows slowly with n while a wide speculative step
-grows with its rows. So the step costs are kept per batch size, one `CostModel` each
-(decode/auto/costs.py: a slow running average per candidate, apart from the machine's current
-speed). Each batch size starts from the persisted profile's costs at that size (`trikern tune
---decode --batch-sizes`, or `Model.warmup(batch_sizes=...)`; between measured sizes, linear in n),
-as priors its live steps confirm or overturn (CostModel's rule for a profile from another moment).
-Without batch sizes in the profile, batch size 1 starts from the single-sequence profile, as a solo
-`auto` does, and a batch size not seen yet from the costs of the nearest one measured live: one
-scale factor for every candidate, which is wrong (at 8 chains AR was priced 1.4x its cost from one
-chain's figures, and linear B = 4 won the choice where AR was 10% faster). What a step yields
-depends on each sequence's text: every sequence keeps its own `Acceptance` per speculative family,
-starting from the prior earlier batches left in the profile (`prior`: the batches' own, apart from
-solo generations'), so the expected tokens of a candidate are the sum over the batch, and the choice
-is decode/auto's pure `best` over that sum divided by the cost at this batch size. A step now and then explores
-another family within decode/auto's `Exploration` budget, on the aggregate figures; whether exploring
-pays depends on the batch size (on a 2-core EPYC about two thirds of the explorations paid at 4
-sequences and a quarter at 8, where AR mostly wins), so each batch size keeps its own budget and hit
-rate, carried between batches in the profile as a solo generation's is. Where AR beats every
-speculative candidate clearly, the choice is held for a few steps without judging, as a solo `auto`
-holds it: judging sums every sequence's estimates (about 0.15 ms a step at 8 sequences), time the
-held steps save.
+What a step of a candidate costs depends on how many sequences it carries: one forward over n chains
+reads the weights once, so AR's step grows slowly with n while a wide speculative step grows with
+its rows. So the step costs are kept per batch size, one `CostModel` each (decode/auto/costs.py: a
+slow running average per candidate, apart from the machine's current speed). Each batch size starts
+from the persisted profile's costs at that size (`trikern tune --decode --batch-sizes`, or
+`Model.warmup(batch_sizes=...)`; between measured sizes, linear in n), as priors its live steps
+confirm or overturn (CostModel's rule for a profile from another moment). Without batch sizes in the
+profile, batch size 1 starts from the single-sequence profile, as a solo `auto` does, and a batch
+size not seen yet from the costs of the nearest one measured live: one scale factor for every
+candidate, which is wrong (at 8 chains AR was priced 1.4x its cost from one chain's figures, and
+linear B = 4 won the choice where AR was 10% faster). What a step yields depends on each sequence's
+text: every sequence keeps its own `Acceptance` per speculative family, starting from the prior
+earlier batches left in the profile (`prior`: the batches' own, apart from solo generations'), so
+the expected tokens of a candidate are the sum over the batch, and the choice is decode/auto's pure
+`best` over that sum divided by the cost at this batch size. A step now and then explores another
+family within decode/auto's `Exploration` budget, on the aggregate figures; whether exploring pays
+depends on the batch size (on a 2-core EPYC about two thirds of the explorations paid at 4 sequences
+and a quarter at 8, where AR mostly wins), so each batch size keeps its own budget and hit rate,
+carried between batches in the profile as a solo generation's is. Where AR beats every speculative
+candidate clearly, the choice is held for a few steps without judging, as a solo `auto` holds it:
+judging sums every sequence's estimates (about 0.15 ms a step at 8 sequences), time the held steps
+save.
 
 What "highest aggregate tokens per second" means depends on whether a request waits. If one does, a
 region freed early serves it at once, and the summed yield of the step over its cost is the rate

@@ -5,16 +5,16 @@ the best fixed setting at each concurrency.
 At concurrency c, c users send a prompt at once to a BatchDecoder(max_batch=c) (trikern/batch) and
 each generates --max-new-tokens tokens (greedy, no EOS stop). Aggregate tok/s = all tokens / wall
 time until the last user is done; per-user tok/s = a user's tokens / its own time from request to
-last token (queueing and prefill included: what the user sees), the median user; "slowest / solo"
-= the slowest user's time over a solo run's in the same repeat (the issue's goal at c = 4: <= 2).
-Prompts: trikern/bench/prompts.jsonl, cycled: repeat r gives its c users prompts r, r+1, ... (so
-c = 1 is not one text's figure, and auto meets a new text each time). Every (mode, c) runs once per repeat, taking turns
-(one process, interleaved), after one untimed warm-up each; figures are medians over the repeats,
-and the ratios are taken within a repeat before the median, since a shared CPU is noisy.
-A last line per mode gives the single-sequence decoder's (trikern.decode) tok/s on the same
-prompt and batched c = 1 over it: what one user got before batching. "= solo": every user's text
-equals its c = 1 text (in bf16 a batch's matmul shapes may round
-differently; the fp32 equality is what tests/test_batch_decode.py checks).
+last token (queueing and prefill included: what the user sees), the median user; "slowest / solo" =
+the slowest user's time over a solo run's in the same repeat (the issue's goal at c = 4: <= 2).
+Prompts: trikern/bench/prompts.jsonl, cycled: repeat r gives its c users prompts r, r+1, ... (so c =
+1 is not one text's figure, and auto meets a new text each time). Every (mode, c) runs once per
+repeat, taking turns (one process, interleaved, the modes' order rotated each repeat), after one
+untimed warm-up each; figures are medians over the repeats, and the ratios are taken within a repeat
+before the median, since a shared CPU is noisy. A last line per mode gives the single-sequence
+decoder's (trikern.decode) tok/s on the same prompt and batched c = 1 over it: what one user got
+before batching. "= solo": every user's text equals its c = 1 text (in bf16 a batch's matmul shapes
+may round differently; the fp32 equality is what tests/test_batch_decode.py checks).
 
     python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4, auto B<=8; 5 repeats
     python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
@@ -138,8 +138,10 @@ def main(argv=None):
     base_today = {mb: [] for mb in modes}
 
     def one_repeat(r):
-        """Every (mode, c) once, taking turns: rows appended to res and base_today."""
-        for m, B in modes:
+        """Every (mode, c) once, taking turns, the modes' order rotated each repeat (no mode always
+        runs at the same point of a repeat): rows appended to res and base_today."""
+        k = r % len(modes)
+        for m, B in modes[k:] + modes[:k]:
             solo_s = None
             base_today[(m, B)].append(today(m, B, a.max_new_tokens, r % len(prompts)))
             for c in levels:

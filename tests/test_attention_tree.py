@@ -157,6 +157,22 @@ def test_tree_launches_only_tiles_that_compile_clean(arch):
         assert len(_candidates(arch, 128, 8, 4096, 128, 2, TREE)) < len(_candidates(arch, 128, 8, 4096, 128, 2))
 
 
+@pytest.mark.parametrize("parents", [chain(1), chain(32), star(33), built(32, 6, 4, 2), built(70, 8, 4, 4)],
+                         ids=["1 node", "chain 32", "star 33", "32", "70"])
+def test_tree_bits_is_the_ancestor_relation(parents):
+    """tree_bits, which chunk_mask and the CPU mask both read, against a parent walk: bit 31 of a word
+    (one word, and several words) included."""
+    N = parents.shape[0]
+    want = torch.zeros(N, N, dtype=torch.bool)
+    for i in range(N):
+        j = i
+        while j >= 0:
+            want[i, j] = True
+            j = int(parents[j])
+    from trikern.kernels.attention import tree_bits
+    assert torch.equal(tree_bits(TR.ancestors_from_parents(parents)), want)
+
+
 @pytest.mark.parametrize("parents", [chain(1), chain(13), star(33), built(31, 6, 4, 1), built(32, 6, 4, 2),
                                      built(33, 6, 4, 3), built(70, 8, 4, 4), built(64, 12, 2, 5)],
                          ids=["1 node", "chain", "star 33", "31", "32", "33", "70", "64 deep"])

@@ -99,8 +99,9 @@ class StepProfile:
         change kept their old figures (AR at 3 sequences 5.2 ms next to 4.4 retuned at 2 and 4)."""
         out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": float(tok), "steps": int(steps)}
                for (key, n), (sec, tok, steps) in measured.items()}
-        gone = [self.key_str(key, b, n) for key in {k for k, _ in measured} for b, n, _ in self._costs_of(key)
-                if replace and n > 1 and self.key_str(key, b, n) not in out]
+        gone = [] if not replace else [self.key_str(key, b, n) for key in {k for k, _ in measured}
+                                       for b, n, _ in self._costs_of(key) if n > 1]
+        gone = [k for k in gone if k not in out]
         self._write(out, gone)
 
     @staticmethod

@@ -12,15 +12,20 @@ cycled over 14 repeats, one decoder per concurrency for the whole run, auto's pr
 the tuned costs alone (a fresh machine: no acceptance learnt yet). `--fresh` gives each batch a new
 decoder instead (what carries between batches is then the profile alone).
 
-What it leaves out: timing noise, and what a real step costs beyond the tuned table (a first step at
-new shapes, cache lengths other than 128). On this project's EPYC VM the real benchmark put
-exploring in a draining batch at 2-5% worse at 8 users than this replay does.
+What it leaves out: what a real step costs beyond the tuned table (a first step at new shapes,
+cache lengths other than 128), and by default timing noise. On this project's EPYC VM the real
+benchmark put exploring in a draining batch at 2-5% worse at 8 users than this replay does.
+`--noise` adds a shared VM's noise (`Noise`) to the seconds auto observes and learns from, while
+the time it is judged by stays the table's (plus the dearer first step after a switch, which is
+real): a measure of how far noisy timings mislead its choices.
 
     python benchmarks/replay_batch_auto.py            # four machines (measured costs, three +-15% variants)
     python benchmarks/replay_batch_auto.py --fresh
+    python benchmarks/replay_batch_auto.py --noise 1,2,3   # seeded noise, one run per seed
 """
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -40,6 +45,7 @@ PROMPTS = [d["id"] for d in map(json.loads, (ROOT / "trikern" / "bench" / "promp
                                 .read_text().splitlines()) if "prompt" in d]  # bench_batch.py's: no chat rows
 QUAD = "spec-quadratic"
 NEW, REPEATS, CAP = 64, 14, 8
+OTHERS = 4  # batches of other settings between two of auto's (bench_batch.py: four fixed modes)
 # ms per step by batch size: `trikern tune --decode --block-size 8 --cache-lengths 128 --steps 8 --threads 1
 # --batch-sizes 2,4,8` on this project's AMD EPYC VM (AVX-512 BF16, 2026-12-07), bf16.
 BATCH_MS = {
@@ -62,6 +68,42 @@ def machines():
         g = torch.Generator().manual_seed(seed)
         yield f"epyc~{seed}", {k: {n: ms * (0.85 + 0.3 * torch.rand((), generator=g).item()) for n, ms in t.items()}
                                for k, t in BATCH_MS.items()}
+
+
+class Noise:
+    """What a shared VM does to step times (this project's EPYC VM: fixed AR at 4 users ran 718-1023
+    tok/s over consecutive batches, and a whole tune ran 1.5x slower than another a minute later):
+    the machine's speed in long phases (mean PHASE seconds, a log-normal level of sigma DRIFT) and
+    short spells within them (mean SPELL, sigma LEVEL), each step's own jitter (sigma JITTER), now
+    and then a hiccup (a step HICCUP times slower), and the first step after a switch SWITCH dearer
+    (the caches hold the other shape's data). `idle` moves the clock on without a step (the other
+    settings' batches run between auto's in the benchmark). Seeded."""
+    PHASE, DRIFT, SPELL, LEVEL, JITTER, HICCUP_P, HICCUP, SWITCH = 20.0, 0.2, 0.5, 0.1, 0.05, 0.02, 2.5, 1.04
+
+    def __init__(self, seed: int):
+        self.g = torch.Generator().manual_seed(seed)
+        self.t, self.phase_end, self.spell_end, self.phase, self.spell = 0.0, 0.0, 0.0, 1.0, 1.0
+
+    def rand(self) -> float:
+        return torch.rand((), generator=self.g).item()
+
+    def gauss(self) -> float:
+        return torch.randn((), generator=self.g).item()
+
+    def idle(self, seconds: float):
+        self.t += seconds
+
+    def seen(self, true: float) -> float:
+        """The seconds a step of `true` seconds is observed to take now."""
+        if self.t >= self.phase_end:
+            self.phase_end = self.t - self.PHASE * math.log(1.0 - self.rand())
+            self.phase = math.exp(self.DRIFT * self.gauss())
+        if self.t >= self.spell_end:
+            self.spell_end = self.t - self.SPELL * math.log(1.0 - self.rand())
+            self.spell = math.exp(self.LEVEL * self.gauss())
+        self.t += true
+        out = true * self.phase * self.spell * math.exp(self.JITTER * self.gauss())
+        return out * self.HICCUP if self.rand() < self.HICCUP_P else out
 
 
 def seconds(table, n, key):
@@ -103,8 +145,9 @@ def fixed(key, seqs, table) -> float:
     return total
 
 
-def auto_batch(auto, seqs, table) -> float:
-    """Seconds of a batch under `auto` (AutoBatch.run without the forward: choose, yield, observe)."""
+def auto_batch(auto, seqs, table, noise: Noise | None = None) -> float:
+    """Seconds of a batch under `auto` (AutoBatch.run without the forward: choose, yield, observe);
+    with `noise`, auto observes noisy seconds (a switch's dearer first step counts in the total)."""
     total = 0.0
     while live := [s for s in seqs if not s.done]:
         key = auto.choose(live, [])
@@ -118,17 +161,21 @@ def auto_batch(auto, seqs, table) -> float:
                 s.slot = None
         # A step that only restarts quadratic drafts: priced as the narrowest quadratic step.
         sec = seconds(table, len(live), (QUAD, 2) if all(restart.values()) and key[0] == QUAD else key)
+        if noise is not None:
+            sec *= noise.SWITCH if key != auto.current else 1.0
         total += sec
+        seen = sec if noise is None else noise.seen(sec)
         auto.quad_ready = set(live) if key[0] == QUAD else set()
         auto.current = key
-        auto.observe(key, live, out, drafted, sec, False)
+        auto.observe(key, live, out, drafted, seen, False)
     auto.drained()
     return total
 
 
-def replay(model, table, concurrency=(2, 4, 8), repeats=REPEATS, fresh=False) -> dict:
+def replay(model, table, concurrency=(2, 4, 8), repeats=REPEATS, fresh=False, noise=None) -> dict:
     """c -> {setting: total seconds} over `repeats` batches (the tokens are the same for every setting);
-    auto's profile (in TRIKERN_AUTOTUNE_DIR: point it at an empty folder) starts from BATCH_MS."""
+    auto's profile (in TRIKERN_AUTOTUNE_DIR: point it at an empty folder) starts from BATCH_MS.
+    `noise`: a seed for the timings auto observes (`Noise`)."""
     profile = StepProfile(model, 128)
     for key, t in BATCH_MS.items():
         for n, ms in t.items():
@@ -140,12 +187,15 @@ def replay(model, table, concurrency=(2, 4, 8), repeats=REPEATS, fresh=False) ->
             return BatchDecoder(model, max_batch=c, mode="auto", block_size=CAP, context=context).step_kind
         auto = decoder()
         times: dict = {}
+        jitter = None if noise is None else Noise(noise * 1000 + c)
         for r in range(repeats):
             for key in auto.keys:
                 times[key] = times.get(key, 0.0) + fixed(key, users(c, r, context), table)
             if fresh:
                 auto = decoder()
-            times["auto"] = times.get("auto", 0.0) + auto_batch(auto, users(c, r, context), table)
+            times["auto"] = times.get("auto", 0.0) + (spent := auto_batch(auto, users(c, r, context), table, jitter))
+            if jitter is not None:  # the benchmark's other settings run before auto's next batch
+                jitter.idle(OTHERS * spent)
         out[c] = times
     return out
 
@@ -165,20 +215,25 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fresh", action="store_true", help="a new decoder for every batch")
     p.add_argument("--repeats", type=int, default=REPEATS)
+    p.add_argument("--noise", default="", help="comma-separated seeds: auto observes noisy timings (Noise)")
     a = p.parse_args(argv)
+    seeds = [int(x) for x in a.noise.split(",") if x] or [None]
     autotune_store.shipped_dirs = lambda: []  # this replay's profile only
     model = trikern.load(dtype="bf16").model
     print(f"# batched auto replayed: {NEW} tokens a user, {a.repeats} batches, "
-          f"{'a new decoder a batch' if a.fresh else 'one decoder a concurrency'}, fresh tuned profile")
-    print("| machine | c | auto / best fixed | best fixed | auto / worst |")
-    print("|---|---|---|---|---|")
+          f"{'a new decoder a batch' if a.fresh else 'one decoder a concurrency'}, fresh tuned profile, "
+          f"{'noise seeds ' + a.noise if a.noise else 'no noise'}")
+    print("| machine | noise | c | auto / best fixed | best fixed | auto / worst |")
+    print("|---|---|---|---|---|---|")
     for name, table in machines():
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["TRIKERN_AUTOTUNE_DIR"] = tmp
-            for c, times in replay(model, table, repeats=a.repeats, fresh=a.fresh).items():
-                best = min((k for k in times if k != "auto"), key=times.get)
-                b, w = ratios(times)
-                print(f"| {name} | {c} | {b:.3f} | {best[0]} B={best[1]} | {w:.2f} |")
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                os.environ["TRIKERN_AUTOTUNE_DIR"] = tmp
+                for c, times in replay(model, table, repeats=a.repeats, fresh=a.fresh, noise=seed).items():
+                    best = min((k for k in times if k != "auto"), key=times.get)
+                    b, w = ratios(times)
+                    print(f"| {name} | {seed if seed is not None else '-'} | {c} | {b:.3f} | {best[0]} B={best[1]} "
+                          f"| {w:.2f} |", flush=True)
     return 0
 
 

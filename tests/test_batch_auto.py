@@ -313,7 +313,8 @@ def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_pr
     from trikern.decode.auto.acceptance import Acceptance
     from trikern.decode.auto.profile import StepProfile
     m = embedded.model
-    StepProfile(m, 0).update({}, {"spec-linear": [0.5, 0.5, 0.5]}, batched=True)
+    # (a prior behind as many steps as the pool: one blend halfway, as a solo generation's)
+    StepProfile(m, 0).update({}, {"spec-linear": [0.5, 0.5, 0.5]}, batched=True, evidence={"spec-linear": 24})
     StepProfile(m, 0).update({}, {"spec-linear": [0.9, 0.9, 0.9]})  # a solo run's
     dec = BatchDecoder(m, max_batch=2, mode="auto", block_size=4)
     auto = dec.step_kind
@@ -342,21 +343,27 @@ def test_sequences_that_leave_teach_the_acceptance_prior_pooled(embedded, own_pr
     assert StepProfile(m, 0).get_acceptance("spec-linear") == [0.9, 0.9, 0.9]
 
 
-def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, own_profile):
+def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, own_profile, tmp_path, monkeypatch):
     """A draining batch in AR where linear B = 4 could win if its drafts were accepted: with a fresh
-    profile (no acceptance learnt by batches on this machine; solo runs' does not count) it explores
-    the speculative families within the exploration budget; once earlier batches taught the profile
-    their acceptance it explores nothing that its estimates put clearly behind AR (such steps split
-    a draining batch), but a near-tie (within NEAR: the estimate rests on earlier texts); with a
-    request queued it explores as before."""
+    profile (no acceptance learnt by batches on this machine; solo runs' does not count) or one that
+    a few steps taught, it explores the speculative families within the exploration budget; once
+    earlier batches taught the profile their acceptance (TAUGHT sequence-steps) it explores nothing
+    that its estimates put clearly behind AR (such steps split a draining batch), but a near-tie
+    (within NEAR: the estimate rests on earlier texts); with a request queued it explores as before."""
+    import itertools
+
     from trikern.decode.registry import FAMILIES
 
-    def explored(waiting=0, taught=False, linear4=3e-3, solo=False):
+    profiles = itertools.count()
+
+    def explored(waiting=0, taught=False, linear4=3e-3, solo=False, steps=AutoBatch.TAUGHT):
         linear = {("spec-linear", 2): 2.9e-3, ("spec-linear", 4): linear4}  # B = 4 could win, all accepted
+        monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(tmp_path / str(next(profiles))))  # one profile each
         auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 1,
                                 waiting=waiting)
-        if taught or solo:  # by earlier batches, or by solo generations only
-            auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES}, batched=not solo)
+        if taught or solo:  # by earlier batches (`steps` sequence-steps), or by solo generations only
+            auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES}, batched=not solo,
+                                evidence=dict.fromkeys(FAMILIES, steps))
         ar, lin = (auto.drain_rate(seqs, k, auto.costs[4].seconds(k)) for k in (("ar", 1), ("spec-linear", 4)))
         return sum(auto.choose(seqs, [])[0] != "ar" for _ in range(3 * auto.explore.EVERY)), lin / ar
 
@@ -367,3 +374,6 @@ def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, 
     count, ratio = explored(taught=True, linear4=2.2e-3)
     assert count >= 1 and AutoBatch.NEAR <= ratio < 1  # a near-tie
     assert explored(waiting=1, taught=True)[0] >= 1
+    # A prior a few steps taught is not trusted yet: a clear loser by it is explored.
+    count, ratio = explored(taught=True, steps=AutoBatch.TAUGHT / 4)
+    assert count >= 1 and ratio < AutoBatch.NEAR

@@ -64,6 +64,7 @@ class AutoBatch(BatchStep):
     HOLD, HOLD_MARGIN, KEEP_EXPLORED = AutoPolicy.HOLD, AutoPolicy.HOLD_MARGIN, AutoPolicy.KEEP_EXPLORED
     DRAIN_HORIZON = 128  # tokens of a sequence's room that `drain_rate` counts on
     NEAR = 0.85  # a draining batch explores candidates whose estimated rate is within this of the best's
+    TAUGHT = 16  # sequence-steps behind a family's batches' prior before a draining batch trusts it (`untaught`)
 
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
@@ -83,6 +84,7 @@ class AutoBatch(BatchStep):
         self.costs: dict[int, CostModel] = {}
         self.acc: dict = {}  # sequence -> {family: Acceptance}
         self.ended: list = []  # the Acceptance dicts of sequences that left, not yet taught (`teach_prior`)
+        self.taught: dict = {}  # family -> whether the profile's batches' prior is trusted (`untaught`)
         self.explorations: dict[int, Exploration] = {}  # batch size -> its budget (`exploration`)
         self.explore = self.exploration(1)  # the current step's batch size's
         self.current = None
@@ -223,15 +225,19 @@ class AutoBatch(BatchStep):
         return [k for k in keys if k == top or family(k) is None or family(k) in untaught or rate(k) >= near]
 
     def untaught(self, fam) -> bool:
-        """Whether no batch has taught the profile an acceptance of `fam` yet (a fresh machine or
-        model). A draining batch explores such families: if it never did, a server whose batches
-        always drain (every request in at once) kept the generic prior, which undervalues
-        speculation, and ran AR at 2 users for good where linear B = 4 or 8 was best (0.78-0.97x the
-        best fixed setting replayed from a fresh profile, benchmarks/replay_batch_auto.py; 0.82-0.89x
-        in three of eight real runs). Its first explorations teach the prior (`teach_prior`); after
-        that it explores near-ties only. Without a profile nothing is taught: a draining batch
-        explores near-ties only."""
-        return self.profile is not None and self.prior(fam) is None
+        """Whether the batches have taught the profile little of `fam` yet: no prior (a fresh machine
+        or model), or one behind fewer than TAUGHT sequence-steps that verified a draft. A draining
+        batch explores such families: if it never did, a server whose batches always drain (every
+        request in at once) kept the generic prior, which undervalues speculation, and ran AR at 2
+        users for good where linear B = 4 or 8 was best (0.78-0.97x the best fixed setting replayed
+        from a fresh profile, benchmarks/replay_batch_auto.py; 0.82-0.89x in three of eight real
+        runs); and a prior two unlucky steps had set (h1 = 0.75) did the same (0.71x in a real run,
+        0.84-0.89x replayed from h1 = 0.8). Its explorations teach the prior (`teach_prior`); once
+        taught, a draining batch explores near-ties only. Without a profile nothing is taught: a
+        draining batch explores near-ties only."""
+        if fam not in self.taught:  # (asked at every judged step of a draining batch; moves at `teach_prior`)
+            self.taught[fam] = self.profile is None or self.profile.acceptance_evidence(fam, batched=True) >= self.TAUGHT
+        return not self.taught[fam]
 
     def entering(self, key) -> bool:
         """Whether a step of `key` restarts the sequences (a quadratic block other than the current)."""
@@ -318,10 +324,12 @@ class AutoBatch(BatchStep):
         most."""
         ended = self.ended + [self.acc.pop(s) for s in list(self.acc) if s.done or s.slot is None]
         self.ended = []
-        pooled = {f: Acceptance.pooled(parts).long_run() for f in self.families
+        pooled = {f: Acceptance.pooled(parts) for f in self.families
                   if (parts := [acc[f] for acc in ended if acc[f].evidence])}
         if self.profile is not None and pooled:
-            self.profile.update({}, pooled, batched=True)
+            self.profile.update({}, {f: a.long_run() for f, a in pooled.items()}, batched=True,
+                                evidence={f: a.evidence for f, a in pooled.items()})
+            self.taught.clear()
 
     # -- one step ----------------------------------------------------------------------------
     def run(self, decoding, prefill):

@@ -205,4 +205,5 @@ class AutoPolicy:
         self.profile.update({k: (seconds[k], self.tokens(k), c.live) for k, c in fresh.items()},
                             {f: a.long_run() for f, a in self.acc.items() if a.evidence},
                             drop=self.costs.distrusted - fresh.keys(),
-                            exploration=self.explore.carried(self.KEEP_EXPLORED))
+                            exploration=self.explore.carried(self.KEEP_EXPLORED),
+                            evidence={f: a.evidence for f, a in self.acc.items() if a.evidence})

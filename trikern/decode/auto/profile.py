@@ -8,10 +8,17 @@ cache lengths (tuning.measure) and, with `--batch-sizes`, batch sizes (tuning.me
 without it, the first auto generation measures its candidates on the fly and `AutoPolicy.finish`
 saves what it saw. TRIKERN_DECODE_PROFILE=0 switches the stored profile off
 (`StepProfile.enabled()`): auto then measures on the fly in every generation and saves nothing.
+
+A step's cost is a property of the code that runs it as much as of the machine, so every stored cost
+carries the stamp of that code (`code_stamp`); a cost stamped by other code is not read, and the
+next write removes it. The acceptance priors and exploration outcomes are the texts' and stay.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -20,6 +27,38 @@ from ... import devices
 from ...kernels import autotune_store as store
 
 OP_PREFIX = "decode-steps"
+
+_PACKAGE = Path(__file__).resolve().parents[2]  # trikern/
+# The code a step runs (kernels, model, caches, the strategies' steps, the batched forward) and how
+# `trikern tune` times it; not auto's choosing, the front-ends or training, whose edits do not
+# change what a step costs.
+STEP_CODE = ("kernels", "quant", "decode", "batch", "model.py", "cache.py", "sampling.py", "warmup.py",
+             "cpu_features.py", "devices.py")
+NOT_STEP_CODE = tuple(f"decode/auto/{f}.py" for f in ("acceptance", "costs", "exploration", "policy", "profile")) \
+    + ("batch/auto.py",)
+
+
+@functools.cache
+def code_stamp() -> str:
+    """The stamp of the running package's step code (`stamp_of`). Stored costs outlived code changes
+    without a re-tune and misled auto: after a session's speedups the profile priced AR at 4
+    sequences 6.41 ms a step where it took 4.47, linear B = 4 14.4 against 11.48, and batched auto
+    at 4 users ran 0.84-0.92x the best fixed setting (0.95x once retuned)."""
+    return stamp_of(_PACKAGE)
+
+
+def stamp_of(package: Path) -> str:
+    """A short hash of the step code's sources under `package` (STEP_CODE less NOT_STEP_CODE) and
+    torch's version."""
+    package = Path(package)
+    h = hashlib.sha1(torch.__version__.encode())
+    for part in STEP_CODE:
+        root = package / part
+        for f in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            rel = f.relative_to(package).as_posix()
+            if f.is_file() and rel not in NOT_STEP_CODE:
+                h.update(rel.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def device_name(device: torch.device) -> str:
@@ -52,6 +91,9 @@ class StepProfile:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a foreign file only means no prior
             self.entries: dict[str, dict] = store.load_merged(self.device, self.op)
+        # Costs other code measured: not read, and gone at the next write.
+        self.stale = {k for k, v in self.entries.items()
+                      if self.cost_key(k.split("/", 2)[-1]) and v.get("code") != code_stamp()}
 
     @staticmethod
     def key_str(key, bucket, batch: int = 1) -> str:
@@ -62,11 +104,14 @@ class StepProfile:
         `mode/B/bucket` (batch size 1) and `mode/B/bucket/xN`."""
         prefix = f"{key[0]}/{key[1]}/"
         for k, v in self.entries.items():
-            if not k.startswith(prefix):
-                continue
-            bucket, _, batch = k[len(prefix):].partition("/x")
-            if bucket.isdigit() and (batch == "" or batch.isdigit()):
-                yield int(bucket), int(batch or 1), v
+            if k.startswith(prefix) and (parsed := self.cost_key(k[len(prefix):])) and k not in self.stale:
+                yield *parsed, v
+
+    @staticmethod
+    def cost_key(tail: str):
+        """(bucket, batch size) of a cost entry's key past `mode/B/`, or None."""
+        bucket, _, batch = tail.partition("/x")
+        return (int(bucket), int(batch or 1)) if bucket.isdigit() and (batch == "" or batch.isdigit()) else None
 
     def nearest(self, key, batch: int = 1):
         """`key`'s stored entry for `batch` sequences at the nearest cache-length bucket, or None."""
@@ -89,7 +134,7 @@ class StepProfile:
 
     def save(self, key, bucket, seconds: float, tokens: float, steps: int, batch: int = 1):
         """One measured cost; `tokens`: per sequence and step."""
-        entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
+        entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps), "code": code_stamp()}
         self._write({self.key_str(key, bucket, batch): entry})
 
     def save_batch(self, measured: dict, replace: bool = False):
@@ -97,7 +142,8 @@ class StepProfile:
         `replace`: the keys' other batch entries (other sizes, other buckets) go, so sizes between the
         measured ones interpolate between them: entries a drain persisted before a code or machine
         change kept their old figures (AR at 3 sequences 5.2 ms next to 4.4 retuned at 2 and 4)."""
-        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": float(tok), "steps": int(steps)}
+        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": float(tok), "steps": int(steps),
+                                                   "code": code_stamp()}
                for (key, n), (sec, tok, steps) in measured.items()}
         gone = [] if not replace else [self.key_str(key, b, n) for key in {k for k, _ in measured}
                                        for b, n, _ in self._costs_of(key) if n > 1]
@@ -118,6 +164,12 @@ class StepProfile:
             out.append(float(e[f"h{len(out) + 1}"]))
         return out or None
 
+    def acceptance_evidence(self, family: str, batched: bool = False) -> float:
+        """Steps that verified a draft behind `get_acceptance`'s prior (stored as n); 0 without a
+        prior, or for one stored before the count was kept."""
+        n = (self.entries.get(self.acceptance_key(family, batched)) or {}).get("n")
+        return float(n) if isinstance(n, (int, float)) and n > 0 and self.get_acceptance(family, batched) else 0.0
+
     @staticmethod
     def exploration_key(batch: int = 1) -> str:
         return "explore/outcomes" + (f"/x{batch}" if batch > 1 else "")
@@ -132,19 +184,30 @@ class StepProfile:
             return None
         return (float(h), float(t)) + ((float(c),) if isinstance(c, (int, float)) and 0 <= c < 2 else ())
 
-    def update(self, costs: dict, acceptance: dict, drop=(), exploration=None, batched: bool = False):
+    def update(self, costs: dict, acceptance: dict, drop=(), exploration=None, batched: bool = False,
+               evidence: dict | None = None):
         """costs: key -> (seconds, tokens, steps); acceptance: family -> hazards per draft position
-        (`batched`: into batched decoding's prior); drop: keys whose stored costs were refused
-        (policy.implausible) and not measured again. One atomic write."""
-        out = {self.key_str(key, self.bucket): {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps)}
+        (`batched`: into batched decoding's prior), `evidence`: family -> the steps that verified a
+        draft behind them; drop: keys whose stored costs were refused (policy.implausible) and not
+        measured again. One atomic write."""
+        out = {self.key_str(key, self.bucket): {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps),
+                                                "code": code_stamp()}
                for key, (seconds, tokens, steps) in costs.items()}
         for family, hazards in acceptance.items():
             # Each generation moves the prior halfway: one prompt's text (a table after prose) is
             # a poor guide to the next one's, and a prior it alone set would steer a whole generation.
+            # But a prior resting on fewer steps than the new figures moves further, in proportion:
+            # two unlucky steps of a first exploration had set a batches' prior of h1 = 0.75, which
+            # priced linear B = 4 at 1.3 tokens a step where the texts gave 2.8.
             old = self.get_acceptance(family, batched) or []
-            hazards = [h if k >= len(old) else old[k] + self.BLEND * (h - old[k]) for k, h in enumerate(hazards)]
+            n_old, n_new = self.acceptance_evidence(family, batched), (evidence or {}).get(family)
+            w = self.BLEND if n_new is None else max(self.BLEND, n_new / max(n_old + n_new, 1e-9))
+            hazards = [h if k >= len(old) else old[k] + w * (h - old[k]) for k, h in enumerate(hazards)]
             hazards += old[len(hazards):]  # positions this generation never reached keep theirs
-            out[self.acceptance_key(family, batched)] = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
+            entry = {f"h{k + 1}": round(float(h), 4) for k, h in enumerate(hazards)}
+            if n_old + (n_new or 0) > 0:
+                entry["n"] = round(n_old + (n_new or 0), 2)
+            out[self.acceptance_key(family, batched)] = entry
         if exploration is not None:
             out[self.exploration_key()] = self._outcomes(exploration)
         # A refused cost goes at every cache-length bucket: `get` would fall back to a neighbour's.
@@ -160,13 +223,15 @@ class StepProfile:
         """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live
         figures); exploration: batch size -> (hits, tries, probe credit) for the next batch's prior. One atomic
         write."""
-        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps)}
+        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps), "code": code_stamp()}
                for n, by_key in costs.items() for key, (sec, steps) in by_key.items()}
         out.update({self.exploration_key(n): self._outcomes(e) for n, e in (exploration or {}).items()})
         if out:
             self._write(out)
 
     def _write(self, entries: dict, drop=()):
+        drop = {*drop, *self.stale} - entries.keys()
+        self.stale = set()
         self.entries.update(entries)
         for k in drop:
             self.entries.pop(k, None)
@@ -176,4 +241,4 @@ class StepProfile:
             warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=3)
 
 
-__all__ = ["StepProfile", "device_name", "model_key"]
+__all__ = ["StepProfile", "code_stamp", "device_name", "model_key"]

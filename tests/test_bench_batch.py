@@ -57,3 +57,17 @@ def test_a_stopped_run_reports_the_repeats_it_completed(tmp_path):
     assert "# stopped after" in err and "| ar | 2 |" in out
     done = int(err.split("# stopped after ")[1].split()[0])
     assert 2 <= done < 1000 and f"{done} repeats interleaved" in out
+
+
+def test_against_best_leaves_the_compared_repeat_out():
+    """Two near-tied fixed settings: the plain ratio compares every repeat with the one of highest
+    median, leave-one-out compares repeat r with the best of the other repeats."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_batch import against_best
+
+    fixed = {"a": [12.0, 8.0, 10.0], "b": [9.0, 11.0, 9.5]}
+    top, plain, held = against_best([10.0, 10.0, 10.0], fixed)
+    assert top == "a" and plain == 1.0  # 10/12, 10/8, 10/10
+    # r = 0: b (median 10.25 against 9); r = 1: a (11 against 9.25); r = 2: a (a tie goes to the first)
+    assert held == 10.0 / 9.0
+    assert against_best([5.0], {"a": [4.0], "b": [5.0]}) == ("b", 1.0, 1.0)  # one repeat: itself

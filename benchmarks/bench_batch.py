@@ -55,7 +55,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: steadier on a CPU shared with other work)")
     p.add_argument("--dtype", default=None, help="bf16 or fp32 (default: the checkpoint's as trikern.load gives it)")
-    p.add_argument("--json", default=None, help="write the rows here too")
+    p.add_argument("--json", default=None, help="write the rows here too (with each repeat's aggregate)")
     p.add_argument("--synthetic", metavar="NAME|CONFIG", help="random weights of a shipped config (see above)")
     p.add_argument("--layers", type=int, default=None, help="--synthetic: keep only N layers")
     p.add_argument("--device", default=None, help="--synthetic: cuda or cpu (default: cuda if available)")
@@ -195,7 +195,7 @@ def main(argv=None):
             print(f"| {name} | {c} | {agg:.1f} | {ratio:.2f} | {user:.1f} | {slow:.2f} | "
                   f"{'yes' if same[(m, B, c)] else 'no'} |")
             out.append(dict(mode=m, B=B, c=c, aggregate=agg, x_c1=ratio, per_user=user, slowest_over_solo=slow,
-                            equals_solo=same[(m, B, c)]))
+                            equals_solo=same[(m, B, c)], aggregates=[x[0] for x in v]))
     fixed = [mb for mb in modes if mb[0] != "auto"]
 
     for m, B in [mb for mb in modes if mb[0] == "auto"]:

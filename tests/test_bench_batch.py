@@ -31,7 +31,7 @@ def test_synthetic_batch_bench_runs_every_mode_and_concurrency(tmp_path, capsys,
     assert rc == 0 and "synthetic" in out and "random weights" in out
     rows = json.loads(j.read_text())
     assert {(r["mode"], r["c"]) for r in rows} == {(m, c) for m in ("ar", "spec-linear", "auto") for c in (1, 2)}
-    assert all(r["equals_solo"] and r["aggregate"] > 0 for r in rows)
+    assert all(r["equals_solo"] and r["aggregate"] > 0 and len(r["aggregates"]) == 1 for r in rows)
     assert regions and max(regions) < 256, regions  # the run's prompts and budgets (and the tuner's), not 32k
 
 

@@ -199,8 +199,9 @@ class BatchDecoder:
                 budget -= T
         if not decoding and not prefill:
             return {}
+        need = self.step_kind.scratch(self.B)
         for s in decoding + [s for s, _ in prefill]:
-            if s.length + self.step_kind.scratch(self.B) > self.cache.region:
+            if s.length + need > self.cache.region:
                 raise RuntimeError(f"SlotCache region too small: a {self.B}-token step at length {s.length} "
                                    f"needs more than its {self.cache.region} slots (BatchDecoder sizing bug)")
         produced = self.step_kind.run(decoding, prefill)

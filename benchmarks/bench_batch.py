@@ -9,16 +9,22 @@ last token (queueing and prefill included: what the user sees), the median user;
 the slowest user's time over a solo run's in the same repeat (the issue's goal at c = 4: <= 2).
 Prompts: trikern/bench/prompts.jsonl, cycled: repeat r gives its c users prompts r, r+1, ... (so c =
 1 is not one text's figure, and auto meets a new text each time). Every (mode, c) runs once per
-repeat, taking turns (one process, interleaved, the modes' order rotated each repeat), after one
-untimed warm-up each; figures are medians over the repeats, and the ratios are taken within a repeat
-before the median, since a shared CPU is noisy. A last line per mode gives the single-sequence
-decoder's (trikern.decode) tok/s on the same prompt and batched c = 1 over it: what one user got
-before batching. "= solo": every user's text equals its c = 1 text (in bf16 a batch's matmul shapes
-may round differently; the fp32 equality is what tests/test_batch_decode.py checks).
+repeat, taking turns (one process, interleaved: at each c every mode in turn, so the modes compared at
+one c run within moments of each other, the modes' order rotated each repeat), after one untimed
+warm-up each; figures are medians over the repeats, and the ratios are taken within a repeat before
+the median, since a shared CPU is noisy. `--lockstep` goes further for the aggregates: at each c the
+modes' decoders take one step each in turn, and each is timed by its own steps (a user's time is its
+decoder's clock at its last token, not the wall clock), so a slow spell lands on every mode alike; this
+VM's speed moved by 1.5x within minutes and ten-repeat runs by more than 5%. A last line per mode
+gives the single-sequence decoder's (trikern.decode) tok/s on the same prompt and batched c = 1 over
+it: what one user got before batching. "= solo": every user's text equals its c = 1 text (in bf16 a
+batch's matmul shapes may round differently, so each mode may write its own text and part of its
+figure is which text; the fp32 equality is what tests/test_batch_decode.py checks).
 
     python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4, auto B<=8; 5 repeats
     python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
     python benchmarks/bench_batch.py --smoke          # 8 tokens, 1 repeat: checks the script runs
+    python benchmarks/bench_batch.py --lockstep --dtype fp32 --repeats 10   # modes stepped in turns, one text
     python benchmarks/bench_batch.py --synthetic nld-8b --modes ar,spec-linear:4,auto:8   # on a GPU
 
 `--synthetic NAME|CONFIG` runs random weights of a shipped config (trikern/configs: nld-3b, nld-8b)
@@ -62,6 +68,8 @@ def parse(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=128, help="--synthetic: ids per random prompt")
     p.add_argument("--no-cuda-graphs", action="store_true", help="batched passes eager on CUDA (default: graphs)")
     p.add_argument("--smoke", action="store_true", help="8 tokens, 1 repeat, c in {1, 2}: checks the script runs")
+    p.add_argument("--lockstep", action="store_true",
+                   help="at each c, the modes' decoders take one step each in turn, each timed by its own steps")
     a = p.parse_args(argv)
     if a.smoke:
         a.max_new_tokens, a.repeats, a.concurrency = 8, 1, "1,2"
@@ -137,19 +145,52 @@ def main(argv=None):
     same = dict.fromkeys(res, True)
     base_today = {mb: [] for mb in modes}
 
+    def lockstep(order, c, new, first=0):
+        """{(mode, B): serve()'s figures} of every mode's c users at once, the modes' decoders taking
+        one step each in turn: a slow spell of a shared machine lands on every mode alike. A decoder's
+        clock is the sum of its own steps' times: aggregate = its tokens over its clock, a user's time
+        its decoder's clock at the user's last token."""
+        clock, done_at, seqs = {}, {}, {}
+        for m, B in order:
+            dec = decoders.get((m, B, c))
+            if dec is None:
+                dec = decoders[(m, B, c)] = BatchDecoder(model, max_batch=c, mode=m, block_size=B, context=context,
+                                                         cuda_graphs=graphs)
+            seqs[(m, B)] = [dec.add(prompts[(first + i) % len(prompts)], max_new_tokens=new) for i in range(c)]
+            clock[(m, B)] = 0.0
+        live = list(order)
+        while live:
+            for mb in list(live):
+                dec = decoders[(*mb, c)]
+                t0 = time.perf_counter()
+                dec.step()
+                clock[mb] += time.perf_counter() - t0
+                for s in seqs[mb]:
+                    if s.done and s not in done_at:
+                        done_at[s] = clock[mb]
+                if not dec.busy:
+                    live.remove(mb)
+        return {mb: (sum(len(s.tokens) for s in ss) / clock[mb], statistics.median(len(s.tokens) / done_at[s] for s in ss),
+                     max(done_at[s] for s in ss), [s.tokens for s in ss]) for mb, ss in seqs.items()}
+
     def one_repeat(r):
         """Every (mode, c) once, taking turns, the modes' order rotated each repeat (no mode always
-        runs at the same point of a repeat): rows appended to res and base_today."""
+        runs at the same point of a repeat): rows appended to res and base_today. With --lockstep,
+        at each c the modes' decoders step in turns (`lockstep`)."""
         k = r % len(modes)
-        for m, B in modes[k:] + modes[:k]:
-            solo_s = None
+        order = modes[k:] + modes[:k]
+        solo_s = {}
+        for m, B in order:
             base_today[(m, B)].append(today(m, B, a.max_new_tokens, r % len(prompts)))
-            for c in levels:
-                agg, user, slowest, outs = serve(m, B, c, a.max_new_tokens, first=r)
+        for c in levels:
+            figures = lockstep(order, c, a.max_new_tokens, first=r) if a.lockstep else \
+                {(m, B): serve(m, B, c, a.max_new_tokens, first=r) for m, B in order}
+            for (m, B), (agg, user, slowest, outs) in figures.items():
                 if c == 1:
-                    solo_s = slowest
+                    solo_s[(m, B)] = slowest
                 same[(m, B, c)] &= all(out == ref[(m, B, (r + i) % len(prompts))] for i, out in enumerate(outs))
-                res[(m, B, c)].append((agg, user, slowest, slowest / solo_s if solo_s else float("nan")))
+                res[(m, B, c)].append((agg, user, slowest, slowest / solo_s[(m, B)] if (m, B) in solo_s
+                                       else float("nan")))
 
     t_start = time.time()
     done = 0  # repeats completed: a run stopped by SIGTERM (`timeout`) or Ctrl-C reports those
@@ -178,8 +219,8 @@ def main(argv=None):
     what = f"synthetic {a.synthetic} ({model.cfg.num_hidden_layers} layers, random weights)" if a.synthetic else \
         "embedded model"
     print(f"# {what}, {where}, {str(w.dtype).replace('torch.', '')}, greedy, {a.max_new_tokens} new tokens per "
-          f"user, {done} repeats interleaved; medians over repeats; x c=1: aggregate over the same mode's "
-          f"c=1, per repeat")
+          f"user, {done} repeats interleaved{', the modes in lockstep (own-step clocks)' if a.lockstep else ''}; "
+          f"medians over repeats; x c=1: aggregate over the same mode's c=1, per repeat")
     print("| mode | c | aggregate tok/s | x c=1 | per-user tok/s | slowest / solo | = solo |")
     print("|---|---|---|---|---|---|---|")
     out = []

@@ -71,3 +71,21 @@ def test_against_best_leaves_the_compared_repeat_out():
     # r = 0: b (median 10.25 against 9); r = 1: a (11 against 9.25); r = 2: a (a tie goes to the first)
     assert held == 10.0 / 9.0
     assert against_best([5.0], {"a": [4.0], "b": [5.0]}) == ("b", 1.0, 1.0)  # one repeat: itself
+
+
+def test_lockstep_runs_every_mode_with_own_clocks(tmp_path, capsys):
+    """--lockstep: the modes' decoders step in turns at each concurrency; every row is there, each
+    user's text still its solo text (fp32), the aggregates positive."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_batch
+
+    cfg = write_json(tmp_path / "config.json", nld_config_dict(max_position_embeddings=1 << 15))
+    j = tmp_path / "rows.json"
+    rc = bench_batch.main(["--synthetic", str(cfg), "--device", "cpu", "--dtype", "fp32", "--threads", "1",
+                           "--modes", "ar,spec-linear:2,auto:2", "--concurrency", "1,2", "--repeats", "2",
+                           "--max-new-tokens", "4", "--prompt-tokens", "6", "--json", str(j), "--lockstep"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "lockstep" in out
+    rows = json.loads(j.read_text())
+    assert {(r["mode"], r["c"]) for r in rows} == {(m, c) for m in ("ar", "spec-linear", "auto") for c in (1, 2)}
+    assert all(r["equals_solo"] and len(r["aggregates"]) == 2 and min(r["aggregates"]) > 0 for r in rows)

@@ -377,3 +377,30 @@ def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, 
     # A prior a few steps taught is not trusted yet: a clear loser by it is explored.
     count, ratio = explored(taught=True, steps=AutoBatch.TAUGHT / 4)
     assert count >= 1 and ratio < AutoBatch.NEAR
+
+
+def test_a_draining_batch_with_nothing_to_explore_holds_longer(embedded, monkeypatch):
+    """A draining batch in AR that would explore nothing (every speculative candidate clearly behind,
+    no untaught family: no profile) holds AR HOLD_QUIET steps at a time, past the refreshes that end
+    an ordinary hold, and makes the same choices as one that judges every step."""
+    import trikern.batch.auto as batch_auto
+
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    calls = []
+    real_best = batch_auto.best
+    monkeypatch.setattr(batch_auto, "best", lambda *a: calls.append(1) or real_best(*a))
+
+    def run(quiet_hold, hold=AutoBatch.HOLD):
+        auto, seqs = four_in_ar(embedded.model, {}, 200, accepted=lambda i: 0)  # AR 1 ms, the rest 8
+        auto.HOLD, auto.HOLD_QUIET = hold, quiet_hold
+        assert not auto.dec.queue  # draining
+        calls[:] = []
+        picks = [auto.choose(seqs, []) for _ in range(6 * auto.explore.EVERY)]
+        return picks, len(calls)
+
+    judged, every = run(0, hold=0)
+    short, more = run(AutoBatch.HOLD)  # quiet holds of an ordinary hold's length
+    quiet, fewer = run(AutoBatch.HOLD_QUIET)
+    assert judged == short == quiet == [("ar", 1)] * len(judged)
+    # (ignoring `quiet`, both would end at the refreshes and judge alike)
+    assert AutoBatch.HOLD_QUIET > AutoBatch.HOLD and fewer < more < every, (every, more, fewer)

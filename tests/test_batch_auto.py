@@ -105,7 +105,7 @@ def test_a_draining_batch_is_judged_by_when_its_last_sequence_ends(embedded, mon
     the four more tokens a step for its cost than AR does, summed, but AR's batch ends sooner (the
     linear one puts two sequences far ahead, and the two left behind then take a linear step for one
     token each). With no request waiting auto runs AR; with one queued (a region freed early is
-    filled at once) it runs the summed choice, linear B = 4."""
+    filled at once), in the decoder or in a server's queue, it runs the summed choice, linear B = 4."""
     monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
     linear = {("spec-linear", 2): 2.3e-3, ("spec-linear", 4): 2.4e-3}
     picks = {}
@@ -113,7 +113,12 @@ def test_a_draining_batch_is_judged_by_when_its_last_sequence_ends(embedded, mon
         auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 3 if i < 2 else 0, waiting=waiting)
         assert auto.tokens(seqs, ("spec-linear", 4)) / linear[("spec-linear", 4)] > 4 / 1e-3
         picks[waiting] = auto.choose(seqs, [])
-    assert picks == {0: ("ar", 1), 1: ("spec-linear", 4)}, picks
+    # A request waiting in the caller's queue (trikern serve admits one only when a region is free)
+    # counts as one in the decoder's.
+    auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 3 if i < 2 else 0)
+    auto.dec.waiting_elsewhere = 1
+    picks["elsewhere"] = auto.choose(seqs, [])
+    assert picks == {0: ("ar", 1), 1: ("spec-linear", 4), "elsewhere": ("spec-linear", 4)}, picks
 
 
 def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_profile):

@@ -142,11 +142,13 @@ def test_client_leaving_frees_its_slot_for_the_queue(server, local):
     """Four long streams fill the batch, a fifth request queues; one stream's client hangs up after two
     events: the queued request takes its slot and finishes while the other three still decode."""
     before = metrics(server.url)
-    long = [("the cat sat on", 300), ("one two three four", 300), ("def f(x):", 300)]  # no EOS before 300
+    # No EOS before 300; as long as the context allows (480), so that the streams outlast the queued
+    # request's arrival on a loaded machine (under `make test` at 300 they once ended first).
+    long = [("the cat sat on", 480), ("one two three four", 480), ("def f(x):", 480)]
     done: dict = {}
     threads = [stream_in_thread(server.url, {"prompt": p, "max_tokens": n, "stream": True}, done, i)
                for i, (p, n) in enumerate(long)]
-    body = {"prompt": "a b c", "max_tokens": 300, "stream": True}
+    body = {"prompt": "a b c", "max_tokens": 480, "stream": True}
     with httpx.Client(base_url=server.url, timeout=60) as h, h.stream("POST", "/v1/completions", json=body) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")

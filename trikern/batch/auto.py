@@ -188,7 +188,8 @@ class AutoBatch(BatchStep):
         if need:  # measure on the fly, the current candidate first (no switch)
             return self.current if self.current in need else need[0]
 
-        drain = not self.dec.queue and n > 1  # no request waits for a region: `drain_rate`
+        # No request waits for a region (here or in a server's queue): `drain_rate`.
+        drain = not (self.dec.queue or self.dec.waiting_elsewhere) and n > 1
 
         rates: dict = {}  # the choice, the exploring and the hold ask for the same rates
 

@@ -90,6 +90,9 @@ class BatchDecoder:
         self.cache = SlotCache.for_model(cfg, max_batch, context + B, self.dtype, self.device, scratch=scratch,
                                          pad=BatchGraphs.pad_slots(max_batch, scratch) if graphed else 0)
         self.queue: list[Sequence] = []
+        # Requests waiting for a region in a queue of the caller's (trikern serve's engine admits a
+        # request only when a region is free): batched auto chooses as if they were in `queue`.
+        self.waiting_elsewhere = 0
         self.active: list[Sequence] = []
         self.steps = 0
         self.batch_sizes: dict[int, int] = {}  # decoding sequences per step -> steps

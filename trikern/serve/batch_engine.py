@@ -218,6 +218,10 @@ class BatchEngine(Engine):
             return
         decoding = sum(s.decoding for s in dec.active)
         steps, prefilled = dec.steps, dec.prefill_tokens
+        # Batched auto rates a step by what it does for a waiting request: a region freed early serves
+        # it at once, unless the head of the queue needs another decoder (then the batch must drain).
+        head = self._staged[1] if self._staged is not None else None
+        dec.waiting_elsewhere = 0 if head is not None and head.key != self._key else self.queued()
         out = dec.step()
         if dec.steps > steps and decoding:
             m.batch_size.observe(decoding)

@@ -101,14 +101,17 @@ def main(argv=None):
     context = min(model.cfg.max_position_embeddings, max(map(len, prompts)) + max(a.max_new_tokens, 16) + 1)
     graphs = False if a.no_cuda_graphs else None
 
-    def serve(mode, B, c, new, first=0):
-        """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once.
-        One decoder per (mode, B, c) for the whole run, as a server keeps its own: auto's step costs
+    def decoder(mode, B, c):
+        """One decoder per (mode, B, c) for the whole run, as a server keeps its own: auto's step costs
         per batch size, measured in the warm-up, stay with it."""
-        dec = decoders.get((mode, B, c))
-        if dec is None:
-            dec = decoders[(mode, B, c)] = BatchDecoder(model, max_batch=c, mode=mode, block_size=B, context=context,
-                                                        cuda_graphs=graphs)
+        if (mode, B, c) not in decoders:
+            decoders[(mode, B, c)] = BatchDecoder(model, max_batch=c, mode=mode, block_size=B, context=context,
+                                                  cuda_graphs=graphs)
+        return decoders[(mode, B, c)]
+
+    def serve(mode, B, c, new, first=0):
+        """(aggregate tok/s, median per-user tok/s, slowest user's seconds, texts) of c users at once."""
+        dec = decoder(mode, B, c)
         t0 = time.perf_counter()
         seqs = [dec.add(prompts[(first + i) % len(prompts)], max_new_tokens=new) for i in range(c)]
         for _ in dec.run():
@@ -152,10 +155,7 @@ def main(argv=None):
         its decoder's clock at the user's last token."""
         clock, done_at, seqs = {}, {}, {}
         for m, B in order:
-            dec = decoders.get((m, B, c))
-            if dec is None:
-                dec = decoders[(m, B, c)] = BatchDecoder(model, max_batch=c, mode=m, block_size=B, context=context,
-                                                         cuda_graphs=graphs)
+            dec = decoder(m, B, c)
             seqs[(m, B)] = [dec.add(prompts[(first + i) % len(prompts)], max_new_tokens=new) for i in range(c)]
             clock[(m, B)] = 0.0
         live = list(order)

@@ -108,6 +108,12 @@ class StepProfile:
                 yield *parsed, v
 
     @staticmethod
+    def cost_entry(seconds: float, steps: int, tokens: float | None = None) -> dict:
+        """A stored step cost, stamped with the step code that measured it (`code_stamp`)."""
+        entry = {"seconds": float(seconds), "steps": int(steps), "code": code_stamp()}
+        return entry if tokens is None else {**entry, "tokens": float(tokens)}
+
+    @staticmethod
     def cost_key(tail: str):
         """(bucket, batch size) of a cost entry's key past `mode/B/`, or None."""
         bucket, _, batch = tail.partition("/x")
@@ -134,16 +140,14 @@ class StepProfile:
 
     def save(self, key, bucket, seconds: float, tokens: float, steps: int, batch: int = 1):
         """One measured cost; `tokens`: per sequence and step."""
-        entry = {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps), "code": code_stamp()}
-        self._write({self.key_str(key, bucket, batch): entry})
+        self._write({self.key_str(key, bucket, batch): self.cost_entry(seconds, steps, tokens)})
 
     def save_batch(self, measured: dict, replace: bool = False):
         """measured: (key, batch size) -> (seconds, tokens, steps) at this bucket, one atomic write.
         `replace`: the keys' other batch entries (other sizes, other buckets) go, so sizes between the
         measured ones interpolate between them: entries a drain persisted before a code or machine
         change kept their old figures (AR at 3 sequences 5.2 ms next to 4.4 retuned at 2 and 4)."""
-        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "tokens": float(tok), "steps": int(steps),
-                                                   "code": code_stamp()}
+        out = {self.key_str(key, self.bucket, n): self.cost_entry(sec, steps, tok)
                for (key, n), (sec, tok, steps) in measured.items()}
         gone = [] if not replace else [self.key_str(key, b, n) for key in {k for k, _ in measured}
                                        for b, n, _ in self._costs_of(key) if n > 1]
@@ -190,8 +194,7 @@ class StepProfile:
         (`batched`: into batched decoding's prior), `evidence`: family -> the steps that verified a
         draft behind them; drop: keys whose stored costs were refused (policy.implausible) and not
         measured again. One atomic write."""
-        out = {self.key_str(key, self.bucket): {"seconds": float(seconds), "tokens": float(tokens), "steps": int(steps),
-                                                "code": code_stamp()}
+        out = {self.key_str(key, self.bucket): self.cost_entry(seconds, steps, tokens)
                for key, (seconds, tokens, steps) in costs.items()}
         for family, hazards in acceptance.items():
             # Each generation moves the prior halfway: one prompt's text (a table after prose) is
@@ -223,7 +226,7 @@ class StepProfile:
         """costs: batch size -> {key: (seconds per step, steps behind it)} (batched auto's live
         figures); exploration: batch size -> (hits, tries, probe credit) for the next batch's prior. One atomic
         write."""
-        out = {self.key_str(key, self.bucket, n): {"seconds": float(sec), "steps": int(steps), "code": code_stamp()}
+        out = {self.key_str(key, self.bucket, n): self.cost_entry(sec, steps)
                for n, by_key in costs.items() for key, (sec, steps) in by_key.items()}
         out.update({self.exploration_key(n): self._outcomes(e) for n, e in (exploration or {}).items()})
         if out:

@@ -19,7 +19,10 @@ VM's speed moved by 1.5x within minutes and ten-repeat runs by more than 5%. A l
 gives the single-sequence decoder's (trikern.decode) tok/s on the same prompt and batched c = 1 over
 it: what one user got before batching. "= solo": every user's text equals its c = 1 text (in bf16 a
 batch's matmul shapes may round differently, so each mode may write its own text and part of its
-figure is which text; the fp32 equality is what tests/test_batch_decode.py checks).
+figure is which text; the fp32 equality is what tests/test_batch_decode.py checks). Where the decode
+time went: each mode's share in the ragged end (steps decoding fewer than c users: a speculative step
+gives the users different yields, and the last ones finish at smaller batch sizes), and auto's own
+time a step (choosing, observing, its profile writes).
 
     python benchmarks/bench_batch.py                  # ar, spec-linear B=4 and 8, spec-quadratic B=4, auto B<=8; 5 repeats
     python benchmarks/bench_batch.py --modes ar --concurrency 1,4 --repeats 9
@@ -146,6 +149,7 @@ def main(argv=None):
            for j in range(min(max(levels) + a.repeats - 1, len(prompts)))}
     res = {(m, B, c): [] for m, B in modes for c in levels}
     same = dict.fromkeys(res, True)
+    split = {k: [0.0] * 4 for k in res}  # what the repeats' steps were: `counters`
     base_today = {mb: [] for mb in modes}
 
     def lockstep(order, c, new, first=0):
@@ -183,8 +187,12 @@ def main(argv=None):
         for m, B in order:
             base_today[(m, B)].append(today(m, B, a.max_new_tokens, r % len(prompts)))
         for c in levels:
+            before = {mb: counters(decoder(*mb, c)) for mb in order}
             figures = lockstep(order, c, a.max_new_tokens, first=r) if a.lockstep else \
                 {(m, B): serve(m, B, c, a.max_new_tokens, first=r) for m, B in order}
+            for mb in order:
+                after = counters(decoder(*mb, c))
+                split[(*mb, c)] = [x + y - z for x, y, z in zip(split[(*mb, c)], after, before[mb])]
             for (m, B), (agg, user, slowest, outs) in figures.items():
                 if c == 1:
                     solo_s[(m, B)] = slowest
@@ -235,8 +243,18 @@ def main(argv=None):
             name = m if B is None else f"{m} B={B}"
             print(f"| {name} | {c} | {agg:.1f} | {ratio:.2f} | {user:.1f} | {slow:.2f} | "
                   f"{'yes' if same[(m, B, c)] else 'no'} |")
+            full, ragged, own, steps = split[(m, B, c)]
             out.append(dict(mode=m, B=B, c=c, aggregate=agg, x_c1=ratio, per_user=user, slowest_over_solo=slow,
-                            equals_solo=same[(m, B, c)], aggregates=[x[0] for x in v]))
+                            equals_solo=same[(m, B, c)], aggregates=[x[0] for x in v],
+                            ragged_share=ragged / (full + ragged) if full + ragged else 0.0,
+                            **({"own_us_per_step": 1e6 * own / steps if steps else 0.0} if m == "auto" else {})))
+    if len(levels) > 1 or levels[0] > 1:
+        # Why speculation's per-step gain shrinks in the aggregate: a step that gives the users
+        # different yields puts some ahead, and the last ones then finish at smaller batch sizes.
+        print("# decode time in the ragged end (steps decoding fewer than c users), share: " + "; ".join(
+            f"{m if B is None else f'{m} B={B}'} " + ", ".join(
+                f"c={r['c']} {100 * r['ragged_share']:.0f}%" for r in out if (r['mode'], r['B']) == (m, B) and r['c'] > 1)
+            for m, B in modes))
     fixed = [mb for mb in modes if mb[0] != "auto"]
 
     for m, B in [mb for mb in modes if mb[0] == "auto"]:
@@ -253,6 +271,9 @@ def main(argv=None):
                 label = key[0] if key[0] == "ar" else f"{key[0]} B={key[1]}"
                 steps[label] = steps.get(label, 0) + k
             print(f"#   its steps: {', '.join(f'{k} {v}' for k, v in sorted(steps.items(), key=lambda x: -x[1]))}")
+            full, ragged, own, n = split[(m, B, c)]
+            print(f"#   its own time (choosing, observing, profile writes): {1e6 * own / max(n, 1):.0f} us a step, "
+                  f"{100 * own / max(full + ragged, 1e-9):.1f}% of its decode time")
     for m, B in modes:
         name = m if B is None else f"{m} B={B}"
         one = [x[0] for x in res[(m, B, 1)]] if 1 in levels else None
@@ -263,6 +284,14 @@ def main(argv=None):
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
+
+
+def counters(dec) -> tuple:
+    """(seconds of steps decoding all of max_batch's sequences, of steps decoding fewer: a batch's ragged
+    end, where the users left one by one, auto's own seconds (choosing, observing, profile writes),
+    steps) a decoder has run so far; steps with prefill pieces in neither of the first two."""
+    full = dec.decode_seconds.get(dec.max_batch, 0.0)
+    return full, sum(dec.decode_seconds.values()) - full, getattr(dec.step_kind, "own_seconds", 0.0), dec.steps
 
 
 def against_best(auto: list, fixed: dict) -> tuple:

@@ -1,6 +1,7 @@
 """Batched decoding (trikern/batch): every sequence's output equals its solo run, however the batch
 changes around it -- different prompt lengths, sequences joining mid-generation, leaving at EOS or
 their budget, prompts fed in chunks over several steps, a queue behind a full batch."""
+import time
 from collections import Counter
 
 import pytest
@@ -117,6 +118,25 @@ def test_long_prompt_is_fed_in_chunks_while_others_decode():
     list(dec.run())
     assert a.tokens == solo(m, short, "ar", None, max_new_tokens=30)
     assert b.tokens == solo(m, long, "ar", None, max_new_tokens=5)
+
+
+def test_step_seconds_are_kept_by_batch_size():
+    """The decoder's wall seconds per step: steps with prefill pieces apart, the others by how many
+    sequences they decoded (a benchmark's ragged end: users leaving one by one), adding up to the
+    run's time."""
+    m = random_model(seed=8, backend="cpu")
+    ps = prompts(3, 160, seed=6)
+    dec = BatchDecoder(m, max_batch=3)
+    for p, new in zip(ps, (3, 6, 9)):
+        dec.add(p, max_new_tokens=new)
+    t0 = time.perf_counter()
+    list(dec.run())
+    wall = time.perf_counter() - t0
+    assert set(dec.decode_seconds) == {1, 2, 3} and dec.prefill_seconds > 0
+    counted = dec.prefill_seconds + sum(dec.decode_seconds.values())
+    assert 0.5 * wall < counted <= wall, (counted, wall)
+    # AR: the prefill step gives each its first token, then one a step: budgets 3, 6 and 9
+    assert (dec.batch_sizes[3], dec.batch_sizes[2], dec.batch_sizes[1]) == (2, 3, 3)
 
 
 def test_queue_behind_a_full_batch_and_cancel():

@@ -32,6 +32,9 @@ def test_synthetic_batch_bench_runs_every_mode_and_concurrency(tmp_path, capsys,
     rows = json.loads(j.read_text())
     assert {(r["mode"], r["c"]) for r in rows} == {(m, c) for m in ("ar", "spec-linear", "auto") for c in (1, 2)}
     assert all(r["equals_solo"] and r["aggregate"] > 0 and len(r["aggregates"]) == 1 for r in rows)
+    # where the decode time went: the ragged end's share, and auto's own time a step
+    assert all(0 <= r["ragged_share"] <= 1 for r in rows) and "ragged end" in out
+    assert all(r["own_us_per_step"] > 0 for r in rows if r["mode"] == "auto") and "its own time" in out
     assert regions and max(regions) < 256, regions  # the run's prompts and budgets (and the tuner's), not 32k
 
 

@@ -95,6 +95,7 @@ class AutoBatch(BatchStep):
         self.quad_ready: set = set()  # sequences whose draft was made by the current quadratic key
         self.steps = 0
         self.chosen: dict = {}  # (batch size, key) -> steps (figures, tests)
+        self.own_seconds = 0.0  # choosing, observing and the drains' profile writes (figures)
 
     @staticmethod
     def scratch(B: int) -> int:
@@ -310,6 +311,7 @@ class AutoBatch(BatchStep):
         is the single-sequence profile's, which solo generations keep."""
         if self.profile is None:
             return
+        t0 = time.perf_counter()
         self.teach_prior()
         fresh = {n: {k: (sec, cm.cost[k].live) for k, sec in cm.fresh_seconds().items()}
                  for n, cm in self.costs.items() if n > 1}
@@ -318,6 +320,7 @@ class AutoBatch(BatchStep):
         # The next batch starts from what the profile now holds, as a next solo generation does.
         self.explorations.clear()
         self.explore = self.exploration(1)
+        self.own_seconds += time.perf_counter() - t0
 
     def teach_prior(self):
         """The sequences that left (at a drain, or every max_batch of them) move the profile's
@@ -339,6 +342,7 @@ class AutoBatch(BatchStep):
 
     # -- one step ----------------------------------------------------------------------------
     def run(self, decoding, prefill):
+        t_in = time.perf_counter()
         key = self.choose(decoding, prefill)
         kind = self.kinds[key]
         if key[0] == QUAD:
@@ -355,6 +359,7 @@ class AutoBatch(BatchStep):
         self.current = key
         self.chosen[(len(decoding), key)] = self.chosen.get((len(decoding), key), 0) + 1
         self.observe(key, decoding, out, drafted, seconds, bool(prefill) or warmup.count != warm)
+        self.own_seconds += time.perf_counter() - t_in - seconds
         return out
 
     def observe(self, key, decoding, out, drafted, seconds, cold):

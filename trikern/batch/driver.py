@@ -96,6 +96,10 @@ class BatchDecoder:
         self.active: list[Sequence] = []
         self.steps = 0
         self.batch_sizes: dict[int, int] = {}  # decoding sequences per step -> steps
+        # Wall seconds of the steps: those with prefill pieces, and the others by how many sequences
+        # they decoded (a benchmark's users leave one by one: its steps with fewer than all of them).
+        self.prefill_seconds = 0.0
+        self.decode_seconds: dict[int, float] = {}
         self.prefill_tokens = 0  # prompt tokens fed by prefill passes (a reused prefix is not)
         self.reuse_prefix = reuse_prefix
         # Free region -> the token ids its first entries hold, oldest release first (reuse_prefix only).
@@ -191,6 +195,7 @@ class BatchDecoder:
     def step(self) -> dict[Sequence, list[int]]:
         """One step for the whole batch: {sequence: tokens it yields now} (a finished sequence has
         `done` set and has left the batch)."""
+        t0 = time.perf_counter()
         while self.queue and self.cache.free:
             self._admit(self.queue.pop(0))
         decoding = [s for s in self.active if s.decoding]
@@ -233,6 +238,11 @@ class BatchDecoder:
                 s.stats.prefill_forwards += 1
         if not self.busy:
             self.step_kind.drained()
+        spent = time.perf_counter() - t0
+        if prefill:
+            self.prefill_seconds += spent
+        else:
+            self.decode_seconds[len(decoding)] = self.decode_seconds.get(len(decoding), 0.0) + spent
         return out
 
     def run(self) -> Iterator[dict[Sequence, list[int]]]:

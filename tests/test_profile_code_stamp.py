@@ -1,7 +1,7 @@
 """Stored step costs carry the stamp of the code that measured them: a cost another version of the
 step code measured is not read (the warm-up measures it again) and the next write removes it, while
 the texts' acceptance priors and exploration outcomes stay. The stamp moves with the step code and
-not with auto's choosing."""
+not with auto's choosing. Writes held by `one_write` land as one file write."""
 import json
 import shutil
 from pathlib import Path
@@ -111,3 +111,30 @@ def test_a_prior_moves_by_the_evidence_behind_it(m):
     assert again.get_acceptance("spec-linear") is None and again.acceptance_evidence("spec-linear") == 0
     again.update({}, {"spec-quadratic": [0.5]})  # no count given: halfway, none stored
     assert again.acceptance_evidence("spec-quadratic") == 0
+
+
+def test_one_write_lands_the_writes_as_one_as_if_made_in_turn(m, tmp_path, monkeypatch):
+    """A drained batch teaches the prior and saves its costs: inside `one_write` the profile file is
+    written once, and it holds what the writes made in turn give (an entry written after a drop is
+    there, one dropped after it was written is not)."""
+    def writes(prof):
+        prof.save(("ar", 1), prof.bucket, 0.004, 1.0, 3)
+        prof.save_batch({(("ar", 1), 4): (0.006, 1.0, 3), (("spec-linear", 4), 2): (0.009, 2.0, 3)})
+        prof.update({}, {"spec-linear": [0.2, 0.5]}, evidence={"spec-linear": 8})
+        prof.save_batch({(("spec-linear", 4), 4): (0.012, 2.0, 3)}, replace=True)  # drops B=4's x2
+        prof.update_batch({2: {("spec-linear", 4): (0.008, 5)}}, {4: (1.0, 2.0, 1.0)})  # ... writes it again
+
+    in_turn, held = tmp_path / "in_turn", tmp_path / "held"
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(in_turn))
+    writes(StepProfile(m.model, 0))
+    monkeypatch.setenv("TRIKERN_AUTOTUNE_DIR", str(held))
+    saved, save = [], autotune_store.save_results
+    monkeypatch.setattr(autotune_store, "save_results", lambda *a, **k: saved.append(a) or save(*a, **k))
+    prof = StepProfile(m.model, 0)
+    with prof.one_write():
+        writes(prof)
+        assert not saved and not list(held.rglob("decode-steps-*.json"))
+    assert len(saved) == 1
+    assert stored_file(held) == stored_file(in_turn)
+    assert stored_file(held)["spec-linear/4/256/x2"]["seconds"] == 0.008
+    assert prof.batch_seconds(("spec-linear", 4)) == StepProfile(m.model, 0).batch_seconds(("spec-linear", 4))

@@ -312,11 +312,12 @@ class AutoBatch(BatchStep):
         if self.profile is None:
             return
         t0 = time.perf_counter()
-        self.teach_prior()
         fresh = {n: {k: (sec, cm.cost[k].live) for k, sec in cm.fresh_seconds().items()}
                  for n, cm in self.costs.items() if n > 1}
         outcomes = {n: e.carried(self.KEEP_EXPLORED) for n, e in self.explorations.items() if n > 1 and e.tries}
-        self.profile.update_batch({n: c for n, c in fresh.items() if c}, outcomes)
+        with self.profile.one_write():  # one file write (StepProfile.one_write)
+            self.teach_prior()
+            self.profile.update_batch({n: c for n, c in fresh.items() if c}, outcomes)
         # The next batch starts from what the profile now holds, as a next solo generation does.
         self.explorations.clear()
         self.explore = self.exploration(1)

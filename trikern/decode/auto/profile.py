@@ -15,6 +15,7 @@ next write removes it. The acceptance priors and exploration outcomes are the te
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import warnings
@@ -94,6 +95,7 @@ class StepProfile:
         # Costs other code measured: not read, and gone at the next write.
         self.stale = {k for k, v in self.entries.items()
                       if self.cost_key(k.split("/", 2)[-1]) and v.get("code") != code_stamp()}
+        self.pending: tuple[dict, set] | None = None  # writes held for one file write (`one_write`)
 
     @staticmethod
     def key_str(key, bucket, batch: int = 1) -> str:
@@ -232,16 +234,41 @@ class StepProfile:
         if out:
             self._write(out)
 
+    @contextlib.contextmanager
+    def one_write(self):
+        """The writes inside become one atomic file write at the end, as if made in turn (a later
+        entry undoes an earlier drop and the other way round). A drained batch teaches the prior and
+        saves its costs: as two writes they took ~2.5 ms a batch (20-30% of batched auto's own time on
+        the EPYC VM), as one ~1.8."""
+        self.pending = ({}, set())
+        try:
+            yield self
+        finally:
+            (entries, drop), self.pending = self.pending, None
+            if entries or drop:
+                self._save(entries, drop)
+
     def _write(self, entries: dict, drop=()):
         drop = {*drop, *self.stale} - entries.keys()
         self.stale = set()
         self.entries.update(entries)
         for k in drop:
             self.entries.pop(k, None)
+        if self.pending is None:
+            self._save(entries, drop)
+            return
+        held, gone = self.pending
+        for k in drop:
+            held.pop(k, None)
+        held.update(entries)
+        gone.difference_update(entries)
+        gone.update(drop)
+
+    def _save(self, entries: dict, drop):
         try:
             store.save_results(store.write_dir(), self.device, self.op, entries, drop)
         except OSError as e:  # a read-only install still decodes, it just measures again next time
-            warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"decode profile not saved: {e}", RuntimeWarning, stacklevel=4)
 
 
 __all__ = ["StepProfile", "code_stamp", "device_name", "model_key"]

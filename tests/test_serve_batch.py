@@ -101,6 +101,11 @@ def test_concurrent_requests_equal_each_alone(server, client, local):
     assert delta(before, after, 'trikern_batch_tokens_total{mode="ar"}') >= sum(len(r.token_ids) for r in refs)
     assert delta(before, after, 'trikern_generated_tokens_total{mode="ar"}') == sum(len(r.token_ids) for r in refs)
     assert delta(before, after, "trikern_batch_prefill_tokens_total") > 0
+    # ... and by batch size: every token once, and time spent at several users at once
+    by_size = {k: delta(before, after, k) for k in after if k.startswith("trikern_batch_step_tokens_total{")}
+    assert sum(by_size.values()) == delta(before, after, 'trikern_batch_tokens_total{mode="ar"}')
+    seconds = {k.split('"')[1]: delta(before, after, k) for k in after if k.startswith("trikern_batch_step_seconds_total{")}
+    assert all(v >= 0 for v in seconds.values()) and any(v > 0 for n, v in seconds.items() if int(n) >= 2)
     assert after["trikern_running"] == 0 and after["trikern_queue_depth"] == 0
 
 

@@ -222,9 +222,13 @@ class BatchEngine(Engine):
         # it at once, unless the head of the queue needs another decoder (then the batch must drain).
         head = self._staged[1] if self._staged is not None else None
         dec.waiting_elsewhere = 0 if head is not None and head.key != self._key else self.queued()
+        t0 = time.perf_counter()
         out = dec.step()
-        if dec.steps > steps and decoding:
-            m.batch_size.observe(decoding)
+        if dec.steps > steps:
+            m.batch_step_seconds.inc(time.perf_counter() - t0, batch_size=decoding)
+            m.batch_step_tokens.inc(sum(map(len, out.values())), batch_size=decoding)
+            if decoding:
+                m.batch_size.observe(decoding)
         m.batch_prefill_tokens.inc(dec.prefill_tokens - prefilled)
         for job, run in list(self._active.items()):
             tokens = out.get(run.seq)

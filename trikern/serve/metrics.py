@@ -125,6 +125,14 @@ class Metrics:
         self.batch_tokens = Counter(
             "trikern_batch_tokens_total", "Tokens the batched steps produced, as they were produced (generations "
             "still running or cancelled later included).", ("mode",))
+        # Seconds and tokens of the batched steps by how many sequences they decoded (0: a step that only
+        # prefilled): tokens / seconds per label is the server's throughput at that many users.
+        self.batch_step_seconds = Counter(
+            "trikern_batch_step_seconds_total", "Wall seconds of the batched steps, by the sequences each decoded.",
+            ("batch_size",))
+        self.batch_step_tokens = Counter(
+            "trikern_batch_step_tokens_total", "Tokens the batched steps produced, by the sequences each decoded.",
+            ("batch_size",))
         self.batch_prefill_tokens = Counter(
             "trikern_batch_prefill_tokens_total", "Prompt tokens the batched steps prefilled (a prefix reused from a "
             "kept cache region is not prefilled).")
@@ -137,6 +145,7 @@ class Metrics:
         lines: list[str] = []
         for m in (self.requests, *self.gauges, self.prompt_tokens, self.generated_tokens, self.forwards,
                   self.tokens_per_forward, self.ttft, self.decode_tps, self.queue_wait, self.cancelled,
-                  self.pieces_after_cancel, self.batch_size, self.batch_tokens, self.batch_prefill_tokens):
+                  self.pieces_after_cancel, self.batch_size, self.batch_tokens, self.batch_step_seconds,
+                  self.batch_step_tokens, self.batch_prefill_tokens):
             lines += m.render()
         return "\n".join(lines) + "\n"

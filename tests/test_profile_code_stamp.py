@@ -132,7 +132,8 @@ def test_one_write_lands_the_writes_as_one_as_if_made_in_turn(m, tmp_path, monke
     monkeypatch.setattr(autotune_store, "save_results", lambda *a, **k: saved.append(a) or save(*a, **k))
     prof = StepProfile(m.model, 0)
     with prof.one_write():
-        writes(prof)
+        with prof.one_write():  # nested: joins the outer write
+            writes(prof)
         assert not saved and not list(held.rglob("decode-steps-*.json"))
     assert len(saved) == 1
     assert stored_file(held) == stored_file(in_turn)

@@ -409,3 +409,35 @@ def test_a_draining_batch_with_nothing_to_explore_holds_longer(embedded, monkeyp
     assert judged == short == quiet == [("ar", 1)] * len(judged)
     # (ignoring `quiet`, both would end at the refreshes and judge alike)
     assert AutoBatch.HOLD_QUIET > AutoBatch.HOLD and fewer < more < every, (every, more, fewer)
+
+
+def test_a_draining_batch_holds_the_choice_its_judgements_keep(embedded, monkeypatch):
+    """A draining batch whose judgements keep choosing the current candidate (here linear B = 4,
+    every draft accepted lately) holds it unjudged a step longer each time, up to STABLE steps and
+    never past a refresh, and makes the choices of a batch that judges every step; with a request
+    waiting (the summed rate) it judges every step."""
+    import trikern.batch.auto as batch_auto
+
+    monkeypatch.setenv("TRIKERN_DECODE_PROFILE", "0")
+    calls = []
+    real_best = batch_auto.best
+    monkeypatch.setattr(batch_auto, "best", lambda *a: calls.append(1) or real_best(*a))
+    lin4 = ("spec-linear", 4)
+
+    def run(stable, waiting=0):
+        auto, seqs = four_in_ar(embedded.model, {("spec-linear", 2): 2e-3, lin4: 2e-3}, 200, waiting=waiting)
+        auto.STABLE = stable
+        assert bool(auto.dec.queue) == bool(waiting)
+        calls[:] = []
+        picks = []
+        for _ in range(4 * auto.explore.EVERY):
+            picks.append(auto.choose(seqs, []))
+            auto.current = picks[-1]
+        return picks, len(calls)
+
+    judged, every = run(0)
+    held, fewer = run(AutoBatch.STABLE)
+    assert held == judged and judged.count(lin4) > len(judged) // 2, judged
+    assert AutoBatch.STABLE >= 2 and fewer < every / 2, (every, fewer)
+    _, waiting = run(AutoBatch.STABLE, waiting=1)
+    assert waiting == every, (waiting, every)

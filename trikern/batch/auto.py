@@ -22,7 +22,8 @@ and a quarter at 8, where AR mostly wins), so each batch size keeps its own budg
 carried between batches in the profile as a solo generation's is. Where AR beats every speculative
 candidate clearly, the choice is held for a few steps without judging, as a solo `auto` holds it:
 judging sums every sequence's estimates (about 0.15 ms a step at 8 sequences), time the held steps
-save.
+save; for the same reason a draining batch holds whatever its judgements keep choosing, a step
+longer each time they keep it (`hold_stable`).
 
 What "highest aggregate tokens per second" means depends on whether a request waits. If one does, a
 region freed early serves it at once, and the summed yield of the step over its cost is the rate
@@ -65,6 +66,7 @@ class AutoBatch(BatchStep):
     DRAIN_HORIZON = 128  # tokens of a sequence's room that `drain_rate` counts on
     NEAR = 0.85  # a draining batch explores candidates whose estimated rate is within this of the best's
     HOLD_QUIET = 16  # steps a hold lasts when a draining batch would explore nothing (`hold_steps`)
+    STABLE = 4  # steps a draining batch's choice is held unjudged after judgements kept it (`hold_stable`)
     TAUGHT = 16  # sequence-steps behind a family's batches' prior before a draining batch trusts it (`untaught`)
 
     def __init__(self, dec, B: int, profile: bool = True):
@@ -89,7 +91,8 @@ class AutoBatch(BatchStep):
         self.explorations: dict[int, Exploration] = {}  # batch size -> its budget (`exploration`)
         self.explore = self.exploration(1)  # the current step's batch size's
         self.current = None
-        self.hold = 0  # steps left that keep AR unjudged (`hold_steps`)
+        self.hold = 0  # steps left that keep the current choice unjudged (`hold_steps`, `hold_stable`)
+        self.agreed = 0  # judgements in a row of a draining batch that kept the current key (`STABLE`)
         self.held_n = 0  # ... at this batch size, without prefill pieces
         self.restarted = False  # the last step was a quadratic restart (nothing verified)
         self.quad_ready: set = set()  # sequences whose draft was made by the current quadratic key
@@ -211,8 +214,10 @@ class AutoBatch(BatchStep):
         key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             quiet = drain and all(family(k) is None for k in explorable)  # a refresh would explore nothing
-            self.hold, self.held_n = self.hold_steps(top, decoding, costs, rate, bool(prefill), quiet), n
+            hold = self.hold_steps(top, decoding, costs, rate, bool(prefill), quiet)
+            self.hold, self.held_n = max(hold, self.hold_stable(top == cur and drain and not prefill)), n
             return top
+        self.agreed = 0
         self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
         return key
 
@@ -304,6 +309,20 @@ class AutoBatch(BatchStep):
         if not clear_win(key, self.keys, rate, best_tokens, costs.seconds, self.HOLD_MARGIN, self.HYSTERESIS):
             return 0
         return self.HOLD_QUIET if quiet else hold_until(self.steps, self.explore.EVERY, self.HOLD)
+
+    def hold_stable(self, kept: bool) -> int:
+        """Steps to hold a draining batch's choice unjudged when this judgement `kept` the current
+        candidate: one more for every judgement in a row that kept it, at most STABLE, never past the
+        next refresh. A draining batch's rate already prices its choice as kept to the end
+        (`drain_rate`), and judging is most of auto's own time (on a 2-core EPYC at 4 users ~0.14 ms
+        a judgement, against a 6 ms AR step: 3% of the decode time with the profile writes; the
+        whole of auto's loss to fixed linear B = 4 where it ran that alone). Replayed over four CPUs'
+        costs with timing noise (benchmarks/replay_batch_auto.py --noise 1,2,3,4,5,6), its choices were
+        worth the same as judging every step (auto / best fixed at 2 / 4 / 8 users 1.020 / 1.003 /
+        0.990 against 1.018 / 1.009 / 0.990), with a judgement every ~3 steps instead of every
+        step."""
+        self.agreed = self.agreed + 1 if kept else 0
+        return hold_until(self.steps, self.explore.EVERY, min(self.agreed, self.STABLE)) if self.agreed else 0
 
     def drained(self):
         """Persist the batch sizes' costs the live steps stand behind (on the profile's scale, as a

@@ -10,6 +10,12 @@ untimed warm-up generation each; tokens/s adds up the per-prompt medians over th
 and seconds), TPF counts decode forwards only (the prefill is not counted, trikern's convention).
 Each output is checked against AR's.
 
+`--auto` adds mode auto up to the largest block, over chains and with trees, twice: as a user runs it,
+with the stored step-cost profile (each auto row its own private copy of the profile directory, taught
+by an untimed pass over three other held-out prompts, then learning on as generations go, as a
+user's profile does), and without one (`profile=False`: every generation measures its candidates on
+the fly, a quadratic B = 16 step among them, which on a fast CPU is a fifth of a 128-token generation).
+
     python benchmarks/bench_tree.py                         # B in {8, 16} x N in {chain, B, 32, 64}, 3 repeats
     python benchmarks/bench_tree.py --blocks 8 --nodes chain,8,16 --repeats 1
     python benchmarks/bench_tree.py --smoke                 # two prompts, 8 tokens: checks the script runs
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,15 +58,17 @@ def parse(argv=None):
     return a
 
 
-def prompts(tok, smoke: bool) -> list[tuple[str, list[int]]]:
+def prompts(tok, smoke: bool) -> tuple[list[tuple[str, list[int]]], list[tuple[str, list[int]]]]:
+    """(the timed prompts, three other held-out files that teach auto's profile before timing)."""
     from trikern.train import data as D
     from trikern.train.evaluate import heldout_prompts
 
     _, held = D.read_split()
-    out = heldout_prompts(tok, held, 1 if smoke else 9, 64)
+    files = 1 if smoke else 9
+    out = heldout_prompts(tok, held, files + 3, 64)
     prose = [json.loads(line) for line in (ROOT / "trikern" / "bench" / "prompts.jsonl").read_text().splitlines()]
     prose = [d for d in prose if d.get("kind") == "prose"][: 1 if smoke else 3]
-    return out + [(d["id"], tok.encode(d["prompt"]).ids) for d in prose]
+    return out[:files] + [(d["id"], tok.encode(d["prompt"]).ids) for d in prose], out[files:]
 
 
 def configs(a) -> list[tuple[str, int, int | None]]:
@@ -72,8 +82,14 @@ def configs(a) -> list[tuple[str, int, int | None]]:
     return out
 
 
+AUTO, AUTO_FRESH = "auto", "auto/no-profile"
+
+
 def label(c) -> str:
     mode, B, N = c
+    if mode in (AUTO, AUTO_FRESH):
+        return f"auto B<={B} " + ("chains" if N is None else "with trees (N = B)") + \
+            (" (profile)" if mode == AUTO else " (no profile)")
     return f"{mode} B={B} " + ("chain" if N is None else f"tree N={N}")
 
 
@@ -85,6 +101,7 @@ def main(argv=None):
     from trikern.decode import GenerationConfig, candidates, decode, new_context
     from trikern.decode.registry import STRATEGIES
     from trikern.decode.strategies import tree_linear, tree_quadratic
+    from trikern.kernels import autotune_store as store
     from trikern.loading import load_model
     from trikern.train.evaluate import DEFAULT_MODEL
 
@@ -94,24 +111,35 @@ def main(argv=None):
     tok = Tokenizer.from_file(str(DEFAULT_MODEL / "tokenizer.json"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     model = load_model(DEFAULT_MODEL, device="cpu", dtype=dtype)
-    ps = prompts(tok, a.smoke)
+    ps, teach = prompts(tok, a.smoke)
     cfgs = configs(a)
     if a.auto:
         B = max(map(int, a.blocks.split(",")))
         # auto's trees run each strategy's own N for its block (N = B here; tree_nodes only caps it),
         # in place of the chain at the blocks the trees declare (registry.candidates)
-        cfgs += [("auto", B, None), ("auto", B, B)]
+        cfgs += [(m, B, N) for m in (AUTO, AUTO_FRESH) for N in (None, B)]
+    # Each auto row with a profile keeps its own (a copy of the one this process would read and write):
+    # the rows must not teach each other, nor the user's profile be changed by a benchmark.
+    scratch = Path(tempfile.mkdtemp(prefix="bench_tree_profile_"))
+    private = {c: scratch / str(i) for i, c in enumerate(c for c in cfgs if c[0] == AUTO)}
+    for d in private.values():
+        if store.write_dir().is_dir():
+            shutil.copytree(store.write_dir(), d)
+        d.mkdir(exist_ok=True)
 
     def generate(c, ids, new):
         mode, B, N = c
+        auto = mode in (AUTO, AUTO_FRESH)
+        mode = AUTO if auto else mode
         gen = GenerationConfig(max_new_tokens=new, block_size=B, tree_nodes=N)
-        ctx = new_context(model, gen, len(ids), mode)
-        out = [t for piece in decode(ctx, torch.tensor(ids), mode, profile=False) for t in piece]
+        with store.writing_to(private.get(c)):
+            ctx = new_context(model, gen, len(ids), mode)
+            out = [t for piece in decode(ctx, torch.tensor(ids), mode, profile=c in private) for t in piece]
         return out, ctx.stats
 
     ar = {pid: generate(("ar", 1, None), ids, a.max_new_tokens)[0] for pid, ids in ps}
     for c in cfgs:  # warm-up: CPU matmul paths of each shape are timed once per process
-        if c[0] == "auto":  # every candidate auto may run, as a fixed setting warms its own shapes
+        if c[0] in (AUTO, AUTO_FRESH):  # every candidate auto may run, as a fixed setting warms its own shapes
             for m, B in candidates("auto", c[1], model.cfg, c[2]):
                 cls = STRATEGIES[m]
                 if getattr(cls, "variant_of", None):
@@ -120,6 +148,9 @@ def main(argv=None):
                     generate((m, B, None), ps[0][1], 16)
         for _ in range(2):
             generate(c, ps[0][1], 16)
+        if c in private:  # the profile a user's earlier generations leave: costs, acceptance, exploration
+            for _, ids in teach:
+                generate(c, ids, a.max_new_tokens)
     runs = {c: {pid: [] for pid, _ in ps} for c in cfgs}
     lossless = dict.fromkeys(cfgs, True)
     t0 = time.time()
@@ -148,17 +179,22 @@ def main(argv=None):
     for r in rows:
         base = chain.get((r["mode"], r["B"]))
         x = (lambda k: f"{r[k] / base[k]:.2f}") if base else (lambda k: "")
-        name = label((r["mode"], r["B"], r["tree_nodes"])) if r["mode"] != "auto" else \
-            f"auto B<={r['B']} " + ("chains" if r["tree_nodes"] is None else "with trees (N = B)")
+        name = label((r["mode"], r["B"], r["tree_nodes"]))
         print(f"| {name} | {r['tpf']:.2f} | {x('tpf')} | {r['tok_s']:.1f} | {x('tok_s')} | "
               f"{'yes' if r['equals_ar'] else 'NO'} |")
-    fixed = [r for r in rows if r["mode"] != "auto"]
+    fixed = [r for r in rows if r["mode"] not in (AUTO, AUTO_FRESH)]
     best_chain = max((r for r in fixed if r["tree_nodes"] is None), key=lambda r: r["tok_s"], default=None)
     best_tree = max((r for r in fixed if r["tree_nodes"] is not None), key=lambda r: r["tok_s"], default=None)
     if best_chain and best_tree:
         print(f"# best tree {label((best_tree['mode'], best_tree['B'], best_tree['tree_nodes']))} "
               f"{best_tree['tok_s']:.1f} tok/s vs best chain {label((best_chain['mode'], best_chain['B'], None))} "
               f"{best_chain['tok_s']:.1f}: x{best_tree['tok_s'] / best_chain['tok_s']:.2f}")
+    for r in rows:
+        if r["mode"] in (AUTO, AUTO_FRESH) and fixed:
+            top = max(fixed, key=lambda f: f["tok_s"])
+            print(f"# {label((r['mode'], r['B'], r['tree_nodes']))}: x{r['tok_s'] / top['tok_s']:.2f} the best "
+                  f"fixed setting ({label((top['mode'], top['B'], top['tree_nodes']))})")
+    shutil.rmtree(scratch, ignore_errors=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0 if all(lossless.values()) else 1

@@ -162,6 +162,38 @@ def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_pro
             assert cm.cost[k].seconds == pytest.approx((two + four) / 2)
 
 
+def test_the_tune_times_a_candidates_steady_steps(embedded, own_profile, monkeypatch):
+    """A step right after another candidate's is dearer than the ones that follow their own kind,
+    AR's most (on a 2-core Xeon, bf16: 1.16-1.33x its steady cost as a turn's second step, 1.06-1.13x
+    as its third, steady from the fourth), and a generation's steps mostly follow their own kind. On
+    a clock where each decoder's first three steps in a row cost double, the tune stores every
+    candidate's steady cost (timing a turn's second step put AR at 0.62-0.75x a quadratic B = 2
+    step at 4 sequences, against 0.56x between steady steps in place)."""
+    import types
+
+    import trikern.batch as batch
+    from trikern.decode import candidates
+    from trikern.decode.auto import tuning
+    from trikern.decode.auto.profile import StepProfile
+
+    clock, last = [0.0], [None, 0]  # fake seconds; the decoder that stepped last, its steps in a row
+    step = batch.BatchDecoder.step
+
+    def timed_step(self, *a, **kw):
+        out = step(self, *a, **kw)
+        last[1] = last[1] + 1 if last[0] is self else 1
+        last[0] = self
+        clock[0] += (2.0 if last[1] <= 3 else 1.0) * 1e-3 * self.max_batch
+        return out
+    monkeypatch.setattr(batch.BatchDecoder, "step", timed_step)
+    monkeypatch.setattr(tuning, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    m = embedded.model
+    tuning.measure_batch(m, (2, 3), cache_length=16, steps=2, block_size=2, log=lambda *a: None)
+    prof = StepProfile(m, 16)
+    for k in candidates("auto", 2, m.cfg):
+        assert prof.batch_seconds(k) == pytest.approx({2: 2e-3, 3: 3e-3}), k
+
+
 def test_a_tune_replaces_the_stored_costs_at_other_batch_sizes(embedded, own_profile):
     """`trikern tune --decode --batch-sizes 2,4` (replace=True) leaves a candidate no stored cost at
     other batch sizes or buckets, which a drain may have persisted before a code change (AR at 3

@@ -14,14 +14,24 @@ from .policy import FixedPolicy
 from .profile import StepProfile
 
 
+LEAD = 3  # untimed steps that open each candidate's turn (`measure`): steps right after another
+# candidate's are dearer, AR's most, and most of a generation's steps follow their own kind. On a
+# 2-core Xeon (bf16, 1 thread) an AR step cost 1.33 / 1.21 / 1.16x its steady figure as a turn's
+# second step at 1 / 4 / 8 sequences, 1.10 / 1.06 / 1.13x as its third, the steady figure from the
+# fourth on; speculative steps were within a few percent from the second. Timing the second step,
+# three tunes put AR at 0.62 / 0.62 / 0.75x a quadratic B = 2 step at 4 sequences, against 0.56x
+# between steady steps in place; timing the fourth, 0.54 / 0.53 / 0.60x (the batched benchmark's
+# auto / best fixed moved within its run-to-run spread either way: docs/RESULTS.md).
+
+
 def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:
     """Time `steps` warm steps of every auto candidate at each cache length (a random prompt of that
     length, greedy) and persist the median. The candidates take turns, so a slow spell of a shared
-    machine lands on all of them alike, two steps a turn with the second one timed: a step right
-    after another candidate's finds the caches holding that one's data, and most of a generation's
-    steps follow their own kind (timing every step of a strict rotation priced an AR step 25% above
-    a generation's, a quadratic B = 4 step 10%, on a 2-core EPYC in fp32, so auto took quadratic
-    steps where fixed AR was faster). Tokens per step are the random prompt's: a floor."""
+    machine lands on all of them alike, LEAD untimed steps and one timed a turn: a step right after
+    another candidate's finds the caches holding that one's data, and most of a generation's steps
+    follow their own kind (timing every step of a strict rotation priced an AR step 25% above a
+    generation's, a quadratic B = 4 step 10%, on a 2-core EPYC in fp32, so auto took quadratic steps
+    where fixed AR was faster; see LEAD). Tokens per step are the random prompt's: a floor."""
     cfg = model.cfg
     device = model.embed_tokens.weight.device
     keys = candidates(AUTO, block_size or cfg.block_size, cfg)
@@ -32,14 +42,14 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
         timings = {key: [] for key in keys}
         running, timed = {}, set()  # timed: the candidate whose next step counts
         for key in keys:
-            gen = GenerationConfig(max_new_tokens=2 * 8 * key[1] * (steps + 4) + 16, block_size=key[1])
+            gen = GenerationConfig(max_new_tokens=(LEAD + 1) * 8 * key[1] * (steps + 4) + 16, block_size=key[1])
             ctx = new_context(model, gen, n, key[0])
             running[key] = drive(ctx, prompt, FixedPolicy(key),
                                  on_step=lambda k, t, s, cold: cold or k not in timed or timings[k].append((t, s)))
         for _ in range(steps + 4):  # a few more rounds than warm steps needed: the first may be cold
             for key, it in list(running.items()):
-                # The turn's first step follows another candidate's: untimed.
-                ended = len(timings[key]) >= steps or next(it, None) is None
+                # The turn's first steps follow another candidate's: untimed.
+                ended = len(timings[key]) >= steps or any(next(it, None) is None for _ in range(LEAD))
                 if not ended:
                     timed.add(key)
                     ended = next(it, None) is None
@@ -66,7 +76,7 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
     sequences at once, for each N in `batch_sizes`, and persist the median per (candidate, N). How a
     step's cost grows with N differs per candidate (AR reads the weights once for all chains; a wide
     speculative step grows with its rows), so batched auto cannot scale one batch size's costs to
-    another. Every (candidate, N) takes its turns as `measure`'s do (two steps, the second timed), so
+    another. Every (candidate, N) takes its turns as `measure`'s do (LEAD untimed steps, then one), so
     a slow spell lands on all alike; a step is timed only while all N sequences decode (prefill done,
     none finished) and nothing warmed up in it. `replace` (`trikern tune`): the candidates' stored
     costs at other batch sizes go (StepProfile.save_batch); without it (a warm-up measuring the
@@ -84,7 +94,7 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
     decs, timings = {}, {}
     for n in sizes:
         for key in keys:
-            budget = 2 * key[1] * (steps + 6) + 16
+            budget = (LEAD + 1) * key[1] * (steps + 4) + 16
             # Regions for what the timing needs, not the model's context (a 262k-token NLD context
             # times n regions times every candidate would not fit a GPU).
             context = min(cfg.max_position_embeddings, n_tok + budget)
@@ -100,7 +110,9 @@ def measure_batch(model, batch_sizes=(2, 4, 8), cache_length: int = 64, steps: i
         for (n, key), dec in decs.items():
             if len(timings[(n, key)]) >= steps or not dec.busy:
                 continue
-            dec.step()  # the turn's first step follows another candidate's: untimed
+            for _ in range(LEAD):  # the turn's first steps follow another candidate's: untimed
+                if dec.busy:
+                    dec.step()
             if not dec.busy:
                 continue
             full = len([s for s in dec.active if s.decoding]) == n

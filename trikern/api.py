@@ -161,9 +161,10 @@ class Model:
     def _measure_missing_step_costs(self, block_size, batch_sizes=()):
         """If auto's stored step-cost profile lacks a candidate of this device, measure them all now
         (`trikern tune --decode` at one short cache length, a few warm steps each, in turns: ~0.5 s
-        for the embedded model on a 2-core CPU, ~2 s more for batch sizes 2 and 4) rather than on the fly in the first auto generations, where a
-        short generation cannot win back the steps it spends measuring; and the same for the
-        `batch_sizes` (> 1) the profile lacks, over that many sequences at once."""
+        for the embedded model on a 2-core CPU, ~2 s more for batch sizes 2 and 4) rather than on
+        the fly in the first auto generations, where a short generation cannot win back the steps it
+        spends measuring; and the same for the `batch_sizes` (> 1) the profile lacks, over that many
+        sequences at once."""
         from .decode import AUTO, candidates  # noqa: PLC0415
         from .decode.auto.profile import StepProfile  # noqa: PLC0415
         from .decode.auto.tuning import measure, measure_batch  # noqa: PLC0415

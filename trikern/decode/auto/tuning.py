@@ -42,7 +42,8 @@ def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, l
         timings = {key: [] for key in keys}
         running, timed = {}, set()  # timed: the candidate whose next step counts
         for key in keys:
-            gen = GenerationConfig(max_new_tokens=(LEAD + 1) * 8 * key[1] * (steps + 4) + 16, block_size=key[1])
+            # (the rounds' LEAD + 1 steps of up to B tokens, 4x over: the cache is sized by this budget)
+            gen = GenerationConfig(max_new_tokens=4 * (LEAD + 1) * key[1] * (steps + 4) + 16, block_size=key[1])
             ctx = new_context(model, gen, n, key[0])
             running[key] = drive(ctx, prompt, FixedPolicy(key),
                                  on_step=lambda k, t, s, cold: cold or k not in timed or timings[k].append((t, s)))

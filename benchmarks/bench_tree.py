@@ -129,8 +129,7 @@ def main(argv=None):
 
     def generate(c, ids, new):
         mode, B, N = c
-        auto = mode in (AUTO, AUTO_FRESH)
-        mode = AUTO if auto else mode
+        mode = AUTO if mode == AUTO_FRESH else mode
         gen = GenerationConfig(max_new_tokens=new, block_size=B, tree_nodes=N)
         with store.writing_to(private.get(c)):
             ctx = new_context(model, gen, len(ids), mode)
@@ -189,9 +188,9 @@ def main(argv=None):
         print(f"# best tree {label((best_tree['mode'], best_tree['B'], best_tree['tree_nodes']))} "
               f"{best_tree['tok_s']:.1f} tok/s vs best chain {label((best_chain['mode'], best_chain['B'], None))} "
               f"{best_chain['tok_s']:.1f}: x{best_tree['tok_s'] / best_chain['tok_s']:.2f}")
+    top = max(fixed, key=lambda f: f["tok_s"], default=None)
     for r in rows:
-        if r["mode"] in (AUTO, AUTO_FRESH) and fixed:
-            top = max(fixed, key=lambda f: f["tok_s"])
+        if r["mode"] in (AUTO, AUTO_FRESH) and top:
             print(f"# {label((r['mode'], r['B'], r['tree_nodes']))}: x{r['tok_s'] / top['tok_s']:.2f} the best "
                   f"fixed setting ({label((top['mode'], top['B'], top['tree_nodes']))})")
     shutil.rmtree(scratch, ignore_errors=True)

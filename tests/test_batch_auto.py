@@ -164,8 +164,8 @@ def test_batch_step_costs_are_measured_stored_and_interpolated(embedded, own_pro
 
 def test_the_tune_times_a_candidates_steady_steps(embedded, own_profile, monkeypatch):
     """A step right after another candidate's is dearer than the ones that follow their own kind,
-    AR's most (on a 2-core Xeon, bf16: 1.16-1.33x its steady cost as a turn's second step, 1.06-1.13x
-    as its third, steady from the fourth), and a generation's steps mostly follow their own kind. On
+    AR's most (on a 2-core Xeon, bf16, at 1, 4 and 8 sequences: 1.16-1.33x its steady cost as a
+    turn's second step, 1.06-1.13x as its third, steady from the fourth), and a generation's steps mostly follow their own kind. On
     a clock where each decoder's first three steps in a row cost double, the tune stores every
     candidate's steady cost (timing a turn's second step put AR at 0.62-0.75x a quadratic B = 2
     step at 4 sequences, against 0.56x between steady steps in place)."""

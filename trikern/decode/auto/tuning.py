@@ -17,11 +17,12 @@ from .profile import StepProfile
 LEAD = 3  # untimed steps that open each candidate's turn (`measure`): steps right after another
 # candidate's are dearer, AR's most, and most of a generation's steps follow their own kind. On a
 # 2-core Xeon (bf16, 1 thread) an AR step cost 1.33 / 1.21 / 1.16x its steady figure as a turn's
-# second step at 1 / 4 / 8 sequences, 1.10 / 1.06 / 1.13x as its third, the steady figure from the
-# fourth on; speculative steps were within a few percent from the second. Timing the second step,
-# three tunes put AR at 0.62 / 0.62 / 0.75x a quadratic B = 2 step at 4 sequences, against 0.56x
-# between steady steps in place; timing the fourth, 0.54 / 0.53 / 0.60x (the batched benchmark's
-# auto / best fixed moved within its run-to-run spread either way: docs/RESULTS.md).
+# second step at 1 / 4 / 8 sequences (1.05x at 2), 1.10 / 1.06 / 1.13x as its third, the steady
+# figure from the fourth on; speculative steps were within a few percent from the second (one
+# exception: quadratic B = 2 at 4 sequences, 1.21x). Timing the second step, three tunes put AR at
+# 0.62 / 0.62 / 0.75x a quadratic B = 2 step at 4 sequences, against 0.56x between steady steps in
+# place; timing the fourth, 0.54 / 0.53 / 0.60x (the batched benchmark's auto / best fixed moved
+# within its run-to-run spread either way: docs/RESULTS.md).
 
 
 def measure(model, cache_lengths=(256, 2048), steps: int = 4, block_size=None, log=print) -> StepProfile:

@@ -416,6 +416,40 @@ def test_a_draining_batch_explores_only_what_the_profile_never_learnt(embedded, 
     assert count >= 1 and ratio < AutoBatch.NEAR
 
 
+def test_a_draining_batch_explores_a_family_its_estimates_stalled(embedded, own_profile, monkeypatch):
+    """A clear loser by a taught profile's estimates is left alone by a draining batch (above) until
+    its family has not run at that batch size for STALE drained batches and every sequence is past
+    its first YOUNG tokens: then one exploration runs it CostModel.CONFIRM steps in a row (enough for
+    live steps to confirm or overturn its stored cost), and a step of it at that batch size ends the
+    stall. Without this, a wrong stored cost and prior kept 16 batches at 2 users in AR (0.87x)."""
+    from trikern.decode.registry import FAMILIES
+
+    linear = {("spec-linear", 2): 2.9e-3, ("spec-linear", 4): 3e-3}  # B = 4 could win, all accepted
+
+    def first_exploration(drains, tokens, ran=None):
+        auto, seqs = four_in_ar(embedded.model, linear, 64, accepted=lambda i: 1)
+        auto.profile.update({}, {f: [0.5] * 7 for f in FAMILIES}, batched=True,
+                            evidence=dict.fromkeys(FAMILIES, AutoBatch.TAUGHT))
+        auto.drains = drains
+        if ran is not None:
+            auto.ran[(4, "spec-linear")] = ran
+        for s in seqs:
+            s.tokens = [5] * tokens
+        picks = [auto.choose(seqs, []) for _ in range(2 * auto.explore.EVERY)]
+        start = next((i for i, k in enumerate(picks) if k[0] != "ar"), None)
+        run = 0 if start is None else next((j for j, k in enumerate(picks[start:]) if k != picks[start]), 0)
+        return auto, seqs, (None if start is None else picks[start]), run
+
+    S, Y = AutoBatch.STALE, AutoBatch.YOUNG
+    assert first_exploration(S - 1, Y)[2] is None  # not stalled yet
+    assert first_exploration(S, Y - 1)[2] is None  # a sequence still in its first tokens
+    assert first_exploration(S + 3, Y, ran=4)[2] is None  # it ran at this batch size lately
+    auto, seqs, key, run = first_exploration(S, Y)
+    assert key == ("spec-linear", 4) and run == CostModel.CONFIRM
+    auto.observe(key, seqs, {s: [5, 5] for s in seqs}, {s: 3 for s in seqs}, 3e-3, False)
+    assert not auto.stalled("spec-linear", seqs)
+
+
 def test_a_draining_batch_with_nothing_to_explore_holds_longer(embedded, monkeypatch):
     """A draining batch in AR that would explore nothing (every speculative candidate clearly behind,
     no untaught family: no profile) holds AR HOLD_QUIET steps at a time, past the refreshes that end

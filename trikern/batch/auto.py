@@ -68,6 +68,10 @@ class AutoBatch(BatchStep):
     HOLD_QUIET = 16  # steps a hold lasts when a draining batch would explore nothing (`hold_steps`)
     STABLE = 4  # steps a draining batch's choice is held unjudged after judgements kept it (`hold_stable`)
     TAUGHT = 16  # sequence-steps behind a family's batches' prior before a draining batch trusts it (`untaught`)
+    STALE = 8  # drained batches a family may go unrun at a batch size before a draining batch explores it
+    # (each such exploration splits a batch that AR drains best: benchmarks/replay_batch_auto.py at 8
+    # users, mean of four cost tables, 1.000 -> 0.993 without noise, 0.988 -> 0.985 with; STALE = 4: 0.978)
+    YOUNG = 8  # ... once every sequence is past its first tokens, whose drafts are poorer (`stalled`)
 
     def __init__(self, dec, B: int, profile: bool = True):
         super().__init__(dec, B)
@@ -97,6 +101,8 @@ class AutoBatch(BatchStep):
         self.restarted = False  # the last step was a quadratic restart (nothing verified)
         self.quad_ready: set = set()  # sequences whose draft was made by the current quadratic key
         self.steps = 0
+        self.drains = 0  # batches this decoder has drained
+        self.ran: dict = {}  # (batch size, family) -> `drains` at its last step there (`stalled`)
         self.chosen: dict = {}  # (batch size, key) -> steps (figures, tests)
         self.own_seconds = 0.0  # choosing, observing and the drains' profile writes (figures)
 
@@ -210,7 +216,8 @@ class AutoBatch(BatchStep):
         # draining batch explores only near-ties and families the profile knows nothing of
         # (`drain_explorable`): such a step splits the batch as it drains (`drain_rate`).
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        explorable = self.drain_explorable(keys, top, rate) if drain else keys
+        stalled = {f for f in self.families if drain and self.stalled(f, decoding)}
+        explorable = self.drain_explorable(keys, top, rate, stalled) if drain else keys
         key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
             quiet = drain and all(family(k) is None for k in explorable)  # a refresh would explore nothing
@@ -218,18 +225,35 @@ class AutoBatch(BatchStep):
             self.hold, self.held_n = max(hold, self.hold_stable(top == cur and drain and not prefill)), n
             return top
         self.agreed = 0
-        self.explore.begin(key, rate(top), 1 if key[0] == QUAD and key != self.current else 0)
+        # A stalled family's exploration runs the steps that confirm its cost (CostModel.CONFIRM).
+        extra = (1 if key[0] == QUAD and key != self.current else 0) + \
+            (CostModel.CONFIRM - 1 if family(key) in stalled else 0)
+        self.explore.begin(key, rate(top), extra)
         return key
 
-    def drain_explorable(self, keys, top, rate) -> list:
+    def stalled(self, fam, decoding) -> bool:
+        """Whether `fam` has not run at this batch size in the last STALE drained batches (or since
+        the decoder began, STALE batches ago), with every sequence now past its first YOUNG tokens. A
+        draining batch explores nothing its estimates put clearly behind (`drain_explorable`), so
+        estimates that wrongly do stay wrong: nothing runs the family to correct them. Seen on a
+        2-core EPYC: a tune that put linear B = 4 at 2 sequences at 2.81x an AR step (2.04-2.34x in
+        four other tunes, 2.28x in place) and a batches' prior the first tokens' drafts had taught
+        (h1-h3 0.27 / 0.57 / 0.78, against 0.11 / 0.23 / 0.39 past the first 8 tokens) kept 16 batches
+        at 2 users in AR throughout, 0.87x fixed linear B = 4. Past the first tokens, so that what
+        the step sees is what the rest of the batch would."""
+        return (self.drains - self.ran.get((len(decoding), fam), 0) >= self.STALE
+                and min(len(s.tokens) for s in decoding) >= self.YOUNG)
+
+    def drain_explorable(self, keys, top, rate, stalled=frozenset()) -> list:
         """What a draining batch may explore: AR, a family the profile has not learnt (`untaught`), and
         a candidate its estimates put within NEAR of `top`. A sequence's estimate of a family it has
         not run is the prior, which earlier texts set: replayed from a prior that code prompts left
         (drafts failing at position 3), auto ran AR at 2 users throughout where linear B = 4 or 8
         was best, 0.77-0.97x the best fixed setting (benchmarks/replay_batch_auto.py); exploring
         near-ties, 0.98-1.07x, and from a fresh profile 0.99-1.10x (was 0.96-1.05x). A clear loser
-        is left alone: at 8 users AR wins by far and no step splits the batch."""
-        untaught = {f for f in self.families if self.untaught(f)}
+        is left alone: at 8 users AR wins by far and no step splits the batch; but a family `stalled`
+        behind its estimates is explored (rarely: every STALE drained batches at most)."""
+        untaught = {f for f in self.families if self.untaught(f)} | set(stalled)
         near = self.NEAR * rate(top)
         return [k for k in keys if k == top or family(k) is None or family(k) in untaught or rate(k) >= near]
 
@@ -329,6 +353,7 @@ class AutoBatch(BatchStep):
         """Persist the batch sizes' costs the live steps stand behind (on the profile's scale, as a
         solo `auto` persists its own): the next decoder, or server, starts from them. Batch size 1
         is the single-sequence profile's, which solo generations keep."""
+        self.drains += 1
         if self.profile is None:
             return
         t0 = time.perf_counter()
@@ -403,6 +428,8 @@ class AutoBatch(BatchStep):
         if n == 0:
             return
         verified = sum(drafted.values())
+        if fam is not None:
+            self.ran[(n, fam)] = self.drains
         costs = self.cost_model(n)
         self.explore.observe(self.steps, key, total, seconds, cold, verified, costs.speed)
         # Saturation is the batch's: every chain filled its block (the aggregate counts cannot say).

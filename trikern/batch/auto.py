@@ -216,7 +216,7 @@ class AutoBatch(BatchStep):
         # draining batch explores only near-ties and families the profile knows nothing of
         # (`drain_explorable`): such a step splits the batch as it drains (`drain_rate`).
         left = max(s.emitter.room for s in decoding)  # what a refresh can still pay back over
-        stalled = {f for f in self.families if drain and self.stalled(f, decoding)}
+        stalled = self.stalled(decoding) if drain else set()
         explorable = self.drain_explorable(keys, top, rate, stalled) if drain else keys
         key = self.explore.propose(self.steps, top, explorable, rate, lambda k: costs.seconds(k) / n, left)
         if key is None:
@@ -231,18 +231,21 @@ class AutoBatch(BatchStep):
         self.explore.begin(key, rate(top), extra)
         return key
 
-    def stalled(self, fam, decoding) -> bool:
-        """Whether `fam` has not run at this batch size in the last STALE drained batches (or since
-        the decoder began, STALE batches ago), with every sequence now past its first YOUNG tokens. A
-        draining batch explores nothing its estimates put clearly behind (`drain_explorable`), so
-        estimates that wrongly do stay wrong: nothing runs the family to correct them. Seen on a
+    def stalled(self, decoding) -> set:
+        """The families that have not run at this batch size in the last STALE drained batches (or
+        since the decoder began, STALE batches ago), once every sequence is past its first YOUNG
+        tokens (before that, none). A draining batch explores nothing its estimates put clearly
+        behind (`drain_explorable`), so estimates that wrongly do stay wrong: nothing runs the family
+        to correct them. Seen on a
         2-core EPYC: a tune that put linear B = 4 at 2 sequences at 2.81x an AR step (2.04-2.34x in
         four other tunes, 2.28x in place) and a batches' prior the first tokens' drafts had taught
         (h1-h3 0.27 / 0.57 / 0.78, against 0.11 / 0.23 / 0.39 past the first 8 tokens) kept 16 batches
         at 2 users in AR throughout, 0.87x fixed linear B = 4. Past the first tokens, so that what
         the step sees is what the rest of the batch would."""
-        return (self.drains - self.ran.get((len(decoding), fam), 0) >= self.STALE
-                and min(len(s.tokens) for s in decoding) >= self.YOUNG)
+        if min(len(s.tokens) for s in decoding) < self.YOUNG:
+            return set()
+        n = len(decoding)
+        return {f for f in self.families if self.drains - self.ran.get((n, f), 0) >= self.STALE}
 
     def drain_explorable(self, keys, top, rate, stalled=frozenset()) -> list:
         """What a draining batch may explore: AR, a family the profile has not learnt (`untaught`), and

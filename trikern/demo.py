@@ -27,6 +27,10 @@ def main(argv=None) -> int:
     print(f"model: {m.path} ({sum(t.numel() for t in m.model.parameters()) / 1e6:.1f}M parameters, "
           f"{m.model.embed_tokens.weight.dtype}, {m.model.embed_tokens.weight.device}), "
           f"loaded in {time.perf_counter() - t0:.1f}s")
+    # What `trikern bench` and `trikern serve` do first: every mode's shapes run once, and auto's
+    # step costs are measured if this machine's profile lacks them, so no row pays for another's
+    # first steps and auto chooses from this machine's costs rather than measuring on the fly.
+    print(f"warm-up (auto's step costs on this machine, kept for next time): {m.warmup(a.block_size):.1f}s")
     print(f"prompt: {a.prompt!r}\n")
     rows = []
     for mode in MODES:
@@ -42,9 +46,9 @@ def main(argv=None) -> int:
               f"{acc:>10}{s['tokens_per_second']:>9.1f}")
     how = "greedy" if a.temperature == 0 else f"temperature {a.temperature}, seed {a.seed}"
     print(f"\nblock size {a.block_size}, {how}; forwards exclude the prefill (counted separately).")
-    print("auto picks the fastest lossless mode and block size (up to the block size) before every step; on a "
-          "machine it has not seen, its first generation also measures each candidate ('trikern tune --decode' "
-          "does that up front).")
+    print("auto picks the fastest lossless mode and block size (up to the block size) before every step, from "
+          "this machine's step costs (the warm-up measured any it lacked; 'trikern tune --decode' measures "
+          "them at more cache lengths).")
     if a.model is None:
         print("The embedded model has 6.5M parameters: its greedy text soon loops, which flatters speculation; "
               "docs/EVAL.md has held-out figures.")

@@ -45,3 +45,14 @@ def test_stats_say_which_dtype_and_why(monkeypatch):
     r = m16.generate("def f(x):", max_new_tokens=3)
     assert r.stats["dtype"] == "bfloat16" and r.stats["dtype_reason"].startswith("bfloat16: requested")
     assert AVX2.dtype_reason in r.stats["dtype_reason"]
+
+
+def test_last_level_cache_size_from_sysfs(tmp_path):
+    """The CPU linear chooser sizes its cache-evicting sweep by this (kernels/cpu/linear.py)."""
+    for index, size in (("index0", "32K"), ("index2", "512K"), ("index3", "8192K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    (tmp_path / "index4").mkdir()  # unreadable entries are skipped
+    assert cpu_features.last_level_cache_bytes(str(tmp_path)) == 8 << 20
+    assert cpu_features.last_level_cache_bytes(str(tmp_path / "none"), default=123) == 123
+    assert cpu_features.last_level_cache_bytes() > 0  # this machine's, or the default

@@ -1,7 +1,7 @@
 """The CPU backend's bf16 and fp32 matmuls (trikern/kernels/cpu/linear.py): the packed path (plain for
 fp32) gives F.linear's bits and the wide path is within an ulp of the exact product in bf16, within
-fp32's summation bound in fp32 (odd batch sizes, sliced rows);
-the choice between them is measured once per (shape, row bucket, threads) or forced by
+fp32's summation bound in fp32, as is fp32's transposed path (odd batch sizes, sliced rows);
+the choice between them is measured once per (shape, row count (buckets past 32), threads) or forced by
 TRIKERN_CPU_LINEAR; both copies follow in-place weight changes; autograd and other dtypes take
 F.linear; a model decodes the same tokens with it on and off; a model built for the CPU backend
 ("auto" too) takes it, one built for the references F.linear.
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from util import random_model, tiny_config
 
+from trikern import cpu_features
 from trikern.kernels.cpu import linear as cpu_linear
 from trikern.model import Linear
 
@@ -61,6 +62,13 @@ def test_both_paths(M, out_f, in_f, dtype, path):
         (within_an_ulp if dtype == torch.bfloat16 else within_fp32_rounding)(y, x, w)
         if dtype == torch.float32:  # fp32 has no packed copy: "packed" is plain F.linear
             assert h._cpu_layouts.packed is None and h._cpu_layouts.wide.dtype == torch.float32
+        path("transposed")
+        y = cpu_linear.linear(x, w, Holder())
+        assert y.shape == (M, out_f) and y.is_contiguous()
+        if dtype == torch.float32:
+            within_fp32_rounding(y, x, w)
+        else:  # bf16 has no transposed path: the narrow one, F.linear's bits
+            assert torch.equal(y, F.linear(x, w))
 
 
 def test_fp32_and_bf16_choices_are_apart(monkeypatch):
@@ -72,7 +80,8 @@ def test_fp32_and_bf16_choices_are_apart(monkeypatch):
         for dtype in (torch.float32, torch.bfloat16, torch.float32):
             cpu_linear.linear(torch.randn(2, 32).to(dtype), w.to(dtype), Holder())
     assert [k[4] for k in cpu_linear._choices] == [torch.float32, torch.bfloat16]
-    assert cpu_linear._choices[(64, 32, 2, torch.get_num_threads(), torch.float32)] in ("plain", "wide")
+    assert cpu_linear._choices[(64, 32, 2, torch.get_num_threads(), torch.float32)] in ("plain", "wide", "transposed")
+    assert cpu_linear._choices[(64, 32, 2, torch.get_num_threads(), torch.bfloat16)] in ("packed", "plain", "wide")
 
 
 def test_choice_is_measured_once_per_shape_bucket_and_threads(monkeypatch):
@@ -83,16 +92,33 @@ def test_choice_is_measured_once_per_shape_bucket_and_threads(monkeypatch):
     monkeypatch.setattr(cpu_linear, "_measure", lambda x, lay: timed.append(x.shape[0]) or real(x, lay))
     w = torch.randn(64, 32).bfloat16()
     with torch.no_grad():
-        for rows in (1, 1, 3, 4, 5, 1):
+        for rows in (1, 1, 3, 4, 5, 1, 4, 40, 33):
             x = torch.randn(rows, 32).bfloat16()
             within_an_ulp(cpu_linear.linear(x, w, Holder()), x, w)
         cpu_linear.linear(torch.randn(64, 32).bfloat16(), w, Holder())  # past MAX_WIDE_ROWS: timed only unpacked
-    # buckets 1, 4 (3 and 4), 8 (5); 64 rows too where oneDNN cannot pack (plain F.linear is slow there)
-    assert timed == [1, 3, 5] + ([] if cpu_linear.can_pack else [64])
-    assert set(cpu_linear._choices.values()) <= {"packed", "wide", "plain"}
-    assert len(cpu_linear._choices) == 3 + (not cpu_linear.can_pack)
+    # each row count up to MAX_WIDE_ROWS, then buckets (33, 40 and 64 are one: 64), timed only where
+    # oneDNN cannot pack (plain F.linear is slow there)
+    assert timed == [1, 3, 4, 5] + ([] if cpu_linear.can_pack else [40])
+    assert set(cpu_linear._choices.values()) <= {"packed", "wide", "plain"}  # bf16: no transposed path
+    assert len(cpu_linear._choices) == 4 + (not cpu_linear.can_pack)
     key = next(iter(cpu_linear._choices))
     assert key[:2] == (64, 32) and key[3] == torch.get_num_threads()
+
+
+def test_every_timed_call_starts_with_the_weight_out_of_cache(monkeypatch):
+    """A forward reads each weight cold (the model outgrows the caches): the chooser times it so."""
+    monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    events = []
+    real_evict, real_wide = cpu_linear._evict, cpu_linear._wide
+    monkeypatch.setattr(cpu_linear, "_evict", lambda: events.append("evict") or real_evict())
+    monkeypatch.setattr(cpu_linear, "_wide", lambda x, lay: events.append("wide") or real_wide(x, lay))
+    with torch.no_grad():
+        cpu_linear.linear(torch.randn(4, 32), torch.randn(48, 32), Holder())
+    assert events.count("evict") == 3 * cpu_linear._ROUNDS  # plain, wide, transposed: each call
+    timed = [i for i, e in enumerate(events) if e == "wide"][:cpu_linear._ROUNDS]  # then maybe the product
+    assert len(timed) == cpu_linear._ROUNDS and all(events[i - 1] == "evict" for i in timed)
+    assert cpu_linear._sweep.numel() * 4 >= min(cpu_features.last_level_cache_bytes(), 64 << 20)
 
 
 def test_big_weights_have_no_wide_copy(monkeypatch):
@@ -127,7 +153,7 @@ def test_fallback_without_packing(forced, monkeypatch):
             x = torch.randn(rows, 64, generator=g).bfloat16()
             y = cpu_linear.linear(x, w, h)
             within_an_ulp(y, x, w)
-            if cpu_linear._choices[(96, 64, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads(),
+            if cpu_linear._choices[(96, 64, cpu_linear.row_bucket(rows), torch.get_num_threads(),
                                    torch.bfloat16)] == "plain":
                 assert torch.equal(y, F.linear(x, w))
     assert h._cpu_layouts.packed is None
@@ -171,8 +197,22 @@ def test_autograd_and_other_dtypes_take_f_linear():
     assert hasattr(h, "_cpu_layouts")
 
 
+def test_fp32_big_weights_choose_between_plain_and_transposed(monkeypatch):
+    """No wide copy past MAX_WIDE_BYTES, but an fp32 weight's transposed product needs none: it is timed."""
+    monkeypatch.delenv("TRIKERN_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(cpu_linear, "_choices", {})
+    monkeypatch.setattr(cpu_linear, "MAX_WIDE_BYTES", 1024)
+    timed = []
+    real = cpu_linear._measure
+    monkeypatch.setattr(cpu_linear, "_measure", lambda x, lay: timed.append(lay.wide) or real(x, lay))
+    w, x = torch.randn(40, 32), torch.randn(4, 32)
+    with torch.no_grad():
+        within_fp32_rounding(cpu_linear.linear(x, w, Holder()), x, w)
+    assert timed == [None] and set(cpu_linear._choices.values()) <= {"plain", "transposed"}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("name", ["packed", "wide"])
+@pytest.mark.parametrize("name", ["packed", "wide", "transposed"])
 def test_model_decodes_the_same_tokens_with_and_without(name, dtype, path, monkeypatch):
     from decode_helpers import run
 

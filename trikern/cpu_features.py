@@ -11,6 +11,7 @@ A missing fast path is a fact about the machine, not a fault: it is logged once 
 from __future__ import annotations
 
 import functools
+import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -78,10 +79,27 @@ def detect() -> CpuFeatures:
     return f
 
 
+@functools.lru_cache(maxsize=None)
+def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache", default: int = 32 << 20) -> int:
+    """The largest CPU cache's size (Linux sysfs; `default` where it cannot be read)."""
+    best = 0
+    for d in glob.glob(os.path.join(root, "index*")):
+        try:
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, int(digits) * scale)
+    return best or default
+
+
 def default_dtype() -> tuple[torch.dtype, str]:
     """The CPU dtype a model loads in when none is given, and why."""
     f = detect()
     return f.default_dtype, f.dtype_reason
 
 
-__all__ = ["CpuFeatures", "default_dtype", "detect"]
+__all__ = ["CpuFeatures", "default_dtype", "detect", "last_level_cache_bytes"]

@@ -13,9 +13,20 @@ fp32 weights have the same two layouts without the casts: `F.linear` on the weig
 ("plain") or MKL's product on its transposed copy ("wide"), which streams the weight in the order
 the product reads it: a whole forward of the embedded model ran 9-33% faster that way on a 2-core
 EPYC (1-32 rows, weights read from memory, not cache); on large weights it was as often slower.
+An fp32 weight has a third way, no copy needed ("transposed"): the product computed as W @ x^T and
+transposed back, which hands MKL the weight as its left operand. On an AVX2-only EPYC (1 thread) a
+whole forward's products at 4 rows took 3.2 ms that way against 4.2 wide and 4.9 plain (at 1 row
+2.6 against wide's 2.0; 8 rows 5.2 against 5.4; 16 rows slower): MKL's kernel for a few columns of
+a tall left operand beats its kernel for a few rows of a wide right one there.
 Which is faster depends on the CPU, the shape, the row count and the thread count, so the first
-call of each (shape, row bucket, threads, dtype) in a process times both and keeps the winner
-(`TRIKERN_CPU_LINEAR=packed|wide` forces one; "packed" means plain where there is no packed copy).
+call of each (shape, row count, threads, dtype) in a process times the paths and keeps the winner
+(`TRIKERN_CPU_LINEAR=packed|wide|transposed` forces one; "packed" means plain where there is no packed
+copy, "transposed" means the narrow path for a bf16 weight).
+Row counts are told apart up to `MAX_WIDE_ROWS` (MKL's kernels are not monotone in them: on that
+EPYC transposed won at 4, 6, 8 and 16 rows and lost at 3 and 12), past it by power-of-2 buckets.
+Each timed call starts with the weight out of the CPU's caches, as a forward reads it (a model's
+weights outgrow the last-level cache, and the next product's weight evicts this one): timed warm,
+the wide path won at 4 rows on that EPYC and its forwards ran 18% slower than transposed ones.
 A wide copy is made only for weights of at most `MAX_WIDE_BYTES` in fp32: past that a product is
 bound by reading the weight, and a bf16 weight's fp32 copy reads twice the bytes.
 A CPU that oneDNN cannot pack bf16 for (AVX2 only: cpu_features.py) has no packed path: plain
@@ -44,11 +55,12 @@ can_pack = bool(torch.backends.mkldnn.is_available() and _mkldnn is not None
                 and hasattr(_mkldnn, "_reorder_linear_weight") and hasattr(_mkldnn, "_linear_pointwise")
                 and cpu_features.detect().onednn_bf16)
 
-PACKED, WIDE, PLAIN = "packed", "wide", "plain"
+PACKED, WIDE, PLAIN, TRANSPOSED = "packed", "wide", "plain", "transposed"
 MAX_WIDE_BYTES = 8 << 20
 MAX_WIDE_ROWS = 32  # above this many rows oneDNN's packed bf16 compute wins outright: not worth timing
-_ROUNDS, _REPS = 5, 3
-_choices: dict[tuple, str] = {}  # (out, in, row bucket, threads, dtype) -> PACKED / PLAIN / WIDE
+_ROUNDS = 5
+_sweep: torch.Tensor | None = None  # read between timed calls to push the weight out of the caches
+_choices: dict[tuple, str] = {}  # (out, in, row bucket, threads, dtype) -> a path's name
 DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -57,8 +69,8 @@ def forced() -> str | None:
     v = os.environ.get("TRIKERN_CPU_LINEAR", "").strip().lower()
     if v in ("", "auto"):
         return None
-    if v not in (PACKED, WIDE):
-        raise ValueError(f"TRIKERN_CPU_LINEAR={v!r}: expected 'packed', 'wide' or 'auto'")
+    if v not in (PACKED, WIDE, TRANSPOSED):
+        raise ValueError(f"TRIKERN_CPU_LINEAR={v!r}: expected 'packed', 'wide', 'transposed' or 'auto'")
     return v
 
 
@@ -67,7 +79,7 @@ class _Layouts:
 
     def __init__(self, stamp, weight, packed, wide):
         self.stamp, self.weight, self.packed, self.wide = stamp, weight, packed, wide
-        self.paths: dict[tuple, object] = {}  # (rows, threads) -> _packed / _wide: the per-call lookup
+        self.paths: dict[tuple, object] = {}  # (rows, threads) -> the chosen path's function
 
 
 def _packed(x, lay):
@@ -80,6 +92,11 @@ def _plain(x, lay):
 
 def _wide(x, lay):
     return torch.mm(x.float(), lay.wide).to(x.dtype)
+
+
+def _transposed(x, lay):
+    # Contiguous again: q / k / v are head-range views of the qkv product's rows.
+    return torch.mm(lay.weight, x.t()).t().contiguous()
 
 
 def _layouts(weight, holder):
@@ -95,31 +112,49 @@ def _layouts(weight, holder):
 
 def _measure(x, lay) -> str:
     """The faster path for this product, timed in alternation (this machine's speed drifts)."""
-    paths = ((PACKED, _packed) if lay.packed is not None else (PLAIN, _plain), (WIDE, _wide))
+    paths = [(PACKED, _packed) if lay.packed is not None else (PLAIN, _plain)]
+    paths += [(WIDE, _wide)] * (lay.wide is not None) + [(TRANSPOSED, _transposed)] * _has_transposed(lay)
     best = {name: float("inf") for name, _ in paths}
     for _ in range(_ROUNDS):
         for name, fn in paths:
+            _evict()
             t = time.perf_counter()
-            for _ in range(_REPS):
-                fn(x, lay)
+            fn(x, lay)
             best[name] = min(best[name], time.perf_counter() - t)
     return min(best, key=best.get)
+
+
+def _evict():
+    global _sweep
+    if _sweep is None:  # 1.5x the last-level cache, at most 96 MiB
+        _sweep = torch.ones(min(cpu_features.last_level_cache_bytes() * 3 // 2, 96 << 20) // 4)
+    _sweep.sum()
+
+
+def row_bucket(rows: int) -> int:
+    """The row counts one measured choice serves: each up to MAX_WIDE_ROWS, then powers of 2."""
+    return rows if rows <= MAX_WIDE_ROWS else 1 << (rows - 1).bit_length()
 
 
 def _narrow(lay) -> str:
     return PACKED if lay.packed is not None else PLAIN
 
 
+def _has_transposed(lay) -> bool:
+    return lay.weight.dtype == torch.float32  # a bf16 weight would need an fp32 copy in its own layout
+
+
 def _choose(x, weight, lay) -> str:
     rows = x.shape[0]
-    if lay.wide is None or (rows > MAX_WIDE_ROWS and lay.packed is not None):
+    if (lay.wide is None and not _has_transposed(lay)) or (rows > MAX_WIDE_ROWS and lay.packed is not None):
         return _narrow(lay)
-    key = (*weight.shape, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads(), weight.dtype)
+    key = (*weight.shape, row_bucket(rows), torch.get_num_threads(), weight.dtype)
     choice = _choices.get(key)
     if choice is None:
         choice = forced()
-        if choice == PACKED:
-            choice = _narrow(lay)  # a setting carried over from a CPU that packs: the same bits here
+        if choice == PACKED or (choice == TRANSPOSED and not _has_transposed(lay)) or \
+                (choice == WIDE and lay.wide is None):
+            choice = _narrow(lay)  # a forced path this weight lacks (a setting from another CPU or dtype)
         if choice is None:
             warmup.bump()  # a decode step that timed a product is not a steady-state step
             choice = _measure(x, lay)
@@ -136,5 +171,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, holder) -> torch.Tensor:
     key = (x.shape[0], torch.get_num_threads())
     path = lay.paths.get(key)
     if path is None:
-        path = lay.paths[key] = {WIDE: _wide, PACKED: _packed, PLAIN: _plain}[_choose(x, weight, lay)]
+        path = lay.paths[key] = {WIDE: _wide, PACKED: _packed, PLAIN: _plain,
+                                 TRANSPOSED: _transposed}[_choose(x, weight, lay)]
     return path(x, lay)

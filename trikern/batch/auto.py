@@ -236,12 +236,11 @@ class AutoBatch(BatchStep):
         since the decoder began, STALE batches ago), once every sequence is past its first YOUNG
         tokens (before that, none). A draining batch explores nothing its estimates put clearly
         behind (`drain_explorable`), so estimates that wrongly do stay wrong: nothing runs the family
-        to correct them. Seen on a
-        2-core EPYC: a tune that put linear B = 4 at 2 sequences at 2.81x an AR step (2.04-2.34x in
-        four other tunes, 2.28x in place) and a batches' prior the first tokens' drafts had taught
-        (h1-h3 0.27 / 0.57 / 0.78, against 0.11 / 0.23 / 0.39 past the first 8 tokens) kept 16 batches
-        at 2 users in AR throughout, 0.87x fixed linear B = 4. Past the first tokens, so that what
-        the step sees is what the rest of the batch would."""
+        to correct them. Seen on a 2-core EPYC: a tune that put linear B = 4 at 2 sequences at 2.81x
+        an AR step (2.04-2.34x in four other tunes, 2.28x in place) and a batches' prior the first
+        tokens' drafts had taught (h1-h3 0.27 / 0.57 / 0.78, against 0.11 / 0.23 / 0.39 past the
+        first 8 tokens) kept 16 batches at 2 users in AR throughout, 0.87x fixed linear B = 4. Past
+        the first tokens, so that what the step sees is what the rest of the batch would."""
         if min(len(s.tokens) for s in decoding) < self.YOUNG:
             return set()
         n = len(decoding)
